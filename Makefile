@@ -1,0 +1,39 @@
+# paylake: `make bronze silver gold` runs the pipeline on data/ into lake/; `make test` runs every test.
+CARGO ?= cargo
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+BIN := $(CARGO_TARGET_DIR)/release/paylake
+LAKE ?= lake
+LANDING ?= data
+SEED ?= ../shared/seed-sample
+
+.PHONY: all build bronze silver gold test lint clean export
+
+all: bronze silver gold
+
+build:
+	$(CARGO) build --release --workspace
+
+$(BIN): build
+
+bronze: build
+	$(BIN) --lake $(LAKE) bronze --landing $(LANDING)
+
+silver: build
+	$(BIN) --lake $(LAKE) silver
+
+gold: build
+	$(BIN) --lake $(LAKE) gold
+
+export: build
+	$(BIN) --lake $(LAKE) export gold.unified_payments --format csv --output unified_table.csv
+
+# One optimised build serves the binary and the tests, so DataFusion compiles once.
+test:
+	PAYLAKE_SEED_SAMPLE=$(abspath $(SEED)) $(CARGO) test --release --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+clean:
+	rm -rf $(LAKE) unified_table.csv

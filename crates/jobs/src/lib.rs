@@ -1,0 +1,42 @@
+//! The SQL job runner: Silver and Gold models over the lake, and exports of published tables.
+
+pub mod export;
+pub mod models;
+pub mod runner;
+
+pub use export::{export_table, ExportFormat, UNIFIED_COLUMNS};
+pub use runner::{lake_session, run_layer, LayerSummary, PublishedTable, RunOptions, SourceOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{model}: {message}")]
+    Model { model: String, message: String },
+    #[error("{model}: {source}")]
+    Sql {
+        model: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("{what} has not been built yet: {hint}")]
+    NotBuilt { what: String, hint: String },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lake(#[from] paylake_lake::LakeError),
+    #[error(transparent)]
+    Bronze(#[from] paylake_bronze::BronzeError),
+    #[error(transparent)]
+    Contract(#[from] paylake_contracts::ContractError),
+    #[error("query engine: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
+    #[error("Arrow: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("Parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}

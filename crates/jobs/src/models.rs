@@ -1,0 +1,259 @@
+//! SQL models: one `SELECT` per file, named after the table it builds, dbt-style.
+//!
+//! A model may start with a config comment: `-- paylake: materialized=view` (planned inline by
+//! the models that use it, never written) or `-- paylake: partition_by=col`. Models reference
+//! each other as `silver.name` / `gold.name`; the runner orders them by those references.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use paylake_lake::layout::Layer;
+use regex::Regex;
+
+use crate::JobError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub layer: Layer,
+    pub name: String,
+    pub sql: String,
+    /// Where the SQL came from, for messages.
+    pub origin: String,
+    pub materialized: bool,
+    pub partition_by: Vec<String>,
+}
+
+const EMBEDDED_SILVER: &[(&str, &str)] = &[
+    ("stg_payments", include_str!("../../../sql/silver/stg_payments.sql")),
+    ("payments", include_str!("../../../sql/silver/payments.sql")),
+    (
+        "payments_quarantine",
+        include_str!("../../../sql/silver/payments_quarantine.sql"),
+    ),
+    ("stg_accounts", include_str!("../../../sql/silver/stg_accounts.sql")),
+    (
+        "accounts_history",
+        include_str!("../../../sql/silver/accounts_history.sql"),
+    ),
+    ("accounts", include_str!("../../../sql/silver/accounts.sql")),
+    (
+        "accounts_quarantine",
+        include_str!("../../../sql/silver/accounts_quarantine.sql"),
+    ),
+    ("stg_risk_feed", include_str!("../../../sql/silver/stg_risk_feed.sql")),
+    (
+        "risk_feed_history",
+        include_str!("../../../sql/silver/risk_feed_history.sql"),
+    ),
+    ("risk_feed", include_str!("../../../sql/silver/risk_feed.sql")),
+    (
+        "risk_feed_quarantine",
+        include_str!("../../../sql/silver/risk_feed_quarantine.sql"),
+    ),
+    (
+        "stg_fraud_labels",
+        include_str!("../../../sql/silver/stg_fraud_labels.sql"),
+    ),
+    (
+        "fraud_labels_history",
+        include_str!("../../../sql/silver/fraud_labels_history.sql"),
+    ),
+    ("fraud_labels", include_str!("../../../sql/silver/fraud_labels.sql")),
+    (
+        "fraud_labels_quarantine",
+        include_str!("../../../sql/silver/fraud_labels_quarantine.sql"),
+    ),
+];
+
+const EMBEDDED_GOLD: &[(&str, &str)] = &[(
+    "unified_payments",
+    include_str!("../../../sql/gold/unified_payments.sql"),
+)];
+
+fn reference_pattern() -> &'static Regex {
+    static PATTERN: OnceLock<Regex> = OnceLock::new();
+    PATTERN.get_or_init(|| {
+        Regex::new(r"\b(bronze|silver|gold)\.([A-Za-z0-9_]+)\b")
+            .expect("the model reference pattern is a valid regex")
+    })
+}
+
+impl Model {
+    pub fn parse(layer: Layer, name: &str, sql: &str, origin: &str) -> Result<Self, JobError> {
+        let mut model = Model {
+            layer,
+            name: name.to_string(),
+            sql: sql.to_string(),
+            origin: origin.to_string(),
+            materialized: true,
+            partition_by: vec![],
+        };
+        for line in sql.lines() {
+            let Some(config) = line.trim().strip_prefix("-- paylake:") else {
+                continue;
+            };
+            for setting in config.split_whitespace() {
+                match setting.split_once('=') {
+                    Some(("materialized", "view")) => model.materialized = false,
+                    Some(("materialized", "table")) => model.materialized = true,
+                    Some(("partition_by", columns)) => {
+                        model.partition_by = columns.split(',').map(str::to_string).collect()
+                    }
+                    _ => {
+                        return Err(JobError::Model {
+                            model: origin.to_string(),
+                            message: format!("unknown config setting '{setting}'"),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// `layer.name` of this model.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.layer.name(), self.name)
+    }
+
+    /// Qualified names of the tables this model reads.
+    pub fn references(&self) -> BTreeSet<String> {
+        let code: String = self
+            .sql
+            .lines()
+            .map(|l| l.split("--").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        reference_pattern()
+            .captures_iter(&code)
+            .map(|c| format!("{}.{}", &c[1], &c[2]))
+            .collect()
+    }
+}
+
+/// The models of a layer: from `sql_dir/<layer>/*.sql` when given, else those built in.
+pub fn load_models(layer: Layer, sql_dir: Option<&Path>) -> Result<Vec<Model>, JobError> {
+    let mut models = Vec::new();
+    if let Some(dir) = sql_dir {
+        let folder = dir.join(layer.name());
+        let entries = std::fs::read_dir(&folder).map_err(|e| JobError::Io {
+            path: folder.display().to_string(),
+            source: e,
+        })?;
+        let mut paths: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let sql = std::fs::read_to_string(&path).map_err(|e| JobError::Io {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            models.push(Model::parse(layer, &name, &sql, &path.display().to_string())?);
+        }
+    } else {
+        let embedded = match layer {
+            Layer::Silver => EMBEDDED_SILVER,
+            Layer::Gold => EMBEDDED_GOLD,
+            Layer::Bronze => &[],
+        };
+        for (name, sql) in embedded {
+            let origin = format!("sql/{}/{name}.sql", layer.name());
+            models.push(Model::parse(layer, name, sql, &origin)?);
+        }
+    }
+    order_models(models)
+}
+
+/// Orders models so each comes after the models of its layer that it references.
+pub fn order_models(models: Vec<Model>) -> Result<Vec<Model>, JobError> {
+    let names: BTreeSet<String> = models.iter().map(Model::qualified).collect();
+    let mut pending: BTreeMap<String, (Model, BTreeSet<String>)> = models
+        .into_iter()
+        .map(|m| {
+            let deps = m
+                .references()
+                .into_iter()
+                .filter(|r| names.contains(r) && *r != m.qualified())
+                .collect();
+            (m.qualified(), (m, deps))
+        })
+        .collect();
+    let mut ordered = Vec::new();
+    while !pending.is_empty() {
+        let ready: Vec<String> = pending
+            .iter()
+            .filter(|(_, (_, deps))| deps.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        if ready.is_empty() {
+            let stuck: Vec<&String> = pending.keys().collect();
+            return Err(JobError::Model {
+                model: stuck.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                message: "models reference each other in a cycle".into(),
+            });
+        }
+        for name in ready {
+            if let Some((model, _)) = pending.remove(&name) {
+                ordered.push(model);
+            }
+            for (_, deps) in pending.values_mut() {
+                deps.remove(&name);
+            }
+        }
+    }
+    Ok(ordered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_models_are_ordered_by_reference() {
+        let models = load_models(Layer::Silver, None).unwrap();
+        let position = |name: &str| models.iter().position(|m| m.name == name).unwrap();
+        assert!(position("stg_payments") < position("payments"));
+        assert!(position("payments") < position("fraud_labels_history"));
+        assert!(position("accounts_history") < position("accounts"));
+        assert!(!models[position("stg_payments")].materialized);
+        assert!(models[position("payments")].materialized);
+        let gold = load_models(Layer::Gold, None).unwrap();
+        assert_eq!(gold[0].partition_by, vec!["payment_date".to_string()]);
+    }
+
+    #[test]
+    fn every_sql_file_in_the_repo_is_embedded() {
+        for layer in [Layer::Silver, Layer::Gold] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql");
+            let from_disk: BTreeSet<String> = load_models(layer, Some(&dir))
+                .unwrap()
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            let embedded: BTreeSet<String> = load_models(layer, None)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            assert_eq!(from_disk, embedded, "{layer:?}");
+        }
+    }
+
+    #[test]
+    fn cycles_and_unknown_settings_are_reported() {
+        let a = Model::parse(Layer::Silver, "a", "SELECT * FROM silver.b", "a.sql").unwrap();
+        let b = Model::parse(Layer::Silver, "b", "SELECT * FROM silver.a", "b.sql").unwrap();
+        let err = order_models(vec![a, b]).unwrap_err();
+        assert!(err.to_string().contains("cycle"), "{err}");
+        let err = Model::parse(Layer::Gold, "x", "-- paylake: speed=fast\nSELECT 1", "x.sql").unwrap_err();
+        assert!(err.to_string().contains("speed=fast"), "{err}");
+    }
+}

@@ -1,0 +1,217 @@
+//! The lake: where paylake keeps its tables, and the only code that touches lake storage.
+//!
+//! Every read and write of lake data goes through [`object_store`], so a local folder and an
+//! object-store bucket are the same to the rest of the code. [`layout`] owns every path;
+//! [`table`] owns the publish protocol of rebuilt (Silver and Gold) tables.
+
+pub mod layout;
+pub mod table;
+
+use std::sync::Arc;
+
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("invalid lake URI '{uri}': {reason}")]
+    InvalidUri { uri: String, reason: String },
+    #[error("lake storage error at {path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("lake metadata {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+    #[error("query engine error while {doing}: {source}")]
+    Engine {
+        doing: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("Parquet error at {path}: {source}")]
+    Parquet {
+        path: String,
+        #[source]
+        source: datafusion::parquet::errors::ParquetError,
+    },
+}
+
+pub type Result<T, E = LakeError> = std::result::Result<T, E>;
+
+/// A lake root: an object store plus the prefix inside it where the lake lives.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    store: Arc<dyn ObjectStore>,
+    /// The scheme and authority DataFusion resolves the store by, e.g. `file:///`.
+    store_url: ObjectStoreUrl,
+    root: Path,
+    display: String,
+}
+
+impl Lake {
+    /// Opens a lake from a URI: a plain path (`lake/`), `file:///abs/path`, or `s3://bucket/prefix`.
+    ///
+    /// Local folders are created when missing.
+    pub fn open(uri: &str) -> Result<Self> {
+        let invalid = |reason: &str| LakeError::InvalidUri {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        };
+        let local_dir = if let Some(rest) = uri.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(invalid("file:// URIs must be absolute (file:///path)"));
+            }
+            std::path::PathBuf::from(rest)
+        } else if uri.contains("://") {
+            let scheme = uri.split("://").next().unwrap_or_default();
+            return Err(invalid(&format!(
+                "scheme '{scheme}' is not supported by this build (use a local path or file:///)"
+            )));
+        } else {
+            std::path::PathBuf::from(uri)
+        };
+        if uri.trim().is_empty() {
+            return Err(invalid("empty path"));
+        }
+        std::fs::create_dir_all(&local_dir)
+            .map_err(|e| invalid(&format!("cannot create the lake folder: {e}")))?;
+        let absolute = std::fs::canonicalize(&local_dir)
+            .map_err(|e| invalid(&format!("cannot resolve the lake folder: {e}")))?;
+        let root = Path::from_absolute_path(&absolute)
+            .map_err(|e| invalid(&format!("not a usable path: {e}")))?;
+        let store_url = ObjectStoreUrl::parse("file://")
+            .map_err(|e| invalid(&format!("cannot build store URL: {e}")))?;
+        Ok(Self {
+            store: Arc::new(LocalFileSystem::new()),
+            store_url,
+            root,
+            display: absolute.display().to_string(),
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// A human-readable name of the lake root, for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The absolute object path of a lake-relative path.
+    pub fn path(&self, relative: &Path) -> Path {
+        let mut joined = self.root.clone();
+        for part in relative.parts() {
+            joined = joined.join(part);
+        }
+        joined
+    }
+
+    /// The URL DataFusion uses to address a lake-relative folder (ends with `/`).
+    pub fn folder_url(&self, relative: &Path) -> String {
+        format!("{}{}/", self.store_url.as_str(), self.path(relative))
+    }
+
+    /// Makes the lake's store known to a DataFusion session.
+    pub fn register_with(&self, ctx: &SessionContext) -> Result<()> {
+        let url = Url::parse(self.store_url.as_str()).map_err(|e| LakeError::InvalidUri {
+            uri: self.store_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        ctx.register_object_store(&url, self.store());
+        Ok(())
+    }
+
+    fn store_error(&self, relative: &Path) -> impl FnOnce(object_store::Error) -> LakeError + '_ {
+        let path = format!("{}/{}", self.display, relative);
+        move |source| LakeError::Store { path, source }
+    }
+
+    /// All objects below a lake-relative prefix, sorted by path.
+    pub async fn list(&self, relative: &Path) -> Result<Vec<ObjectMeta>> {
+        let prefix = self.path(relative);
+        let mut objects: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(self.store_error(relative))?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        Ok(objects)
+    }
+
+    /// Lake-relative path of an object listed by [`Lake::list`].
+    pub fn relative(&self, absolute: &Path) -> Path {
+        let root_parts = self.root.parts().count();
+        Path::from_iter(absolute.parts().skip(root_parts))
+    }
+
+    pub async fn get_bytes(&self, relative: &Path) -> Result<Option<Vec<u8>>> {
+        match self.store.get(&self.path(relative)).await {
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(self.store_error(relative))?;
+                Ok(Some(bytes.to_vec()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.store_error(relative)(e)),
+        }
+    }
+
+    /// Writes a whole object atomically (readers see the old object or the new one, never part).
+    pub async fn put_bytes(&self, relative: &Path, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&self.path(relative), PutPayload::from(bytes))
+            .await
+            .map_err(self.store_error(relative))?;
+        Ok(())
+    }
+
+    pub async fn delete(&self, relative: &Path) -> Result<()> {
+        match self.store.delete(&self.path(relative)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.store_error(relative)(e)),
+        }
+    }
+
+    pub async fn exists(&self, relative: &Path) -> Result<bool> {
+        match self.store.head(&self.path(relative)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.store_error(relative)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_list_round_trip_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
+        let path = Path::from("silver/payments/_current.json");
+        assert_eq!(lake.get_bytes(&path).await.unwrap(), None);
+        lake.put_bytes(&path, b"{}".to_vec()).await.unwrap();
+        assert_eq!(lake.get_bytes(&path).await.unwrap(), Some(b"{}".to_vec()));
+        let listed = lake.list(&Path::from("silver")).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(lake.relative(&listed[0].location), path);
+        assert!(dir.path().join("lake/silver/payments/_current.json").exists());
+        assert!(lake.folder_url(&Path::from("silver/payments")).starts_with("file:///"));
+    }
+
+    #[test]
+    fn unsupported_schemes_are_configuration_errors() {
+        let err = Lake::open("gs://bucket/lake").unwrap_err();
+        assert!(err.to_string().contains("scheme 'gs'"), "{err}");
+        assert!(Lake::open("file://relative").is_err());
+    }
+}

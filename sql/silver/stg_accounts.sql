@@ -1,0 +1,45 @@
+-- paylake: materialized=view
+-- Every bronze account row, typed and classified: kept | superseded | quarantined.
+-- A snapshot is one landing file; within it a repeated account's last row wins.
+WITH typed AS (
+    SELECT
+        account_id AS raw_account_id,
+        opening_date AS raw_opening_date,
+        NULLIF(TRIM(account_id), '') AS account_id,
+        NULLIF(TRIM(opening_date), '') AS opening_date_text,
+        CASE
+            WHEN regexp_like(TRIM(opening_date), '^[0-9]{4}-[0-9]{2}-[0-9]{2}$')
+            THEN TRY_CAST(TRIM(opening_date) AS DATE)
+        END AS opening_date,
+        _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at
+    FROM bronze.accounts
+),
+checked AS (
+    SELECT
+        *,
+        concat_ws(',',
+            CASE WHEN account_id IS NULL THEN 'account_id_required' END,
+            CASE WHEN opening_date_text IS NULL THEN 'opening_date_required' END,
+            CASE WHEN opening_date_text IS NOT NULL AND opening_date IS NULL THEN 'opening_date_is_date' END
+        ) AS rule_failures
+    FROM typed
+)
+SELECT
+    raw_account_id, raw_opening_date, account_id, opening_date,
+    CASE
+        WHEN row_number() OVER (
+            PARTITION BY account_id, _source_file ORDER BY _source_line DESC
+        ) = 1 THEN 'kept'
+        ELSE 'superseded'
+    END AS outcome,
+    rule_failures,
+    _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at
+FROM checked
+WHERE rule_failures = ''
+UNION ALL
+SELECT
+    raw_account_id, raw_opening_date, account_id, opening_date, 'quarantined' AS outcome,
+    rule_failures,
+    _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at
+FROM checked
+WHERE rule_failures <> ''
