@@ -71,7 +71,7 @@ const EMBEDDED: [(&str, &str); 4] = [
 
 /// Header names are compared trimmed and case-insensitively.
 pub fn normalize_header(name: &str) -> String {
-    name.trim().trim_start_matches('\u{feff}').to_lowercase()
+    name.trim_start_matches('\u{feff}').trim().to_lowercase()
 }
 
 /// A stable fingerprint of a set of header names: order-insensitive, normalised.
@@ -202,7 +202,7 @@ impl SourceContract {
             .iter()
             .enumerate()
             .filter(|(i, _)| !claimed[*i])
-            .map(|(i, h)| (i, h.as_ref().trim().trim_start_matches('\u{feff}').to_string()))
+            .map(|(i, h)| (i, h.as_ref().trim_start_matches('\u{feff}').trim().to_string()))
             .collect();
         HeaderMapping {
             column_positions,

@@ -1,0 +1,131 @@
+//! Helpers for end-to-end tests: run the `paylake` binary on temporary lakes and landing zones.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temporary folder"),
+        }
+    }
+
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+
+    pub fn landing(&self) -> PathBuf {
+        self.dir.path().join("landing")
+    }
+
+    /// Writes a landing file (relative to the landing folder), creating folders.
+    pub fn land(&self, relative: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.landing().join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    pub fn remove(&self, relative: &str) {
+        std::fs::remove_file(self.landing().join(relative)).unwrap();
+    }
+
+    /// Runs `paylake --lake <lake> <args…>`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_paylake"));
+        command.arg("--lake").arg(self.lake()).args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().expect("paylake runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "paylake {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8 stdout")
+    }
+
+    pub fn bronze(&self) -> Value {
+        let landing = self.landing();
+        std::fs::create_dir_all(&landing).unwrap();
+        json(&self.ok(&["--json", "bronze", "--landing", landing.to_str().unwrap()]))
+    }
+
+    pub fn silver(&self) -> Value {
+        json(&self.ok(&["--json", "silver"]))
+    }
+
+    pub fn gold(&self) -> Value {
+        json(&self.ok(&["--json", "gold"]))
+    }
+
+    /// Rows of an ad-hoc query, as JSON objects.
+    pub fn query(&self, sql: &str) -> Vec<Value> {
+        match json(&self.ok(&["--json", "sql", sql])) {
+            Value::Array(rows) => rows,
+            other => panic!("expected rows, got {other}"),
+        }
+    }
+
+    pub fn count(&self, sql_from: &str) -> i64 {
+        let rows = self.query(&format!("SELECT count(*) AS n FROM {sql_from}"));
+        rows[0]["n"].as_i64().expect("a count")
+    }
+}
+
+pub fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// The summary entry of one source in a bronze or silver run summary.
+pub fn source<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["source"] == name))
+        .unwrap_or_else(|| panic!("no source {name} in {summary}"))
+}
+
+pub fn text(value: &Value) -> Option<&str> {
+    value.as_str()
+}
+
+/// The repository's own sample landing zone.
+pub fn sample_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+pub fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::create_dir_all(to).unwrap();
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+pub const PAYMENT_HEADER: &str =
+    "payment_id,src_account_id,dest_account_id,payment_reference,amount,timestamp\n";
