@@ -1,0 +1,246 @@
+//! Bronze end to end: exactly-once landing, dead-letters, schema drift, crash recovery.
+
+mod common;
+
+use common::{source, Workspace, PAYMENT_HEADER};
+use serde_json::Value;
+
+fn payments(rows: &[&str]) -> String {
+    let mut text = PAYMENT_HEADER.to_string();
+    for row in rows {
+        text.push_str(row);
+        text.push('\n');
+    }
+    text
+}
+
+#[test]
+fn second_run_and_renamed_copy_land_nothing() {
+    let ws = Workspace::new();
+    let content = payments(&["P1,A1,A2,R1,10.00,2024-11-15 09:00:00"]);
+    ws.land("payments/2024-11-15/batch_2024-11-15T09-15.csv", &content);
+    let first = ws.bronze();
+    assert_eq!(source(&first, "payments")["rows_landed"], 1);
+
+    let second = ws.bronze();
+    assert_eq!(source(&second, "payments")["rows_landed"], 0);
+    assert_eq!(source(&second, "payments")["files_skipped"], 1);
+    let text = ws.ok(&["bronze", "--landing", ws.landing().to_str().unwrap()]);
+    assert!(text.contains("nothing new to land"), "{text}");
+
+    ws.land("payments/2024-11-15/copy_of_batch.csv", &content);
+    let third = ws.bronze();
+    assert_eq!(source(&third, "payments")["rows_landed"], 0);
+    let skipped: Vec<&Value> = third["files"].as_array().unwrap().iter().collect();
+    assert_eq!(skipped.len(), 1, "only the new name is logged: {third}");
+    assert_eq!(skipped[0]["outcome"], "skipped_duplicate");
+    assert_eq!(
+        skipped[0]["duplicate_of"],
+        "payments/2024-11-15/batch_2024-11-15T09-15.csv"
+    );
+    assert_eq!(ws.count("bronze.payments"), 1);
+}
+
+#[test]
+fn identical_files_in_one_run_land_once() {
+    let ws = Workspace::new();
+    let content = payments(&["P1,A1,A2,R1,10.00,2024-11-15 09:00:00"]);
+    ws.land("payments/a.csv", &content);
+    ws.land("payments/b.csv", &content);
+    let summary = ws.bronze();
+    assert_eq!(source(&summary, "payments")["rows_landed"], 1);
+    assert_eq!(source(&summary, "payments")["files_skipped"], 1);
+}
+
+#[test]
+fn missing_required_column_dead_letters_the_whole_file_and_others_go_on() {
+    let ws = Workspace::new();
+    ws.land(
+        "payments/broken.csv",
+        "payment_id,src_account_id,dest_account_id,amt,timestamp\nP1,A1,A2,5.00,2024-11-15 09:00:00\nP2,A1,A2,6.00,2024-11-15 09:01:00\n",
+    );
+    ws.land("payments/good.csv", payments(&["P3,A1,A2,R,7.00,2024-11-15 09:02:00"]));
+    let summary = ws.bronze();
+    let payments_summary = source(&summary, "payments");
+    assert_eq!(payments_summary["files_rejected"], 1);
+    assert_eq!(payments_summary["rows_landed"], 1);
+    assert_eq!(payments_summary["rows_dead_lettered"], 2);
+
+    let log = ws.query(
+        "SELECT outcome, reason, lines_read, rows_landed, rows_dead_lettered, missing_columns, added_columns \
+         FROM bronze._file_log WHERE source_file = 'payments/broken.csv'",
+    );
+    assert_eq!(log[0]["outcome"], "rejected");
+    let reason = log[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("missing required column(s): amount"), "{reason}");
+    assert!(reason.contains("unexpected column(s): amt"), "{reason}");
+    assert_eq!(log[0]["lines_read"], 2);
+    assert_eq!(log[0]["rows_dead_lettered"], 2);
+    assert_eq!(log[0]["missing_columns"], "amount");
+
+    let dead = ws.query(
+        "SELECT _source_line, is_header, raw_text FROM bronze._dead_letter \
+         WHERE _source_file = 'payments/broken.csv' ORDER BY _source_line",
+    );
+    assert_eq!(dead.len(), 3, "header and both records are kept: {dead:?}");
+    assert_eq!(dead[0]["is_header"], true);
+    assert_eq!(dead[2]["raw_text"], "P2,A1,A2,6.00,2024-11-15 09:01:00\n");
+}
+
+#[test]
+fn extra_column_is_rescued_and_recorded_as_schema_change() {
+    let ws = Workspace::new();
+    ws.land(
+        "risk_feed/batch.csv",
+        "Account_ID , RISK_FLAG,reporting_bank\nACC1,2,BANK-A\n",
+    );
+    let summary = ws.bronze();
+    assert_eq!(source(&summary, "risk_feed")["schema_changes"], 1);
+    let rows = ws.query("SELECT account_id, risk_flag, _rescued, _schema_fingerprint FROM bronze.risk_feed");
+    assert_eq!(rows[0]["account_id"], "ACC1");
+    assert_eq!(rows[0]["risk_flag"], "2");
+    assert_eq!(rows[0]["_rescued"], r#"{"reporting_bank":"BANK-A"}"#);
+    let log = ws.query("SELECT schema_change, added_columns, schema_fingerprint FROM bronze._file_log");
+    assert_eq!(log[0]["schema_change"], true);
+    assert_eq!(log[0]["added_columns"], "reporting_bank");
+    assert_eq!(log[0]["schema_fingerprint"], rows[0]["_schema_fingerprint"]);
+}
+
+#[test]
+fn malformed_lines_are_dead_lettered_with_line_number_and_raw_bytes() {
+    let ws = Workspace::new();
+    let mut content = payments(&[
+        "P1,A1,A2,R1,10.00,2024-11-15 09:00:00",
+        "P2,A1,A2,R2,11.00,2024-11-15 09:01:00,surplus",
+    ]);
+    content.push_str("P3,A1,A\u{0}2,R3,12.00,2024-11-15 09:02:00\n");
+    let mut bytes = content.into_bytes();
+    bytes.extend_from_slice(b"P4,A1,A2,R\xff4,13.00,2024-11-15 09:03:00\n");
+    ws.land("payments/mixed.csv", &bytes);
+    let summary = ws.bronze();
+    assert_eq!(source(&summary, "payments")["lines_read"], 4);
+    assert_eq!(source(&summary, "payments")["rows_landed"], 2);
+    assert_eq!(source(&summary, "payments")["rows_dead_lettered"], 2);
+
+    let dead = ws.query(
+        "SELECT _source_file, _source_line, reason, raw_bytes FROM bronze._dead_letter ORDER BY _source_line",
+    );
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["_source_file"], "payments/mixed.csv");
+    assert_eq!(dead[0]["_source_line"], 3);
+    assert!(dead[0]["reason"].as_str().unwrap().contains("found 7"));
+    assert_eq!(dead[1]["_source_line"], 5);
+    assert!(dead[1]["reason"].as_str().unwrap().contains("invalid UTF-8 in column 4 ('payment_reference')"));
+    // Binary columns come back hex-encoded: the invalid byte is kept as sent.
+    let raw = dead[1]["raw_bytes"].as_str().unwrap();
+    assert!(raw.contains("52ff34"), "raw bytes kept losslessly: {raw}");
+}
+
+#[test]
+fn per_file_counts_add_up_on_the_sample() {
+    let ws = Workspace::new();
+    common::copy_tree(&common::sample_data(), &ws.landing());
+    ws.bronze();
+    let files = ws.query(
+        "SELECT source_file, lines_read, rows_landed, rows_dead_lettered FROM bronze._file_log",
+    );
+    assert!(files.len() >= 10);
+    for file in &files {
+        let read = file["lines_read"].as_i64().unwrap();
+        let landed = file["rows_landed"].as_i64().unwrap();
+        let dead = file["rows_dead_lettered"].as_i64().unwrap();
+        assert_eq!(read, landed + dead, "{file}");
+        let name = file["source_file"].as_str().unwrap();
+        let in_bronze = ws.query(&format!(
+            "SELECT (SELECT count(*) FROM bronze.payments WHERE _source_file = '{name}') + \
+                    (SELECT count(*) FROM bronze.accounts WHERE _source_file = '{name}') + \
+                    (SELECT count(*) FROM bronze.risk_feed WHERE _source_file = '{name}') + \
+                    (SELECT count(*) FROM bronze.fraud_labels WHERE _source_file = '{name}') AS n"
+        ));
+        assert_eq!(in_bronze[0]["n"].as_i64().unwrap(), landed, "{name}");
+        let dead_rows = ws.count(&format!(
+            "bronze._dead_letter WHERE _source_file = '{name}' AND NOT is_header"
+        ));
+        assert_eq!(dead_rows, dead, "{name}");
+    }
+}
+
+#[test]
+fn run_killed_mid_file_and_rerun_leaves_exactly_one_copy() {
+    let ws = Workspace::new();
+    ws.land("payments/a_first.csv", payments(&["P0,A1,A2,R,1.00,2024-11-15 08:00:00"]));
+    let rows: Vec<String> = (1..=50)
+        .map(|i| format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:{:02}:00", i % 60))
+        .collect();
+    let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+    ws.land("payments/b_big.csv", payments(&refs));
+
+    // Abort once 21 rows were buffered: the first file is done, the second is mid-way.
+    let landing = ws.landing();
+    let crashed = ws.run_with_env(
+        &["bronze", "--landing", landing.to_str().unwrap(), "--batch-rows", "10"],
+        &[("PAYLAKE_ABORT_AFTER_ROWS", "21")],
+    );
+    assert!(!crashed.status.success(), "the run was meant to die");
+    assert_eq!(ws.count("bronze.payments"), 1, "no partial file is visible");
+
+    let summary = ws.bronze();
+    assert_eq!(source(&summary, "payments")["rows_landed"], 50);
+    assert_eq!(ws.count("bronze.payments"), 51);
+    assert_eq!(
+        ws.count("(SELECT DISTINCT payment_id FROM bronze.payments)"),
+        51,
+        "no row twice"
+    );
+    assert_eq!(ws.bronze()["files"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn flat_layout_and_json_lines_labels_route_to_their_sources() {
+    let ws = Workspace::new();
+    ws.land("payment_transactions.csv", payments(&["P1,A1,A2,R,1.00,2024-11-15 08:00:00"]));
+    ws.land("account_details.csv", "account_id,opening_date\nA1,2020-01-01\n");
+    ws.land("external_risk_feed.csv", "account_id,risk_flag\nA1,1\n");
+    ws.land(
+        "historical_fraud_cases_api.jsonl",
+        "{\"payment_id\":\"P1\",\"fraud_type\":\"mule\",\"fraud_reported_date\":\"2025-01-01\"}\n",
+    );
+    ws.land("notes.txt", "not a feed\n");
+    let summary = ws.bronze();
+    for name in ["payments", "accounts", "risk_feed", "fraud_labels"] {
+        assert_eq!(source(&summary, name)["rows_landed"], 1, "{name}");
+    }
+    let unrouted = source(&summary, "(unrouted)");
+    assert_eq!(unrouted["files_rejected"], 1);
+    let dead = ws.query("SELECT reason, raw_text FROM bronze._dead_letter WHERE _source_file = 'notes.txt'");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("matches no source"));
+    assert_eq!(dead[0]["raw_text"], "not a feed\n");
+}
+
+#[test]
+fn knowledge_time_comes_from_the_path_or_the_run() {
+    let ws = Workspace::new();
+    ws.land("risk_feed/2024-11-15/batch_2024-11-16T07-05.csv", "account_id,risk_flag\nA1,1\n");
+    ws.land("risk_feed/undated.csv", "account_id,risk_flag\nA2,1\n");
+    let summary = ws.bronze();
+    let ingested = summary["ingested_at"].as_str().unwrap().to_string();
+    let rows = ws.query(
+        "SELECT account_id, CAST(_known_at AS VARCHAR) AS known, CAST(_ingested_at AS VARCHAR) AS ingested \
+         FROM bronze.risk_feed ORDER BY account_id",
+    );
+    assert_eq!(rows[0]["known"], "2024-11-16T07:05:00Z");
+    assert_eq!(rows[1]["known"], rows[1]["ingested"]);
+    assert!(ingested.starts_with(&rows[1]["ingested"].as_str().unwrap()[..19]));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let ws = Workspace::new();
+    let missing = ws.run(&["bronze", "--landing", "/definitely/not/here"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/definitely/not/here"));
+    let unknown = ws.run(&["bronze", "--no-such-flag"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let not_built = ws.run(&["export", "gold.unified_payments", "--output", "x.csv"]);
+    assert_eq!(not_built.status.code(), Some(2));
+}
