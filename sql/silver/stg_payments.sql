@@ -14,7 +14,11 @@ WITH typed AS (
         NULLIF(TRIM(dest_account_id), '') AS dest_account_id,
         NULLIF(TRIM(payment_reference), '') AS payment_reference,
         NULLIF(TRIM(amount), '') AS amount_text,
-        TRY_CAST(NULLIF(TRIM(amount), '') AS DECIMAL(18, 2)) AS amount,
+        -- Plain decimals with at most two significant decimals; no exponents or separators.
+        CASE
+            WHEN regexp_like(TRIM(amount), '^[+-]?[0-9]{1,16}(\.[0-9]{0,2}0*)?$')
+            THEN TRY_CAST(TRIM(amount) AS DECIMAL(18, 2))
+        END AS amount,
         NULLIF(TRIM("timestamp"), '') AS timestamp_text,
         -- ISO-8601 only: date, space or T, time, optional fraction, optional Z or offset.
         CASE

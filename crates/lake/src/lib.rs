@@ -180,6 +180,32 @@ impl Lake {
         }
     }
 
+    /// Removes empty folders below a lake-relative prefix. Object stores have no folders; a
+    /// local lake does, and deleting objects leaves them behind.
+    pub fn prune_empty_folders(&self, relative: &Path) {
+        fn prune(dir: &std::path::Path) -> bool {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return false;
+            };
+            let mut empty = true;
+            for entry in entries.flatten() {
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if !(is_dir && prune(&entry.path())) {
+                    empty = false;
+                }
+            }
+            empty && std::fs::remove_dir(dir).is_ok()
+        }
+        let local = std::path::Path::new("/").join(self.path(relative).as_ref());
+        if let Ok(entries) = std::fs::read_dir(&local) {
+            for entry in entries.flatten() {
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    prune(&entry.path());
+                }
+            }
+        }
+    }
+
     pub async fn exists(&self, relative: &Path) -> Result<bool> {
         match self.store.head(&self.path(relative)).await {
             Ok(_) => Ok(true),

@@ -201,6 +201,7 @@ async fn remove_unpublished_versions(lake: &Lake, table: &TableName, keep: &str)
             _ => {}
         }
     }
+    lake.prune_empty_folders(&folder);
     Ok(())
 }
 
