@@ -73,9 +73,7 @@ enum Command {
         all_columns: bool,
     },
     /// Run an ad-hoc SQL query over every table of the lake (bronze.*, silver.*, gold.*).
-    Sql {
-        query: String,
-    },
+    Sql { query: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -213,12 +211,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     landing.display()
                 )));
             }
-            let abort_after_rows = match std::env::var("PAYLAKE_ABORT_AFTER_ROWS") {
-                Ok(v) => Some(v.parse::<u64>().map_err(|e| {
-                    usage(anyhow::anyhow!("PAYLAKE_ABORT_AFTER_ROWS='{v}': {e}"))
-                })?),
-                Err(_) => None,
-            };
+            let abort_after_rows =
+                match std::env::var("PAYLAKE_ABORT_AFTER_ROWS") {
+                    Ok(v) => Some(v.parse::<u64>().map_err(|e| {
+                        usage(anyhow::anyhow!("PAYLAKE_ABORT_AFTER_ROWS='{v}': {e}"))
+                    })?),
+                    Err(_) => None,
+                };
             let options = BronzeOptions {
                 landing,
                 batch_rows: usize::try_from(batch_rows).map_err(usage)?,
@@ -310,7 +309,9 @@ async fn run_job(
         sql_dir: job.sql_dir,
         run_id: run_id(now),
     };
-    let summary = run_layer(lake, layer, &options).await.map_err(job_failure)?;
+    let summary = run_layer(lake, layer, &options)
+        .await
+        .map_err(job_failure)?;
     if json {
         print_json(&summary)?;
     } else {
@@ -322,7 +323,10 @@ async fn run_job(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -59,7 +59,10 @@ fn missing_required_column_dead_letters_the_whole_file_and_others_go_on() {
         "payments/broken.csv",
         "payment_id,src_account_id,dest_account_id,amt,timestamp\nP1,A1,A2,5.00,2024-11-15 09:00:00\nP2,A1,A2,6.00,2024-11-15 09:01:00\n",
     );
-    ws.land("payments/good.csv", payments(&["P3,A1,A2,R,7.00,2024-11-15 09:02:00"]));
+    ws.land(
+        "payments/good.csv",
+        payments(&["P3,A1,A2,R,7.00,2024-11-15 09:02:00"]),
+    );
     let summary = ws.bronze();
     let payments_summary = source(&summary, "payments");
     assert_eq!(payments_summary["files_rejected"], 1);
@@ -72,7 +75,10 @@ fn missing_required_column_dead_letters_the_whole_file_and_others_go_on() {
     );
     assert_eq!(log[0]["outcome"], "rejected");
     let reason = log[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("missing required column(s): amount"), "{reason}");
+    assert!(
+        reason.contains("missing required column(s): amount"),
+        "{reason}"
+    );
     assert!(reason.contains("unexpected column(s): amt"), "{reason}");
     assert_eq!(log[0]["lines_read"], 2);
     assert_eq!(log[0]["rows_dead_lettered"], 2);
@@ -96,11 +102,13 @@ fn extra_column_is_rescued_and_recorded_as_schema_change() {
     );
     let summary = ws.bronze();
     assert_eq!(source(&summary, "risk_feed")["schema_changes"], 1);
-    let rows = ws.query("SELECT account_id, risk_flag, _rescued, _schema_fingerprint FROM bronze.risk_feed");
+    let rows = ws
+        .query("SELECT account_id, risk_flag, _rescued, _schema_fingerprint FROM bronze.risk_feed");
     assert_eq!(rows[0]["account_id"], "ACC1");
     assert_eq!(rows[0]["risk_flag"], "2");
     assert_eq!(rows[0]["_rescued"], r#"{"reporting_bank":"BANK-A"}"#);
-    let log = ws.query("SELECT schema_change, added_columns, schema_fingerprint FROM bronze._file_log");
+    let log =
+        ws.query("SELECT schema_change, added_columns, schema_fingerprint FROM bronze._file_log");
     assert_eq!(log[0]["schema_change"], true);
     assert_eq!(log[0]["added_columns"], "reporting_bank");
     assert_eq!(log[0]["schema_fingerprint"], rows[0]["_schema_fingerprint"]);
@@ -130,7 +138,10 @@ fn malformed_lines_are_dead_lettered_with_line_number_and_raw_bytes() {
     assert_eq!(dead[0]["_source_line"], 3);
     assert!(dead[0]["reason"].as_str().unwrap().contains("found 7"));
     assert_eq!(dead[1]["_source_line"], 5);
-    assert!(dead[1]["reason"].as_str().unwrap().contains("invalid UTF-8 in column 4 ('payment_reference')"));
+    assert!(dead[1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("invalid UTF-8 in column 4 ('payment_reference')"));
     // Binary columns come back hex-encoded: the invalid byte is kept as sent.
     let raw = dead[1]["raw_bytes"].as_str().unwrap();
     assert!(raw.contains("52ff34"), "raw bytes kept losslessly: {raw}");
@@ -168,7 +179,10 @@ fn per_file_counts_add_up_on_the_sample() {
 #[test]
 fn run_killed_mid_file_and_rerun_leaves_exactly_one_copy() {
     let ws = Workspace::new();
-    ws.land("payments/a_first.csv", payments(&["P0,A1,A2,R,1.00,2024-11-15 08:00:00"]));
+    ws.land(
+        "payments/a_first.csv",
+        payments(&["P0,A1,A2,R,1.00,2024-11-15 08:00:00"]),
+    );
     let rows: Vec<String> = (1..=50)
         .map(|i| format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:{:02}:00", i % 60))
         .collect();
@@ -178,7 +192,13 @@ fn run_killed_mid_file_and_rerun_leaves_exactly_one_copy() {
     // Abort once 21 rows were buffered: the first file is done, the second is mid-way.
     let landing = ws.landing();
     let crashed = ws.run_with_env(
-        &["bronze", "--landing", landing.to_str().unwrap(), "--batch-rows", "10"],
+        &[
+            "bronze",
+            "--landing",
+            landing.to_str().unwrap(),
+            "--batch-rows",
+            "10",
+        ],
         &[("PAYLAKE_ABORT_AFTER_ROWS", "21")],
     );
     assert!(!crashed.status.success(), "the run was meant to die");
@@ -198,8 +218,14 @@ fn run_killed_mid_file_and_rerun_leaves_exactly_one_copy() {
 #[test]
 fn flat_layout_and_json_lines_labels_route_to_their_sources() {
     let ws = Workspace::new();
-    ws.land("payment_transactions.csv", payments(&["P1,A1,A2,R,1.00,2024-11-15 08:00:00"]));
-    ws.land("account_details.csv", "account_id,opening_date\nA1,2020-01-01\n");
+    ws.land(
+        "payment_transactions.csv",
+        payments(&["P1,A1,A2,R,1.00,2024-11-15 08:00:00"]),
+    );
+    ws.land(
+        "account_details.csv",
+        "account_id,opening_date\nA1,2020-01-01\n",
+    );
     ws.land("external_risk_feed.csv", "account_id,risk_flag\nA1,1\n");
     ws.land(
         "historical_fraud_cases_api.jsonl",
@@ -212,15 +238,22 @@ fn flat_layout_and_json_lines_labels_route_to_their_sources() {
     }
     let unrouted = source(&summary, "(unrouted)");
     assert_eq!(unrouted["files_rejected"], 1);
-    let dead = ws.query("SELECT reason, raw_text FROM bronze._dead_letter WHERE _source_file = 'notes.txt'");
-    assert!(dead[0]["reason"].as_str().unwrap().contains("matches no source"));
+    let dead = ws
+        .query("SELECT reason, raw_text FROM bronze._dead_letter WHERE _source_file = 'notes.txt'");
+    assert!(dead[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("matches no source"));
     assert_eq!(dead[0]["raw_text"], "not a feed\n");
 }
 
 #[test]
 fn knowledge_time_comes_from_the_path_or_the_run() {
     let ws = Workspace::new();
-    ws.land("risk_feed/2024-11-15/batch_2024-11-16T07-05.csv", "account_id,risk_flag\nA1,1\n");
+    ws.land(
+        "risk_feed/2024-11-15/batch_2024-11-16T07-05.csv",
+        "account_id,risk_flag\nA1,1\n",
+    );
     ws.land("risk_feed/undated.csv", "account_id,risk_flag\nA2,1\n");
     let summary = ws.bronze();
     let ingested = summary["ingested_at"].as_str().unwrap().to_string();

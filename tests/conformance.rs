@@ -47,7 +47,12 @@ fn cell(raw: &str) -> Cell {
 
 fn read_table(path: &std::path::Path) -> (Vec<String>, Vec<Vec<Cell>>) {
     let mut reader = csv::Reader::from_path(path).unwrap();
-    let header = reader.headers().unwrap().iter().map(str::to_string).collect();
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
     let rows = reader
         .records()
         .map(|r| r.unwrap().iter().map(cell).collect())

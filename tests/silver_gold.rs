@@ -79,7 +79,10 @@ fn payment_rules_type_trim_and_quarantine() {
     assert_eq!(kept[0]["amount_type"], "Decimal128(18, 2)");
     assert!(kept[0]["ts_type"].as_str().unwrap().contains("UTC"));
     assert_eq!(kept[1]["ts"], "2024-11-15T09:06:07.500Z");
-    assert_eq!(kept[2]["ts"], "2024-11-15T09:07:00Z", "offsets convert to UTC");
+    assert_eq!(
+        kept[2]["ts"], "2024-11-15T09:07:00Z",
+        "offsets convert to UTC"
+    );
     assert_eq!(kept[2]["amount"], "2.00");
     assert_eq!(kept[2]["payment_reference"], Value::Null);
 
@@ -99,8 +102,13 @@ fn payment_rules_type_trim_and_quarantine() {
         assert_eq!(id, want_id);
         assert_eq!(got, &want, "{id}");
     }
-    let original = ws.query("SELECT amount, _source_line FROM silver.payments_quarantine WHERE payment_id = 'P2'");
-    assert_eq!(original[0]["amount"], "abc", "quarantine keeps the original text");
+    let original = ws.query(
+        "SELECT amount, _source_line FROM silver.payments_quarantine WHERE payment_id = 'P2'",
+    );
+    assert_eq!(
+        original[0]["amount"], "abc",
+        "quarantine keeps the original text"
+    );
     assert_eq!(original[0]["_source_line"], 3);
 }
 
@@ -132,10 +140,16 @@ fn first_known_payment_wins_duplicates_dropped_or_quarantined() {
     let counts = source(&summary, "payments");
     assert_eq!(counts["kept"], 3);
     assert_eq!(counts["duplicates_dropped"], 1, "P1 again, same content");
-    assert_eq!(counts["conflicting_duplicates"], 2, "P2 and P3 with other content");
+    assert_eq!(
+        counts["conflicting_duplicates"], 2,
+        "P2 and P3 with other content"
+    );
     let kept = ws.query("SELECT payment_id, CAST(amount AS VARCHAR) AS amount, src_account_id, _source_file FROM silver.payments ORDER BY payment_id");
     assert_eq!(kept[1]["amount"], "20.00", "the first known P2 wins");
-    assert_eq!(kept[2]["src_account_id"], "A1", "P3 known at 09:45 wins over 10:15");
+    assert_eq!(
+        kept[2]["src_account_id"], "A1",
+        "P3 known at 09:45 wins over 10:15"
+    );
     let rules = quarantine_rules(&ws, "payments_quarantine", "payment_id");
     assert_eq!(
         rules,
@@ -172,7 +186,10 @@ fn account_snapshots_keep_history_and_the_latest_wins() {
     assert_eq!(history.len(), 4);
     assert_eq!(history[0]["valid_from"], "2024-11-15T06:00:00Z");
     assert_eq!(history[0]["valid_to"], "2024-11-16T06:00:00Z");
-    assert_eq!(history[2]["opened"], "2021-02-02", "within a snapshot the last row wins");
+    assert_eq!(
+        history[2]["opened"], "2021-02-02",
+        "within a snapshot the last row wins"
+    );
 
     let current = ws.query(
         "SELECT account_id, CAST(opening_date AS VARCHAR) AS opened, arrow_typeof(opening_date) AS t \
@@ -181,9 +198,15 @@ fn account_snapshots_keep_history_and_the_latest_wins() {
     assert_eq!(ids(&current, "account_id"), ["A1", "A2", "A4"]);
     assert_eq!(current[0]["opened"], "2020-01-05", "latest snapshot wins");
     assert_eq!(current[0]["t"], "Date32");
-    assert_eq!(current[1]["opened"], "2021-02-02", "absent from the latest snapshot: its own latest");
+    assert_eq!(
+        current[1]["opened"], "2021-02-02",
+        "absent from the latest snapshot: its own latest"
+    );
     let rules = quarantine_rules(&ws, "accounts_quarantine", "account_id");
-    assert_eq!(rules, vec![("A3".to_string(), vec!["opening_date_is_date".to_string()])]);
+    assert_eq!(
+        rules,
+        vec![("A3".to_string(), vec!["opening_date_is_date".to_string()])]
+    );
 }
 
 #[test]
@@ -210,7 +233,8 @@ fn risk_flags_highest_in_batch_latest_batch_wins() {
     );
     assert_eq!(history[0]["account_id"], "A1");
     assert_eq!(history[0]["risk_flag"], 2, "highest flag within a batch");
-    let current = ws.query("SELECT account_id, risk_flag FROM silver.risk_feed ORDER BY account_id");
+    let current =
+        ws.query("SELECT account_id, risk_flag FROM silver.risk_feed ORDER BY account_id");
     assert_eq!(ids(&current, "account_id"), ["A1", "A2", "A5"]);
     assert_eq!(current[0]["risk_flag"], 0, "a later 0 clears the flag");
     assert_eq!(current[1]["risk_flag"], 1);
@@ -257,13 +281,19 @@ fn one_current_label_per_payment_with_source_and_orphans() {
     assert_eq!(ids(&labels, "payment_id"), ["P1", "P2", "P9"]);
     assert_eq!(labels[0]["fraud_type"], "app", "latest reported date wins");
     assert_eq!(labels[0]["label_source"], "api");
-    assert_eq!(labels[1]["fraud_type"], "app", "same date: latest known wins");
+    assert_eq!(
+        labels[1]["fraud_type"], "app",
+        "same date: latest known wins"
+    );
     assert_eq!(labels[2]["is_orphan"], true);
     assert_eq!(labels[0]["is_orphan"], false);
     let rules = quarantine_rules(&ws, "fraud_labels_quarantine", "payment_id");
     assert_eq!(
         rules,
-        vec![("P3".to_string(), vec!["fraud_reported_date_required".to_string()])]
+        vec![(
+            "P3".to_string(),
+            vec!["fraud_reported_date_required".to_string()]
+        )]
     );
 }
 
@@ -274,7 +304,10 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
     ws.bronze();
     let first = ws.silver();
     let second = ws.silver();
-    assert_eq!(first["tables"].as_array().unwrap().len(), second["tables"].as_array().unwrap().len());
+    assert_eq!(
+        first["tables"].as_array().unwrap().len(),
+        second["tables"].as_array().unwrap().len()
+    );
     for (source_name, table, history) in [
         ("payments", "payments", "payments"),
         ("accounts", "accounts", "accounts_history"),
@@ -285,8 +318,8 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
         let kept = ws.count(&format!("silver.{history}"));
         let quarantined = ws.count(&format!("silver.{table}_quarantine"));
         let counts = source(&second, source_name);
-        let dropped = counts["duplicates_dropped"].as_i64().unwrap()
-            + counts["superseded"].as_i64().unwrap();
+        let dropped =
+            counts["duplicates_dropped"].as_i64().unwrap() + counts["superseded"].as_i64().unwrap();
         assert_eq!(bronze, kept + quarantined + dropped, "{source_name}");
         assert!(bronze > 0, "{source_name}");
     }
@@ -299,10 +332,20 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
 
     ws.gold();
     ws.gold();
-    assert_eq!(ws.count("gold.unified_payments"), 13, "gold re-runs replace");
+    assert_eq!(
+        ws.count("gold.unified_payments"),
+        13,
+        "gold re-runs replace"
+    );
     let versions = std::fs::read_dir(ws.lake().join("gold/unified_payments"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("v-"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("v-")
+        })
         .count();
     assert_eq!(versions, 1);
 }
@@ -323,13 +366,22 @@ fn gold_joins_accounts_risk_and_labels_with_defaults() {
     };
     let unknown_source = row("PAY1006");
     assert_eq!(unknown_source["src_opened"], Value::Null);
-    assert_eq!(unknown_source["data_quality_flags"], serde_json::json!(["missing_src_account"]));
-    assert_eq!(unknown_source["src_risk_flag"], 0, "missing risk flags are 0");
+    assert_eq!(
+        unknown_source["data_quality_flags"],
+        serde_json::json!(["missing_src_account"])
+    );
+    assert_eq!(
+        unknown_source["src_risk_flag"], 0,
+        "missing risk flags are 0"
+    );
     assert_eq!(unknown_source["fraud_flag"], false);
     assert_eq!(unknown_source["fraud_type"], Value::Null);
 
     let downgraded = row("PAY1001");
-    assert_eq!(downgraded["dest_risk_flag"], 0, "ACC201 was cleared by the second batch");
+    assert_eq!(
+        downgraded["dest_risk_flag"], 0,
+        "ACC201 was cleared by the second batch"
+    );
     assert_eq!(downgraded["data_quality_flags"], serde_json::json!([]));
 
     let labelled_twice = row("PAY1007");
@@ -349,7 +401,10 @@ fn gold_joins_accounts_risk_and_labels_with_defaults() {
         .flat_map(|v| std::fs::read_dir(v.path()).unwrap())
         .map(|p| p.unwrap().file_name().to_string_lossy().to_string())
         .collect();
-    assert!(partitions.contains(&"payment_date=2024-11-16".to_string()), "{partitions:?}");
+    assert!(
+        partitions.contains(&"payment_date=2024-11-16".to_string()),
+        "{partitions:?}"
+    );
 }
 
 #[test]

@@ -152,11 +152,13 @@ impl FileLogEntry {
 
     fn to_batch(&self) -> Result<RecordBatch, BronzeError> {
         let text = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
-        let optional = |v: &Option<String>| Arc::new(StringArray::from(vec![v.as_deref()])) as ArrayRef;
+        let optional =
+            |v: &Option<String>| Arc::new(StringArray::from(vec![v.as_deref()])) as ArrayRef;
         let number = |v: i64| Arc::new(Int64Array::from(vec![v])) as ArrayRef;
         let time = |v: DateTime<Utc>| {
-            Arc::new(TimestampMicrosecondArray::from(vec![v.timestamp_micros()]).with_timezone("UTC"))
-                as ArrayRef
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![v.timestamp_micros()]).with_timezone("UTC"),
+            ) as ArrayRef
         };
         let columns = vec![
             text(&self.source_file),

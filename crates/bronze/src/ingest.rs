@@ -183,7 +183,11 @@ impl RowBuffer {
     fn new(contract: &SourceContract) -> Self {
         Self {
             schema: bronze_schema(contract),
-            values: contract.columns.iter().map(|_| StringBuilder::new()).collect(),
+            values: contract
+                .columns
+                .iter()
+                .map(|_| StringBuilder::new())
+                .collect(),
             rescued: StringBuilder::new(),
             lines: Int64Builder::new(),
             fingerprints: StringBuilder::new(),
@@ -191,7 +195,13 @@ impl RowBuffer {
         }
     }
 
-    fn push(&mut self, line: u64, values: &[Option<String>], rescued: Option<&str>, fingerprint: &str) {
+    fn push(
+        &mut self,
+        line: u64,
+        values: &[Option<String>],
+        rescued: Option<&str>,
+        fingerprint: &str,
+    ) {
         for (builder, value) in self.values.iter_mut().zip(values) {
             builder.append_option(value.as_deref());
         }
@@ -297,7 +307,9 @@ impl FileWriter<'_> {
         fingerprint: &str,
     ) -> Result<(), BronzeError> {
         let Some(rows) = self.rows.as_mut() else {
-            return Err(BronzeError::Internal("row pushed to a file without a source".into()));
+            return Err(BronzeError::Internal(
+                "row pushed to a file without a source".into(),
+            ));
         };
         rows.push(line, values, rescued, fingerprint);
         if rows.len >= self.options.batch_rows {
@@ -306,7 +318,13 @@ impl FileWriter<'_> {
         Ok(())
     }
 
-    async fn push_dead(&mut self, line: u64, is_header: bool, reason: &str, raw: &[u8]) -> Result<(), BronzeError> {
+    async fn push_dead(
+        &mut self,
+        line: u64,
+        is_header: bool,
+        reason: &str,
+        raw: &[u8],
+    ) -> Result<(), BronzeError> {
         if self.records_read <= BAD_LINES_LOGGED_PER_FILE && !is_header {
             tracing::warn!("{}:{}: {}", self.lineage.relative, line, reason);
         }
@@ -333,14 +351,17 @@ impl FileWriter<'_> {
             None => {
                 let source = self.lineage.source.as_deref().unwrap_or_default();
                 let path = layout::bronze_data_file(source, &self.lineage.sha256);
-                self.rows_sink.insert(ParquetObjectSink::create(self.lake, &path, batch.schema())?)
+                self.rows_sink
+                    .insert(ParquetObjectSink::create(self.lake, &path, batch.schema())?)
             }
         };
         sink.write(&batch).await?;
         *self.rows_buffered_in_run += batch.num_rows() as u64;
         if let Some(limit) = self.options.abort_after_rows {
             if *self.rows_buffered_in_run >= limit {
-                tracing::error!("PAYLAKE_ABORT_AFTER_ROWS reached: aborting mid-file as a crash test");
+                tracing::error!(
+                    "PAYLAKE_ABORT_AFTER_ROWS reached: aborting mid-file as a crash test"
+                );
                 std::process::abort();
             }
         }
@@ -356,7 +377,11 @@ impl FileWriter<'_> {
             Some(sink) => sink,
             None => {
                 let path = layout::dead_letter_file(&self.lineage.sha256);
-                self.dead_sink.insert(ParquetObjectSink::create(self.lake, &path, dead_letter_schema())?)
+                self.dead_sink.insert(ParquetObjectSink::create(
+                    self.lake,
+                    &path,
+                    dead_letter_schema(),
+                )?)
             }
         };
         sink.write(&batch).await?;
@@ -382,7 +407,10 @@ impl FileWriter<'_> {
 }
 
 /// Runs Bronze ingestion over a landing directory.
-pub async fn run_bronze(lake: &Lake, options: &BronzeOptions) -> Result<BronzeSummary, BronzeError> {
+pub async fn run_bronze(
+    lake: &Lake,
+    options: &BronzeOptions,
+) -> Result<BronzeSummary, BronzeError> {
     let contracts = all_contracts()?;
     let files = discover(&options.landing)?;
     let logged = filelog::read_logged_files(lake).await?;
@@ -418,11 +446,16 @@ pub async fn run_bronze(lake: &Lake, options: &BronzeOptions) -> Result<BronzeSu
         let relative = file.relative.to_string_lossy().replace('\\', "/");
         let routed = route_landing_file(&file.relative, &contracts);
         let sha256 = sha256_of(&file.absolute)?;
-        let summary_key = routed.source.clone().unwrap_or_else(|| "(unrouted)".to_string());
-        let summary = summaries.entry(summary_key.clone()).or_insert_with(|| SourceSummary {
-            source: summary_key,
-            ..Default::default()
-        });
+        let summary_key = routed
+            .source
+            .clone()
+            .unwrap_or_else(|| "(unrouted)".to_string());
+        let summary = summaries
+            .entry(summary_key.clone())
+            .or_insert_with(|| SourceSummary {
+                source: summary_key,
+                ..Default::default()
+            });
         summary.files_seen += 1;
 
         if let Some(first) = landed_by_hash.get(&sha256) {
@@ -432,7 +465,8 @@ pub async fn run_bronze(lake: &Lake, options: &BronzeOptions) -> Result<BronzeSu
                 tracing::debug!("{relative}: already landed");
             } else {
                 tracing::info!("{relative}: same content as {first}, skipped");
-                let entry = FileLogEntry::skipped(&relative, &routed, &sha256, file.size, first, options);
+                let entry =
+                    FileLogEntry::skipped(&relative, &routed, &sha256, file.size, first, options);
                 filelog::append(lake, &options.batch_id, sequence, &entry).await?;
                 sequence += 1;
                 logged_pairs.insert(pair);
@@ -473,7 +507,9 @@ pub async fn run_bronze(lake: &Lake, options: &BronzeOptions) -> Result<BronzeSu
                 land_records(&mut writer, &file.absolute, contract, format).await?
             }
             (_, _, problem) => {
-                let reason = problem.unwrap_or("file cannot be routed to a source").to_string();
+                let reason = problem
+                    .unwrap_or("file cannot be routed to a source")
+                    .to_string();
                 let problem = FileProblem {
                     reason,
                     fingerprint: None,
@@ -569,9 +605,8 @@ async fn land_records(
             while let Some(parsed) = records.next_record().map_err(io_error)? {
                 push_parsed(writer, parsed).await?;
             }
-            let fingerprint = paylake_contracts::schema_fingerprint(
-                records.keys_seen.iter().map(String::as_str),
-            );
+            let fingerprint =
+                paylake_contracts::schema_fingerprint(records.keys_seen.iter().map(String::as_str));
             Ok(Landed::Records {
                 fingerprint,
                 drift: records.drift,

@@ -115,7 +115,10 @@ impl<R> Tee<R> {
     fn slice(&self, start: u64, end: u64) -> Vec<u8> {
         let from = start.saturating_sub(self.buffer_start) as usize;
         let to = (end.saturating_sub(self.buffer_start) as usize).min(self.buffer.len());
-        self.buffer.get(from..to).map(<[u8]>::to_vec).unwrap_or_default()
+        self.buffer
+            .get(from..to)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
     }
 
     fn forget_before(&mut self, offset: u64) {
@@ -148,7 +151,10 @@ impl<R: Read> CsvRecords<R> {
             .flexible(true)
             .from_reader(tee);
         let mut header_record = ByteRecord::new();
-        if !reader.read_byte_record(&mut header_record).map_err(csv_io)? {
+        if !reader
+            .read_byte_record(&mut header_record)
+            .map_err(csv_io)?
+        {
             return Ok(Err(FileProblem {
                 reason: "file is empty: no header line".into(),
                 fingerprint: None,
@@ -207,7 +213,11 @@ impl<R: Read> CsvRecords<R> {
         {
             return Ok(None);
         }
-        let position = self.record.position().cloned().unwrap_or_else(csv::Position::new);
+        let position = self
+            .record
+            .position()
+            .cloned()
+            .unwrap_or_else(csv::Position::new);
         let (start, line) = (position.byte(), position.line());
         let end = self.reader.position().byte();
         let raw_view = self.reader.get_ref().slice(start, end);
@@ -252,12 +262,12 @@ impl<R: Read> CsvRecords<R> {
             .iter()
             .map(|position| position.map(|i| text[i].to_string()))
             .collect();
-        let rescued = rescued_json(
-            self.mapping
-                .extra_columns
-                .iter()
-                .map(|(i, name)| (name.as_str(), serde_json::Value::String(text[*i].to_string()))),
-        );
+        let rescued = rescued_json(self.mapping.extra_columns.iter().map(|(i, name)| {
+            (
+                name.as_str(),
+                serde_json::Value::String(text[*i].to_string()),
+            )
+        }));
         Parsed::Row {
             line,
             values,
@@ -325,7 +335,12 @@ impl<R: BufRead> JsonRecords<R> {
                     &self.buffer,
                 )
             }
-            Err(e) => return bad(format!("invalid JSON at column {}: {e}", e.column()), &self.buffer),
+            Err(e) => {
+                return bad(
+                    format!("invalid JSON at column {}: {e}", e.column()),
+                    &self.buffer,
+                )
+            }
         };
         let keys: Vec<&String> = object.keys().collect();
         let mapping = self.contract.map_header(&keys);
@@ -396,10 +411,20 @@ mod tests {
 
     #[test]
     fn bom_crlf_and_reordered_headers_are_accepted() {
-        let parsed = csv_all(b"\xEF\xBB\xBFRisk_Flag , Account_ID\r\n2,ACC1\r\n0,ACC2\r\n", "risk_feed").unwrap();
+        let parsed = csv_all(
+            b"\xEF\xBB\xBFRisk_Flag , Account_ID\r\n2,ACC1\r\n0,ACC2\r\n",
+            "risk_feed",
+        )
+        .unwrap();
         assert_eq!(parsed.len(), 2);
-        assert_eq!(values(&parsed[0]), vec![Some("ACC1".into()), Some("2".into())]);
-        assert_eq!(values(&parsed[1]), vec![Some("ACC2".into()), Some("0".into())]);
+        assert_eq!(
+            values(&parsed[0]),
+            vec![Some("ACC1".into()), Some("2".into())]
+        );
+        assert_eq!(
+            values(&parsed[1]),
+            vec![Some("ACC2".into()), Some("0".into())]
+        );
     }
 
     #[test]
@@ -418,16 +443,15 @@ mod tests {
             }
             other => panic!("expected a bad line, got {other:?}"),
         }
-        assert_eq!(values(&parsed[2]), vec![Some("ACC3".into()), Some("0".into())]);
+        assert_eq!(
+            values(&parsed[2]),
+            vec![Some("ACC3".into()), Some("0".into())]
+        );
     }
 
     #[test]
     fn invalid_utf8_and_broken_quotes_are_bad_lines() {
-        let parsed = csv_all(
-            b"account_id,risk_flag\nAC\xFFC,1\n\"ACC2,1\n",
-            "risk_feed",
-        )
-        .unwrap();
+        let parsed = csv_all(b"account_id,risk_flag\nAC\xFFC,1\n\"ACC2,1\n", "risk_feed").unwrap();
         match &parsed[0] {
             Parsed::Bad { raw, reason, .. } => {
                 assert_eq!(raw, b"AC\xFFC,1\n");
@@ -435,7 +459,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&parsed[1], Parsed::Bad { line: 3, .. }), "{:?}", parsed[1]);
+        assert!(
+            matches!(&parsed[1], Parsed::Bad { line: 3, .. }),
+            "{:?}",
+            parsed[1]
+        );
     }
 
     #[test]
@@ -459,7 +487,9 @@ mod tests {
     #[test]
     fn missing_required_column_rejects_the_file() {
         let problem = csv_all(b"account_id,flag\nACC1,1\n", "risk_feed").unwrap_err();
-        assert!(problem.reason.contains("missing required column(s): risk_flag"));
+        assert!(problem
+            .reason
+            .contains("missing required column(s): risk_flag"));
         assert!(problem.reason.contains("unexpected column(s): flag"));
         assert_eq!(problem.missing_columns, vec!["risk_flag".to_string()]);
     }
@@ -475,15 +505,23 @@ mod tests {
         }
         assert_eq!(out.len(), 4);
         match &out[0] {
-            Parsed::Row { values, rescued, .. } => {
+            Parsed::Row {
+                values, rescued, ..
+            } => {
                 assert_eq!(values[0].as_deref(), Some("P1"));
                 assert_eq!(rescued.as_deref(), Some(r#"{"analyst":7}"#));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(&out[1], Parsed::Bad { line: 3, reason, .. } if reason.contains("an array")));
-        assert!(matches!(&out[2], Parsed::Bad { line: 4, reason, .. } if reason.contains("fraud_type")));
-        assert!(matches!(&out[3], Parsed::Bad { line: 5, reason, .. } if reason.contains("invalid JSON")));
+        assert!(
+            matches!(&out[1], Parsed::Bad { line: 3, reason, .. } if reason.contains("an array"))
+        );
+        assert!(
+            matches!(&out[2], Parsed::Bad { line: 4, reason, .. } if reason.contains("fraud_type"))
+        );
+        assert!(
+            matches!(&out[3], Parsed::Bad { line: 5, reason, .. } if reason.contains("invalid JSON"))
+        );
         assert!(records.drift.added_columns.contains("analyst"));
     }
 }

@@ -15,10 +15,8 @@ use regex::Regex;
 fn stamp_pattern() -> &'static Regex {
     static PATTERN: OnceLock<Regex> = OnceLock::new();
     PATTERN.get_or_init(|| {
-        Regex::new(
-            r"(\d{4})-(\d{2})-(\d{2})(?:[T_ ](\d{2})[-:](\d{2})(?:[-:](\d{2}))?)?",
-        )
-        .expect("the knowledge-time pattern is a valid regex")
+        Regex::new(r"(\d{4})-(\d{2})-(\d{2})(?:[T_ ](\d{2})[-:](\d{2})(?:[-:](\d{2}))?)?")
+            .expect("the knowledge-time pattern is a valid regex")
     })
 }
 
@@ -27,11 +25,8 @@ fn stamp_in(component: &str) -> Option<DateTime<Utc>> {
         .captures_iter(component)
         .filter_map(|caps| {
             let number = |i: usize| caps.get(i).and_then(|m| m.as_str().parse::<u32>().ok());
-            let date = NaiveDate::from_ymd_opt(
-                i32::try_from(number(1)?).ok()?,
-                number(2)?,
-                number(3)?,
-            )?;
+            let date =
+                NaiveDate::from_ymd_opt(i32::try_from(number(1)?).ok()?, number(2)?, number(3)?)?;
             let time = match (number(4), number(5)) {
                 (Some(h), Some(m)) => NaiveTime::from_hms_opt(h, m, number(6).unwrap_or(0))?,
                 _ => NaiveTime::MIN,
@@ -79,7 +74,10 @@ mod tests {
 
     #[test]
     fn no_stamp_or_impossible_date_gives_none() {
-        assert_eq!(known_at_from_path(Path::new("payment_transactions.csv")), None);
+        assert_eq!(
+            known_at_from_path(Path::new("payment_transactions.csv")),
+            None
+        );
         assert_eq!(known_at_from_path(Path::new("x/2024-13-40.csv")), None);
     }
 }

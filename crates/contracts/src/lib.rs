@@ -115,10 +115,11 @@ impl HeaderMapping {
 
 impl SourceContract {
     pub fn from_toml(name: &str, text: &str) -> Result<Self, ContractError> {
-        let contract: SourceContract = toml::from_str(text).map_err(|source| ContractError::Parse {
-            name: name.to_string(),
-            source,
-        })?;
+        let contract: SourceContract =
+            toml::from_str(text).map_err(|source| ContractError::Parse {
+                name: name.to_string(),
+                source,
+            })?;
         contract.validate(name)?;
         Ok(contract)
     }
@@ -135,7 +136,9 @@ impl SourceContract {
         for column in &self.columns {
             for alias in std::iter::once(&column.name).chain(&column.aliases) {
                 if !seen.insert(normalize_header(alias)) {
-                    return Err(invalid(format!("column name or alias '{alias}' is declared twice")));
+                    return Err(invalid(format!(
+                        "column name or alias '{alias}' is declared twice"
+                    )));
                 }
             }
             if column.name.starts_with('_') {
@@ -168,12 +171,17 @@ impl SourceContract {
     }
 
     pub fn accepts(&self, format: FileFormat) -> bool {
-        self.formats.iter().any(|f| FileFormat::from_name(f) == Some(format))
+        self.formats
+            .iter()
+            .any(|f| FileFormat::from_name(f) == Some(format))
     }
 
     /// Matches a file's header names against the declared columns.
     pub fn map_header<S: AsRef<str>>(&self, header: &[S]) -> HeaderMapping {
-        let normalized: Vec<String> = header.iter().map(|h| normalize_header(h.as_ref())).collect();
+        let normalized: Vec<String> = header
+            .iter()
+            .map(|h| normalize_header(h.as_ref()))
+            .collect();
         let mut duplicated = Vec::new();
         for (i, name) in normalized.iter().enumerate() {
             if normalized[..i].contains(name) && !duplicated.contains(name) {
@@ -202,7 +210,12 @@ impl SourceContract {
             .iter()
             .enumerate()
             .filter(|(i, _)| !claimed[*i])
-            .map(|(i, h)| (i, h.as_ref().trim_start_matches('\u{feff}').trim().to_string()))
+            .map(|(i, h)| {
+                (
+                    i,
+                    h.as_ref().trim_start_matches('\u{feff}').trim().to_string(),
+                )
+            })
             .collect();
         HeaderMapping {
             column_positions,
@@ -265,7 +278,10 @@ mod tests {
             "timestamp",
         ]);
         assert_eq!(mapping.missing_required, vec!["amount".to_string()]);
-        assert_eq!(mapping.missing_optional, vec!["payment_reference".to_string()]);
+        assert_eq!(
+            mapping.missing_optional,
+            vec!["payment_reference".to_string()]
+        );
         assert!(!mapping.is_usable());
     }
 

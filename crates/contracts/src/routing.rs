@@ -69,9 +69,11 @@ pub fn route_landing_file(relative_path: &Path, contracts: &[SourceContract]) ->
 
     let (contract, layout) = if is_flat {
         let lower = first.to_ascii_lowercase();
-        let found = contracts
-            .iter()
-            .find(|c| c.flat_prefixes.iter().any(|p| lower.starts_with(p.as_str())));
+        let found = contracts.iter().find(|c| {
+            c.flat_prefixes
+                .iter()
+                .any(|p| lower.starts_with(p.as_str()))
+        });
         (found, LayoutKind::Flat)
     } else {
         let folder = first.to_ascii_lowercase();
@@ -87,7 +89,9 @@ pub fn route_landing_file(relative_path: &Path, contracts: &[SourceContract]) ->
              external_risk_feed, historical_fraud_cases)"
                 .to_string()
         } else {
-            format!("folder '{first}' is not a source (payments, accounts, risk_feed, fraud_labels)")
+            format!(
+                "folder '{first}' is not a source (payments, accounts, risk_feed, fraud_labels)"
+            )
         };
         return RoutedFile {
             source: None,
@@ -124,9 +128,18 @@ mod tests {
 
     #[test]
     fn flat_layout_routes_by_prefix() {
-        assert_eq!(route("payment_transactions.csv").source.as_deref(), Some("payments"));
-        assert_eq!(route("account_details_0601.csv").source.as_deref(), Some("accounts"));
-        assert_eq!(route("external_risk_feed.csv").source.as_deref(), Some("risk_feed"));
+        assert_eq!(
+            route("payment_transactions.csv").source.as_deref(),
+            Some("payments")
+        );
+        assert_eq!(
+            route("account_details_0601.csv").source.as_deref(),
+            Some("accounts")
+        );
+        assert_eq!(
+            route("external_risk_feed.csv").source.as_deref(),
+            Some("risk_feed")
+        );
         let labels = route("historical_fraud_cases_api.jsonl");
         assert_eq!(labels.source.as_deref(), Some("fraud_labels"));
         assert_eq!(labels.format, Some(FileFormat::JsonLines));
@@ -143,7 +156,13 @@ mod tests {
     #[test]
     fn unknown_files_carry_a_problem() {
         assert!(route("notes.txt").problem.is_some());
-        assert!(route("customers/a.csv").problem.unwrap().contains("customers"));
-        assert!(route("payments/a.xml").problem.unwrap().contains("unsupported"));
+        assert!(route("customers/a.csv")
+            .problem
+            .unwrap()
+            .contains("customers"));
+        assert!(route("payments/a.xml")
+            .problem
+            .unwrap()
+            .contains("unsupported"));
     }
 }

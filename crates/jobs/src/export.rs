@@ -88,8 +88,11 @@ pub async fn export_table(
         );
         selection.push(if is_list && format == ExportFormat::Csv {
             // CSV has no lists: join the items with ';'.
-            datafusion::functions_nested::expr_fn::array_to_string(column, datafusion::prelude::lit(";"))
-                .alias(name)
+            datafusion::functions_nested::expr_fn::array_to_string(
+                column,
+                datafusion::prelude::lit(";"),
+            )
+            .alias(name)
         } else {
             column
         });

@@ -5,7 +5,9 @@ pub mod models;
 pub mod runner;
 
 pub use export::{export_table, ExportFormat, UNIFIED_COLUMNS};
-pub use runner::{lake_session, run_layer, LayerSummary, PublishedTable, RunOptions, SourceOutcome};
+pub use runner::{
+    lake_session, run_layer, LayerSummary, PublishedTable, RunOptions, SourceOutcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

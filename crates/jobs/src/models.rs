@@ -25,13 +25,19 @@ pub struct Model {
 }
 
 const EMBEDDED_SILVER: &[(&str, &str)] = &[
-    ("stg_payments", include_str!("../../../sql/silver/stg_payments.sql")),
+    (
+        "stg_payments",
+        include_str!("../../../sql/silver/stg_payments.sql"),
+    ),
     ("payments", include_str!("../../../sql/silver/payments.sql")),
     (
         "payments_quarantine",
         include_str!("../../../sql/silver/payments_quarantine.sql"),
     ),
-    ("stg_accounts", include_str!("../../../sql/silver/stg_accounts.sql")),
+    (
+        "stg_accounts",
+        include_str!("../../../sql/silver/stg_accounts.sql"),
+    ),
     (
         "accounts_history",
         include_str!("../../../sql/silver/accounts_history.sql"),
@@ -41,12 +47,18 @@ const EMBEDDED_SILVER: &[(&str, &str)] = &[
         "accounts_quarantine",
         include_str!("../../../sql/silver/accounts_quarantine.sql"),
     ),
-    ("stg_risk_feed", include_str!("../../../sql/silver/stg_risk_feed.sql")),
+    (
+        "stg_risk_feed",
+        include_str!("../../../sql/silver/stg_risk_feed.sql"),
+    ),
     (
         "risk_feed_history",
         include_str!("../../../sql/silver/risk_feed_history.sql"),
     ),
-    ("risk_feed", include_str!("../../../sql/silver/risk_feed.sql")),
+    (
+        "risk_feed",
+        include_str!("../../../sql/silver/risk_feed.sql"),
+    ),
     (
         "risk_feed_quarantine",
         include_str!("../../../sql/silver/risk_feed_quarantine.sql"),
@@ -59,7 +71,10 @@ const EMBEDDED_SILVER: &[(&str, &str)] = &[
         "fraud_labels_history",
         include_str!("../../../sql/silver/fraud_labels_history.sql"),
     ),
-    ("fraud_labels", include_str!("../../../sql/silver/fraud_labels.sql")),
+    (
+        "fraud_labels",
+        include_str!("../../../sql/silver/fraud_labels.sql"),
+    ),
     (
         "fraud_labels_quarantine",
         include_str!("../../../sql/silver/fraud_labels_quarantine.sql"),
@@ -156,7 +171,12 @@ pub fn load_models(layer: Layer, sql_dir: Option<&Path>) -> Result<Vec<Model>, J
                 .and_then(|s| s.to_str())
                 .unwrap_or_default()
                 .to_string();
-            models.push(Model::parse(layer, &name, &sql, &path.display().to_string())?);
+            models.push(Model::parse(
+                layer,
+                &name,
+                &sql,
+                &path.display().to_string(),
+            )?);
         }
     } else {
         let embedded = match layer {
@@ -196,7 +216,11 @@ pub fn order_models(models: Vec<Model>) -> Result<Vec<Model>, JobError> {
         if ready.is_empty() {
             let stuck: Vec<&String> = pending.keys().collect();
             return Err(JobError::Model {
-                model: stuck.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                model: stuck
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 message: "models reference each other in a cycle".into(),
             });
         }
@@ -253,7 +277,13 @@ mod tests {
         let b = Model::parse(Layer::Silver, "b", "SELECT * FROM silver.a", "b.sql").unwrap();
         let err = order_models(vec![a, b]).unwrap_err();
         assert!(err.to_string().contains("cycle"), "{err}");
-        let err = Model::parse(Layer::Gold, "x", "-- paylake: speed=fast\nSELECT 1", "x.sql").unwrap_err();
+        let err = Model::parse(
+            Layer::Gold,
+            "x",
+            "-- paylake: speed=fast\nSELECT 1",
+            "x.sql",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("speed=fast"), "{err}");
     }
 }

@@ -120,7 +120,10 @@ pub async fn register_published(
     layer: Layer,
 ) -> Result<Vec<String>, JobError> {
     let mut names = Vec::new();
-    for object in lake.list(&object_store::path::Path::from(layer.name())).await? {
+    for object in lake
+        .list(&object_store::path::Path::from(layer.name()))
+        .await?
+    {
         let relative = lake.relative(&object.location);
         let parts: Vec<String> = relative.parts().map(|p| p.as_ref().to_string()).collect();
         if parts.len() != 3 || parts[2] != "_current.json" {

@@ -91,10 +91,22 @@ mod tests {
 
     #[test]
     fn paths_follow_the_documented_layout() {
-        assert_eq!(bronze_data_file("payments", "ab").as_ref(), "bronze/payments/ab.parquet");
-        assert_eq!(dead_letter_file("ab").as_ref(), "bronze/_dead_letter/ab.parquet");
-        assert_eq!(file_log_entry("b1", 7).as_ref(), "bronze/_file_log/b1-000007.parquet");
-        assert_eq!(table_pointer(Layer::Gold, "t").as_ref(), "gold/t/_current.json");
+        assert_eq!(
+            bronze_data_file("payments", "ab").as_ref(),
+            "bronze/payments/ab.parquet"
+        );
+        assert_eq!(
+            dead_letter_file("ab").as_ref(),
+            "bronze/_dead_letter/ab.parquet"
+        );
+        assert_eq!(
+            file_log_entry("b1", 7).as_ref(),
+            "bronze/_file_log/b1-000007.parquet"
+        );
+        assert_eq!(
+            table_pointer(Layer::Gold, "t").as_ref(),
+            "gold/t/_current.json"
+        );
         assert_eq!(
             table_version_folder(Layer::Silver, "t", "42").as_ref(),
             "silver/t/v-42"

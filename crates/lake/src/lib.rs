@@ -230,8 +230,13 @@ mod tests {
         let listed = lake.list(&Path::from("silver")).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(lake.relative(&listed[0].location), path);
-        assert!(dir.path().join("lake/silver/payments/_current.json").exists());
-        assert!(lake.folder_url(&Path::from("silver/payments")).starts_with("file:///"));
+        assert!(dir
+            .path()
+            .join("lake/silver/payments/_current.json")
+            .exists());
+        assert!(lake
+            .folder_url(&Path::from("silver/payments"))
+            .starts_with("file:///"));
     }
 
     #[test]

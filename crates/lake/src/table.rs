@@ -42,10 +42,7 @@ impl TableName {
     /// Parses `layer.table`.
     pub fn parse(qualified: &str) -> Option<Self> {
         let (layer, name) = qualified.split_once('.')?;
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         let layer = Layer::parse(layer)?;
         valid.then(|| Self::new(layer, name))
     }
@@ -97,7 +94,9 @@ impl TablePointer {
     }
 }
 
-fn engine(doing: impl Into<String>) -> impl FnOnce(datafusion::error::DataFusionError) -> LakeError {
+fn engine(
+    doing: impl Into<String>,
+) -> impl FnOnce(datafusion::error::DataFusionError) -> LakeError {
     let doing = doing.into();
     move |source| LakeError::Engine { doing, source }
 }
@@ -237,7 +236,8 @@ pub async fn published_provider(
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(Arc::new(Schema::new(file_fields)));
-    let table_provider = ListingTable::try_new(config).map_err(engine(format!("opening {table}")))?;
+    let table_provider =
+        ListingTable::try_new(config).map_err(engine(format!("opening {table}")))?;
     Ok(Some(Arc::new(table_provider)))
 }
 
@@ -265,7 +265,10 @@ impl ParquetObjectSink {
         })
     }
 
-    pub async fn write(&mut self, batch: &datafusion::arrow::record_batch::RecordBatch) -> Result<()> {
+    pub async fn write(
+        &mut self,
+        batch: &datafusion::arrow::record_batch::RecordBatch,
+    ) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         self.writer
             .write(batch)
@@ -326,7 +329,12 @@ mod tests {
             .await
             .unwrap()
             .iter()
-            .filter_map(|o| lake.relative(&o.location).parts().nth(2).map(|p| p.as_ref().to_string()))
+            .filter_map(|o| {
+                lake.relative(&o.location)
+                    .parts()
+                    .nth(2)
+                    .map(|p| p.as_ref().to_string())
+            })
             .filter(|p| p.starts_with("v-"))
             .collect();
         assert_eq!(versions.len(), 1, "old versions are removed: {versions:?}");
