@@ -84,6 +84,9 @@ struct JobArgs {
     /// Read models from DIR/<layer>/*.sql instead of the built-in ones.
     #[arg(long)]
     sql_dir: Option<PathBuf>,
+    /// Days after which a payment with no known fraud label counts as legitimate.
+    #[arg(long, default_value_t = 60)]
+    label_maturity_days: u32,
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -307,7 +310,8 @@ async fn run_job(
     let options = RunOptions {
         as_of: job.as_of,
         sql_dir: job.sql_dir,
-        run_id: run_id(now),
+        label_maturity_days: job.label_maturity_days,
+        ..RunOptions::new(run_id(now), now)
     };
     let summary = run_layer(lake, layer, &options)
         .await

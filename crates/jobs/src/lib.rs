@@ -19,6 +19,13 @@ pub enum JobError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    #[error("{table}: invariant {check} is broken by {violations} row(s); nothing was published\n{sample}")]
+    CheckFailed {
+        table: String,
+        check: String,
+        violations: usize,
+        sample: String,
+    },
     #[error("{what} has not been built yet: {hint}")]
     NotBuilt { what: String, hint: String },
     #[error("cannot read {path}: {source}")]

@@ -22,6 +22,41 @@ pub struct Model {
     pub origin: String,
     pub materialized: bool,
     pub partition_by: Vec<String>,
+    /// Invariants checked on the staged result before it is published.
+    pub checks: Vec<Check>,
+}
+
+/// One invariant: a SELECT that returns the rows breaking it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub sql: String,
+}
+
+/// Splits a checks file into its `-- check: name` sections.
+pub fn parse_checks(text: &str, origin: &str) -> Result<Vec<Check>, JobError> {
+    let mut checks: Vec<Check> = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.trim().strip_prefix("-- check:") {
+            checks.push(Check {
+                name: name.trim().to_string(),
+                sql: String::new(),
+            });
+        } else if let Some(check) = checks.last_mut() {
+            check.sql.push_str(line);
+            check.sql.push('\n');
+        }
+    }
+    if let Some(empty) = checks
+        .iter()
+        .find(|c| c.sql.trim().is_empty() || c.name.is_empty())
+    {
+        return Err(JobError::Model {
+            model: origin.to_string(),
+            message: format!("check '{}' has no name or no query", empty.name),
+        });
+    }
+    Ok(checks)
 }
 
 const EMBEDDED_SILVER: &[(&str, &str)] = &[
@@ -81,9 +116,22 @@ const EMBEDDED_SILVER: &[(&str, &str)] = &[
     ),
 ];
 
-const EMBEDDED_GOLD: &[(&str, &str)] = &[(
-    "unified_payments",
-    include_str!("../../../sql/gold/unified_payments.sql"),
+const EMBEDDED_GOLD: &[(&str, &str)] = &[
+    (
+        "unified_payments",
+        include_str!("../../../sql/gold/unified_payments.sql"),
+    ),
+    (
+        "payment_training",
+        include_str!("../../../sql/gold/payment_training.sql"),
+    ),
+];
+
+/// Checks files, by the model they guard (`sql/<layer>/checks/<model>.sql`).
+const EMBEDDED_CHECKS: &[(Layer, &str, &str)] = &[(
+    Layer::Gold,
+    "payment_training",
+    include_str!("../../../sql/gold/checks/payment_training.sql"),
 )];
 
 fn reference_pattern() -> &'static Regex {
@@ -103,6 +151,7 @@ impl Model {
             origin: origin.to_string(),
             materialized: true,
             partition_by: vec![],
+            checks: vec![],
         };
         for line in sql.lines() {
             let Some(config) = line.trim().strip_prefix("-- paylake:") else {
@@ -186,7 +235,14 @@ pub fn load_models(layer: Layer, sql_dir: Option<&Path>) -> Result<Vec<Model>, J
         };
         for (name, sql) in embedded {
             let origin = format!("sql/{}/{name}.sql", layer.name());
-            models.push(Model::parse(layer, name, sql, &origin)?);
+            let mut model = Model::parse(layer, name, sql, &origin)?;
+            for (check_layer, model_name, text) in EMBEDDED_CHECKS {
+                if *check_layer == layer && model_name == name {
+                    let origin = format!("sql/{}/checks/{name}.sql", layer.name());
+                    model.checks = parse_checks(text, &origin)?;
+                }
+            }
+            models.push(model);
         }
     }
     order_models(models)
@@ -251,6 +307,9 @@ mod tests {
         assert!(models[position("payments")].materialized);
         let gold = load_models(Layer::Gold, None).unwrap();
         assert_eq!(gold[0].partition_by, vec!["payment_date".to_string()]);
+        let training = gold.iter().find(|m| m.name == "payment_training").unwrap();
+        let names: Vec<&str> = training.checks.iter().map(|c| c.name.as_str()).collect();
+        assert!(names.contains(&"one_row_per_payment"), "{names:?}");
     }
 
     #[test]
@@ -268,7 +327,31 @@ mod tests {
                 .map(|m| m.name)
                 .collect();
             assert_eq!(from_disk, embedded, "{layer:?}");
+            let checks_on_disk = load_models(layer, Some(&dir))
+                .unwrap()
+                .iter()
+                .map(|m| m.checks.len())
+                .sum::<usize>();
+            let checks_embedded = load_models(layer, None)
+                .unwrap()
+                .iter()
+                .map(|m| m.checks.len())
+                .sum::<usize>();
+            assert_eq!(checks_on_disk, checks_embedded, "{layer:?} checks");
         }
+    }
+
+    #[test]
+    fn checks_files_split_into_named_queries() {
+        let checks = parse_checks(
+            "-- intro\n-- check: a\nSELECT 1\n-- check: b\nSELECT 2\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[1].name, "b");
+        assert!(checks[1].sql.contains("SELECT 2"));
+        assert!(parse_checks("-- check: empty\n", "x").is_err());
     }
 
     #[test]

@@ -20,13 +20,33 @@ use serde::Serialize;
 use crate::models::load_models;
 use crate::JobError;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Build only from facts known at or before this time (default: everything landed).
     pub as_of: Option<DateTime<Utc>>,
     /// Read models from this folder instead of the built-in ones.
     pub sql_dir: Option<PathBuf>,
     pub run_id: String,
+    /// The run's clock: `as_of` when given, else the start of the run.
+    pub now: DateTime<Utc>,
+    /// A payment older than this (at the as-of time) without a known fraud label is legit.
+    pub label_maturity_days: u32,
+}
+
+impl RunOptions {
+    pub fn new(run_id: impl Into<String>, now: DateTime<Utc>) -> Self {
+        Self {
+            as_of: None,
+            sql_dir: None,
+            run_id: run_id.into(),
+            now,
+            label_maturity_days: 60,
+        }
+    }
+
+    pub fn effective_as_of(&self) -> DateTime<Utc> {
+        self.as_of.unwrap_or(self.now)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -68,10 +88,49 @@ pub fn new_session(lake: &Lake) -> Result<SessionContext, JobError> {
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| JobError::Internal("the default catalog is missing".into()))?;
-    for layer in [Layer::Bronze, Layer::Silver, Layer::Gold] {
-        catalog.register_schema(layer.name(), Arc::new(MemorySchemaProvider::new()))?;
+    for schema in ["bronze", "silver", "gold", PARAMS_SCHEMA] {
+        catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
     }
     Ok(ctx)
+}
+
+/// Models read the run's parameters from `params.run`, a one-row table, so that the SQL stays
+/// plain SELECTs: `as_of`, `label_maturity_days`, `maturity_cutoff` (as_of minus the maturity).
+pub const PARAMS_SCHEMA: &str = "params";
+
+pub fn register_params(ctx: &SessionContext, options: &RunOptions) -> Result<(), JobError> {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::arrow::record_batch::RecordBatch;
+    let as_of = options.effective_as_of();
+    let cutoff = as_of - chrono::Duration::days(i64::from(options.label_maturity_days));
+    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("as_of", utc.clone(), false),
+        Field::new("label_maturity_days", DataType::Int64, false),
+        Field::new("maturity_cutoff", utc, false),
+        Field::new("run_id", DataType::Utf8, false),
+    ]));
+    let timestamp = |t: DateTime<Utc>| {
+        Arc::new(TimestampMicrosecondArray::from(vec![t.timestamp_micros()]).with_timezone("UTC"))
+            as ArrayRef
+    };
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            timestamp(as_of),
+            Arc::new(Int64Array::from(vec![i64::from(
+                options.label_maturity_days,
+            )])),
+            timestamp(cutoff),
+            Arc::new(StringArray::from(vec![options.run_id.as_str()])),
+        ],
+    )?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
+    let reference = TableReference::partial(PARAMS_SCHEMA, "run");
+    ctx.deregister_table(reference.clone())?;
+    ctx.register_table(reference, Arc::new(table))?;
+    Ok(())
 }
 
 fn register(
@@ -146,6 +205,7 @@ pub async fn run_layer(
 ) -> Result<LayerSummary, JobError> {
     let models = load_models(layer, options.sql_dir.as_deref())?;
     let ctx = new_session(lake)?;
+    register_params(&ctx, options)?;
     register_bronze(&ctx, lake, options.as_of).await?;
     if layer == Layer::Gold {
         let silver = register_published(&ctx, lake, Layer::Silver).await?;
@@ -176,19 +236,27 @@ pub async fn run_layer(
             properties.insert("as_of".into(), at.to_rfc3339().into());
         }
         let partition_by: Vec<&str> = model.partition_by.iter().map(String::as_str).collect();
-        let pointer = table::publish(lake, &name, frame, &partition_by, properties)
+        let sql_error = |e: paylake_lake::LakeError| match e {
+            paylake_lake::LakeError::Engine { source, .. } => JobError::Sql {
+                model: model.origin.clone(),
+                source,
+            },
+            other => JobError::Lake(other),
+        };
+        let staged = table::stage(lake, &name, frame, &partition_by, properties)
             .await
-            .map_err(|e| match e {
-                paylake_lake::LakeError::Engine { source, .. } => JobError::Sql {
-                    model: model.origin.clone(),
-                    source,
-                },
-                other => JobError::Lake(other),
-            })?;
-        let provider = table::published_provider(lake, &name)
-            .await?
-            .ok_or_else(|| JobError::Internal(format!("{name} vanished after publishing")))?;
-        register(&ctx, layer, &model.name, provider)?;
+            .map_err(sql_error)?;
+        register(
+            &ctx,
+            layer,
+            &model.name,
+            table::provider_for(lake, &name, &staged)?,
+        )?;
+        if let Err(failure) = run_checks(&ctx, model).await {
+            table::discard(lake, &name, &staged).await?;
+            return Err(failure);
+        }
+        let pointer = table::commit(lake, &name, staged).await?;
         tables.push(PublishedTable {
             table: name.to_string(),
             rows: pointer.rows,
@@ -208,6 +276,33 @@ pub async fn run_layer(
         tables,
         sources,
     })
+}
+
+/// Runs a model's invariants against its staged result; the first broken one fails the build.
+async fn run_checks(ctx: &SessionContext, model: &crate::models::Model) -> Result<(), JobError> {
+    for check in &model.checks {
+        let sql_error = |source| JobError::Sql {
+            model: format!("{} check {}", model.origin, check.name),
+            source,
+        };
+        let frame = ctx.sql(&check.sql).await.map_err(sql_error)?;
+        let batches = frame.collect().await.map_err(sql_error)?;
+        let violations: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if violations > 0 {
+            let sample = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            let sample: String = sample.lines().take(12).collect::<Vec<_>>().join("\n");
+            return Err(JobError::CheckFailed {
+                table: model.qualified(),
+                check: check.name.clone(),
+                violations,
+                sample,
+            });
+        }
+        tracing::info!("{}: check {} passed", model.qualified(), check.name);
+    }
+    Ok(())
 }
 
 /// Counts how each staging model classified its Bronze rows.
@@ -284,6 +379,7 @@ pub async fn grouped_counts(
 /// A session with every Bronze table and every published Silver and Gold table registered.
 pub async fn lake_session(lake: &Lake) -> Result<SessionContext, JobError> {
     let ctx = new_session(lake)?;
+    register_params(&ctx, &RunOptions::new("ad-hoc", Utc::now()))?;
     register_bronze(&ctx, lake, None).await?;
     register_published(&ctx, lake, Layer::Silver).await?;
     register_published(&ctx, lake, Layer::Gold).await?;

@@ -135,6 +135,19 @@ pub async fn publish(
     partition_by: &[&str],
     properties: serde_json::Map<String, serde_json::Value>,
 ) -> Result<TablePointer> {
+    let staged = stage(lake, table, frame, partition_by, properties).await?;
+    commit(lake, table, staged).await
+}
+
+/// Writes a new version of `table` without publishing it: readers still see the old one.
+/// The returned pointer can be read with [`provider_for`] (to check it) and then committed.
+pub async fn stage(
+    lake: &Lake,
+    table: &TableName,
+    frame: DataFrame,
+    partition_by: &[&str],
+    properties: serde_json::Map<String, serde_json::Value>,
+) -> Result<TablePointer> {
     let version = new_version();
     let folder = layout::table_version_folder(table.layer, &table.name, &version);
     let schema = frame.schema().inner().clone();
@@ -144,15 +157,11 @@ pub async fn publish(
         .write_parquet(&lake.folder_url(&folder), options, None)
         .await
         .map_err(engine(format!("writing {table}")))?;
+    // An empty result writes no file; readers then use the schema kept in the pointer.
     let rows = count_from_write_result(&written);
-
-    if rows == 0 {
-        // DataFusion writes no file for an empty result; readers use the schema in the pointer.
-        tracing::debug!(%table, "published an empty version");
-    }
-    let pointer = TablePointer {
+    Ok(TablePointer {
         table: table.to_string(),
-        version: version.clone(),
+        version,
         published_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         rows,
         partition_by: partition_by.iter().map(|c| c.to_string()).collect(),
@@ -166,15 +175,29 @@ pub async fn publish(
             })
             .collect(),
         properties,
-    };
-    let bytes = serde_json::to_vec_pretty(&pointer).map_err(|e| LakeError::Corrupt {
+    })
+}
+
+/// Publishes a staged version: one atomic pointer write, then older versions are removed.
+pub async fn commit(lake: &Lake, table: &TableName, staged: TablePointer) -> Result<TablePointer> {
+    let bytes = serde_json::to_vec_pretty(&staged).map_err(|e| LakeError::Corrupt {
         path: table.to_string(),
         reason: e.to_string(),
     })?;
     lake.put_bytes(&layout::table_pointer(table.layer, &table.name), bytes)
         .await?;
-    remove_unpublished_versions(lake, table, &version).await?;
-    Ok(pointer)
+    remove_unpublished_versions(lake, table, &staged.version).await?;
+    Ok(staged)
+}
+
+/// Deletes a staged version that must not be published.
+pub async fn discard(lake: &Lake, table: &TableName, staged: &TablePointer) -> Result<()> {
+    let folder = layout::table_version_folder(table.layer, &table.name, &staged.version);
+    for object in lake.list(&folder).await? {
+        lake.delete(&lake.relative(&object.location)).await?;
+    }
+    lake.prune_empty_folders(&layout::table_folder(table.layer, &table.name));
+    Ok(())
 }
 
 fn count_from_write_result(batches: &[datafusion::arrow::record_batch::RecordBatch]) -> u64 {
@@ -209,13 +232,22 @@ pub async fn published_provider(
     lake: &Lake,
     table: &TableName,
 ) -> Result<Option<Arc<dyn TableProvider>>> {
-    let Some(pointer) = read_pointer(lake, table).await? else {
-        return Ok(None);
-    };
+    match read_pointer(lake, table).await? {
+        Some(pointer) => provider_for(lake, table, &pointer).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A provider for the version a pointer names (published or only staged).
+pub fn provider_for(
+    lake: &Lake,
+    table: &TableName,
+    pointer: &TablePointer,
+) -> Result<Arc<dyn TableProvider>> {
     let schema = pointer.schema()?;
     if pointer.rows == 0 {
         let empty = MemTable::try_new(schema, vec![vec![]]).map_err(engine("empty table"))?;
-        return Ok(Some(Arc::new(empty)));
+        return Ok(Arc::new(empty));
     }
     let folder = layout::table_version_folder(table.layer, &table.name, &pointer.version);
     let url = ListingTableUrl::parse(lake.folder_url(&folder)).map_err(engine("table URL"))?;
@@ -236,9 +268,8 @@ pub async fn published_provider(
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(Arc::new(Schema::new(file_fields)));
-    let table_provider =
-        ListingTable::try_new(config).map_err(engine(format!("opening {table}")))?;
-    Ok(Some(Arc::new(table_provider)))
+    let provider = ListingTable::try_new(config).map_err(engine(format!("opening {table}")))?;
+    Ok(Arc::new(provider))
 }
 
 /// Streams record batches into one Parquet object; the object appears only when finished.
