@@ -274,7 +274,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| usage(anyhow::anyhow!("query: {e}")))?;
             if cli.json {
                 let batches = frame.collect().await?;
-                let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
+                // Explicit nulls: a NULL column is still present in every object.
+                let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
                 for batch in &batches {
                     writer.write(batch)?;
                 }

@@ -220,12 +220,17 @@ pub fn load_models(layer: Layer, sql_dir: Option<&Path>) -> Result<Vec<Model>, J
                 .and_then(|s| s.to_str())
                 .unwrap_or_default()
                 .to_string();
-            models.push(Model::parse(
-                layer,
-                &name,
-                &sql,
-                &path.display().to_string(),
-            )?);
+            let origin = path.display().to_string();
+            let mut model = Model::parse(layer, &name, &sql, &origin)?;
+            let checks_path = folder.join("checks").join(format!("{name}.sql"));
+            if checks_path.is_file() {
+                let text = std::fs::read_to_string(&checks_path).map_err(|e| JobError::Io {
+                    path: checks_path.display().to_string(),
+                    source: e,
+                })?;
+                model.checks = parse_checks(&text, &checks_path.display().to_string())?;
+            }
+            models.push(model);
         }
     } else {
         let embedded = match layer {
