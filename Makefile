@@ -6,7 +6,7 @@ LAKE ?= lake
 LANDING ?= data
 SEED ?= ../shared/seed-sample
 
-.PHONY: all build bronze silver gold test lint clean export
+.PHONY: all build bronze silver gold test lint clean export bench
 
 all: bronze silver gold
 
@@ -37,3 +37,8 @@ lint:
 
 clean:
 	rm -rf $(LAKE) unified_table.csv
+
+# Speed and memory of each stage on generated data (BENCH_PAYMENTS rows, default 1,000,000).
+BENCH_PAYMENTS ?= 1000000
+bench: build
+	bench/run.sh $(BENCH_PAYMENTS)
