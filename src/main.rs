@@ -1,22 +1,23 @@
 //! `paylake`: the command line of the payment lakehouse.
 
+mod inspect;
+mod steps;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use paylake_bronze::{run_bronze, BronzeOptions, BronzeSummary};
-use paylake_jobs::{export_table, run_layer, ExportFormat, JobError, LayerSummary, RunOptions};
-use paylake_lake::layout::Layer;
-use paylake_lake::table::TableName;
+use paylake_jobs::JobError;
 use paylake_lake::Lake;
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  the run failed (bad lake data, engine or storage error); nothing half-published
-  2  usage or configuration error (unknown flag, bad --lake, missing landing folder, bad time)";
+  1  the run failed (engine or storage error, broken invariant); nothing half-published
+  2  usage or configuration error (unknown flag, bad --lake, missing landing folder, bad time,
+     a table that was not built yet)
+  3  data quality gate failed: an error-severity expectation failed in Silver; Gold is not rebuilt";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,13 +26,16 @@ Exit codes:
     about = "Medallion lakehouse for account-to-account payment fraud data",
     after_help = EXIT_CODES
 )]
-struct Cli {
+pub struct Cli {
     /// The lake: a folder (created if missing) or file:///absolute/path.
     #[arg(long, global = true, default_value = "lake/")]
     lake: String,
     /// Print the run summary as JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Write Prometheus metrics of every step here (node_exporter textfile collector format).
+    #[arg(long, global = true)]
+    metrics_file: Option<PathBuf>,
     /// More logging on stderr (-v info, -vv debug); PAYLAKE_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -50,12 +54,15 @@ enum Command {
         #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
         batch_rows: u64,
     },
-    /// Rebuild the Silver tables from Bronze with the SQL models in sql/silver.
+    /// Rebuild Silver from Bronze with sql/silver, then evaluate its expectations (the gate).
     Silver {
         #[command(flatten)]
         job: JobArgs,
+        /// Read expectations from DIR/silver/*.toml instead of the built-in ones.
+        #[arg(long)]
+        expectations_dir: Option<PathBuf>,
     },
-    /// Rebuild the Gold tables from Silver with the SQL models in sql/gold.
+    /// Rebuild Gold from Silver with sql/gold, unless the last Silver gate failed.
     Gold {
         #[command(flatten)]
         job: JobArgs,
@@ -74,10 +81,33 @@ enum Command {
     },
     /// Run an ad-hoc SQL query over every table of the lake (bronze.*, silver.*, gold.*).
     Sql { query: String },
+    /// One screen per lake: each table's update time, rows, freshness, runs, rules, rejects.
+    Status,
+    /// Per source: the contract version and every schema drift seen in landed files.
+    Schema,
+    /// Quarantined rows.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QuarantineAction {
+    /// Re-validate a table's quarantined rows with the current rules and contracts: rows that
+    /// now pass move into Silver. Idempotent.
+    Replay {
+        /// Source table: payments, accounts, risk_feed or fraud_labels.
+        #[arg(long)]
+        table: String,
+        /// Read models from DIR/silver/*.sql instead of the built-in ones (a rule fix).
+        #[arg(long)]
+        sql_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
-struct JobArgs {
+pub struct JobArgs {
     /// Build only from facts known at or before this UTC time (RFC 3339 or YYYY-MM-DD[ HH:MM:SS]).
     #[arg(long, value_parser = parse_time)]
     as_of: Option<DateTime<Utc>>,
@@ -107,9 +137,9 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 /// An error with the exit code it maps to.
-struct Failure {
-    code: u8,
-    error: anyhow::Error,
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -121,9 +151,22 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-fn usage(error: impl Into<anyhow::Error>) -> Failure {
+pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: 2,
+        error: error.into(),
+    }
+}
+
+pub const EXIT_GATE_FAILED: u8 = 3;
+
+pub fn job_failure(error: JobError) -> Failure {
+    let code = match error {
+        JobError::NotBuilt { .. } | JobError::Model { .. } => 2,
+        _ => 1,
+    };
+    Failure {
+        code,
         error: error.into(),
     }
 }
@@ -131,8 +174,8 @@ fn usage(error: impl Into<anyhow::Error>) -> Failure {
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
-        1 => "warn,paylake=info,paylake_bronze=info,paylake_jobs=info,paylake_lake=info",
-        _ => "info,paylake=debug,paylake_bronze=debug,paylake_jobs=debug,paylake_lake=debug",
+        1 => "warn,paylake=info,paylake_bronze=info,paylake_jobs=info,paylake_lake=info,paylake_quality=info",
+        _ => "info,paylake=debug,paylake_bronze=debug,paylake_jobs=debug,paylake_lake=debug,paylake_quality=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PAYLAKE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -144,7 +187,7 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run_id(now: DateTime<Utc>) -> String {
+pub fn run_id(now: DateTime<Utc>) -> String {
     format!(
         "{}-{:04x}",
         now.format("%Y%m%dT%H%M%SZ"),
@@ -152,179 +195,75 @@ fn run_id(now: DateTime<Utc>) -> String {
     )
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-fn print_bronze(summary: &BronzeSummary) {
-    for s in &summary.sources {
-        println!(
-            "bronze  {:<13} files {:>3} (landed {}, rejected {}, skipped {})  lines read {:>6}  landed {:>6}  dead-lettered {:>4}  schema changes {}",
-            s.source,
-            s.files_seen,
-            s.files_landed,
-            s.files_rejected,
-            s.files_skipped,
-            s.lines_read,
-            s.rows_landed,
-            s.rows_dead_lettered,
-            s.schema_changes
-        );
-    }
-    if summary.rows_landed() == 0 {
-        println!("bronze  nothing new to land");
-    }
-}
-
-fn print_layer(summary: &LayerSummary) {
-    for s in &summary.sources {
-        let orphans = s
-            .orphan_labels
-            .map(|n| format!(", orphan labels {n}"))
-            .unwrap_or_default();
-        println!(
-            "{}  {:<13} bronze rows {:>6} -> kept {}, quarantined {}, duplicates dropped {}, superseded {}{}",
-            summary.layer,
-            s.source,
-            s.bronze_rows,
-            s.kept,
-            s.quarantined,
-            s.duplicates_dropped,
-            s.superseded,
-            orphans
-        );
-    }
-    for t in &summary.tables {
-        println!("{}  {:<32} {:>8} rows", summary.layer, t.table, t.rows);
-    }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let lake = Lake::open(&cli.lake).map_err(usage)?;
     let now = Utc::now();
-    match cli.command {
+    let json = cli.json;
+    let metrics_file = cli.metrics_file.clone();
+    let step = match &cli.command {
+        Command::Bronze { .. } => Some("bronze"),
+        Command::Silver { .. } | Command::Quarantine { .. } => Some("silver"),
+        Command::Gold { .. } => Some("gold"),
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let outcome = match cli.command {
         Command::Bronze {
             landing,
             batch_rows,
-        } => {
-            if !landing.is_dir() {
-                return Err(usage(anyhow::anyhow!(
-                    "landing folder {} does not exist",
-                    landing.display()
-                )));
-            }
-            let abort_after_rows =
-                match std::env::var("PAYLAKE_ABORT_AFTER_ROWS") {
-                    Ok(v) => Some(v.parse::<u64>().map_err(|e| {
-                        usage(anyhow::anyhow!("PAYLAKE_ABORT_AFTER_ROWS='{v}': {e}"))
-                    })?),
-                    Err(_) => None,
-                };
-            let options = BronzeOptions {
-                landing,
-                batch_rows: usize::try_from(batch_rows).map_err(usage)?,
-                ingested_at: now,
-                batch_id: run_id(now),
-                abort_after_rows,
-                progress: !cli.json,
-            };
-            let summary = run_bronze(&lake, &options)
-                .await
-                .with_context(|| format!("bronze run into {}", lake.display()))?;
-            if cli.json {
-                print_json(&summary)?;
-            } else {
-                print_bronze(&summary);
-            }
-        }
-        Command::Silver { job } => run_job(&lake, Layer::Silver, job, now, cli.json).await?,
-        Command::Gold { job } => run_job(&lake, Layer::Gold, job, now, cli.json).await?,
+        } => steps::bronze(&lake, landing, batch_rows, now, json).await,
+        Command::Silver {
+            job,
+            expectations_dir,
+        } => steps::silver(&lake, job, expectations_dir, now, json).await,
+        Command::Gold { job } => steps::gold(&lake, job, now, json).await,
         Command::Export {
             table,
             format,
             output,
             all_columns,
-        } => {
-            let name = TableName::parse(&table).ok_or_else(|| {
-                usage(anyhow::anyhow!(
-                    "'{table}' is not a table name (expected silver.<name> or gold.<name>)"
-                ))
-            })?;
-            let format = ExportFormat::parse(&format)
-                .ok_or_else(|| usage(anyhow::anyhow!("unknown format {format}")))?;
-            let rows = export_table(&lake, &name, format, &output, all_columns)
-                .await
-                .map_err(job_failure)?;
-            if cli.json {
-                print_json(&serde_json::json!({
-                    "table": name.to_string(),
-                    "rows": rows,
-                    "output": output.display().to_string(),
-                }))?;
-            } else {
-                println!("export  {name}  {rows} rows -> {}", output.display());
-            }
+        } => steps::export(&lake, &table, &format, &output, all_columns, json)
+            .await
+            .map(|()| steps::StepMetrics::none()),
+        Command::Sql { query } => steps::sql(&lake, &query, json)
+            .await
+            .map(|()| steps::StepMetrics::none()),
+        Command::Status => inspect::status(&lake, now, json)
+            .await
+            .map(|()| steps::StepMetrics::none()),
+        Command::Schema => inspect::schema(&lake, json)
+            .await
+            .map(|()| steps::StepMetrics::none()),
+        Command::Quarantine {
+            action: QuarantineAction::Replay { table, sql_dir },
+        } => steps::replay(&lake, &table, sql_dir, now, json).await,
+    };
+    if let Some(step) = step {
+        let record = steps::record_run(&lake, step, now, started.elapsed(), &outcome).await;
+        if let Err(e) = record {
+            tracing::warn!("could not record monitoring state: {e:#}");
         }
-        Command::Sql { query } => {
-            let ctx = paylake_jobs::lake_session(&lake).await?;
-            let frame = ctx
-                .sql(&query)
+        if let Some(path) = &metrics_file {
+            paylake_quality::metrics::write_metrics_file(&lake, path)
                 .await
-                .map_err(|e| usage(anyhow::anyhow!("query: {e}")))?;
-            if cli.json {
-                let batches = frame.collect().await?;
-                // Explicit nulls: a NULL column is still present in every object.
-                let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
-                for batch in &batches {
-                    writer.write(batch)?;
-                }
-                writer.finish()?;
-                let text = String::from_utf8(writer.into_inner())?;
-                println!("{}", if text.is_empty() { "[]" } else { &text });
-            } else {
-                frame.show().await?;
-            }
+                .map_err(|e| usage(anyhow::anyhow!(e)))?;
         }
     }
-    Ok(())
-}
-
-fn job_failure(error: JobError) -> Failure {
-    let code = match error {
-        JobError::NotBuilt { .. } | JobError::Model { .. } => 2,
-        _ => 1,
-    };
-    Failure {
-        code,
-        error: error.into(),
+    match outcome? {
+        steps::StepMetrics {
+            gate_failure: Some(message),
+            ..
+        } => Err(Failure {
+            code: EXIT_GATE_FAILED,
+            error: anyhow::anyhow!(message),
+        }),
+        _ => Ok(()),
     }
-}
-
-async fn run_job(
-    lake: &Lake,
-    layer: Layer,
-    job: JobArgs,
-    now: DateTime<Utc>,
-    json: bool,
-) -> Result<(), Failure> {
-    let options = RunOptions {
-        as_of: job.as_of,
-        sql_dir: job.sql_dir,
-        label_maturity_days: job.label_maturity_days,
-        ..RunOptions::new(run_id(now), now)
-    };
-    let summary = run_layer(lake, layer, &options)
-        .await
-        .map_err(job_failure)?;
-    if json {
-        print_json(&summary)?;
-    } else {
-        print_layer(&summary);
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {

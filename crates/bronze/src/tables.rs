@@ -3,43 +3,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::datasource::MemTable;
 use datafusion::prelude::{DataFrame, SessionContext};
-use object_store::path::Path;
 use paylake_contracts::all_contracts;
+use paylake_lake::table::folder_provider;
 use paylake_lake::{layout, Lake};
 
 use crate::schema::{bronze_schema, dead_letter_schema, file_log_schema};
 use crate::BronzeError;
-
-/// A provider over every Parquet object in a lake folder, read with `schema`.
-pub async fn folder_provider(
-    lake: &Lake,
-    folder: &Path,
-    schema: SchemaRef,
-) -> Result<Arc<dyn TableProvider>, BronzeError> {
-    let has_files = lake
-        .list(folder)
-        .await?
-        .iter()
-        .any(|o| o.location.as_ref().ends_with(".parquet"));
-    if !has_files {
-        return Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?));
-    }
-    let url = ListingTableUrl::parse(lake.folder_url(folder))?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(url)
-        .with_listing_options(options)
-        .with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
-}
 
 /// The file log as a DataFrame, or `None` before the first run.
 pub async fn file_log_frame(

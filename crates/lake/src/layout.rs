@@ -80,6 +80,34 @@ pub fn table_version_folder(layer: Layer, table: &str, version: &str) -> Path {
     table_folder(layer, table).join(format!("v-{version}"))
 }
 
+/// Data-quality results: one Parquet object per evaluated table per run (append-only).
+pub fn quality_results_folder() -> Path {
+    Path::from_iter(["quality", "results"])
+}
+
+pub fn quality_results_file(run_id: &str, table: &str) -> Path {
+    quality_results_folder().join(format!("{run_id}-{table}.parquet"))
+}
+
+/// The gate verdict of the latest run of a layer, read by the next layer.
+pub fn quality_gate(layer: Layer) -> Path {
+    Path::from_iter(["quality", "gates"]).join(format!("{}.json", layer.name()))
+}
+
+/// HTML data-quality reports: one per run, and the latest at a fixed path.
+pub fn quality_report(run_id: &str) -> Path {
+    Path::from_iter(["quality", "reports"]).join(format!("{run_id}.html"))
+}
+
+pub fn quality_report_latest() -> Path {
+    Path::from_iter(["quality", "reports", "latest.html"])
+}
+
+/// What the last run of each step reported, for the metrics file and `paylake status`.
+pub fn monitoring_state(step: &str) -> Path {
+    Path::from_iter(["_monitoring"]).join(format!("{step}.json"))
+}
+
 /// The version named by a path inside a table folder (`…/v-<version>/…`), if any.
 pub fn version_of(table_relative_part: &str) -> Option<&str> {
     table_relative_part.strip_prefix("v-")

@@ -272,6 +272,32 @@ pub fn provider_for(
     Ok(Arc::new(provider))
 }
 
+/// A provider over every Parquet object in a lake folder, read with `schema`; an empty table
+/// when the folder holds none yet.
+pub async fn folder_provider(
+    lake: &Lake,
+    folder: &Path,
+    schema: SchemaRef,
+) -> Result<Arc<dyn TableProvider>> {
+    let has_files = lake
+        .list(folder)
+        .await?
+        .iter()
+        .any(|o| o.location.as_ref().ends_with(".parquet"));
+    if !has_files {
+        let empty = MemTable::try_new(schema, vec![vec![]]).map_err(engine("empty table"))?;
+        return Ok(Arc::new(empty));
+    }
+    let url = ListingTableUrl::parse(lake.folder_url(folder)).map_err(engine("folder URL"))?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let provider = ListingTable::try_new(config).map_err(engine(format!("opening {folder}")))?;
+    Ok(Arc::new(provider))
+}
+
 /// Streams record batches into one Parquet object; the object appears only when finished.
 pub struct ParquetObjectSink {
     writer: AsyncArrowWriter<object_store::buffered::BufWriter>,

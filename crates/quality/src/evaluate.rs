@@ -1,0 +1,382 @@
+//! Evaluates a table's expectations: every row-level rule in one aggregate query over the table,
+//! table-level rules from that same pass (row count, freshness) or the schema, and samples of
+//! failing keys only for rules that failed.
+
+use chrono::{DateTime, Utc};
+use datafusion::arrow::array::{Array, Float64Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+
+use crate::expectations::{NullPolicy, Rule, RuleKind, Severity, Suite};
+use crate::QualityError;
+
+pub const MAX_SAMPLES: usize = 20;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RuleResult {
+    pub table: String,
+    pub rule: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub evaluated: u64,
+    pub failed: u64,
+    pub failed_percent: f64,
+    pub passed: bool,
+    pub samples: Vec<String>,
+    /// A short explanation for table-level rules (newest value, missing columns, …).
+    pub detail: Option<String>,
+}
+
+impl RuleResult {
+    pub fn blocks(&self) -> bool {
+        !self.passed && self.severity == Severity::Error
+    }
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => format!("'{}'", other.to_string().replace('\'', "''")),
+    }
+}
+
+/// (evaluated, failed) SQL conditions of a row-level rule, or `None` for table-level rules.
+fn row_conditions(index: usize, rule: &Rule) -> Option<(String, String)> {
+    let value_rule = |null_test: String, holds: String| {
+        let (evaluated, failed) = match rule.null_policy {
+            NullPolicy::Ignore => (
+                format!("NOT ({null_test})"),
+                format!("NOT ({null_test}) AND NOT ({holds})"),
+            ),
+            NullPolicy::Fail => (
+                "TRUE".to_string(),
+                format!("({null_test}) OR NOT ({holds})"),
+            ),
+            NullPolicy::Pass => (
+                "TRUE".to_string(),
+                format!("NOT ({null_test}) AND NOT ({holds})"),
+            ),
+        };
+        Some((evaluated, failed))
+    };
+    match &rule.kind {
+        RuleKind::NotNull { column } => Some(("TRUE".into(), format!("{} IS NULL", ident(column)))),
+        RuleKind::Unique { columns } => {
+            let nulls = columns
+                .iter()
+                .map(|c| format!("{} IS NULL", ident(c)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            value_rule(nulls, format!("__dup_{index} = 1"))
+        }
+        RuleKind::AcceptedValues { column, values } => {
+            let list = values.iter().map(literal).collect::<Vec<_>>().join(", ");
+            value_rule(
+                format!("{} IS NULL", ident(column)),
+                format!("{} IN ({list})", ident(column)),
+            )
+        }
+        RuleKind::Between { column, min, max } => {
+            let mut holds = vec!["TRUE".to_string()];
+            if let Some(min) = min {
+                holds.push(format!("{} >= {min}", ident(column)));
+            }
+            if let Some(max) = max {
+                holds.push(format!("{} <= {max}", ident(column)));
+            }
+            value_rule(format!("{} IS NULL", ident(column)), holds.join(" AND "))
+        }
+        RuleKind::Regex { column, pattern } => value_rule(
+            format!("{} IS NULL", ident(column)),
+            format!(
+                "regexp_like(CAST({} AS VARCHAR), '{}')",
+                ident(column),
+                pattern.replace('\'', "''")
+            ),
+        ),
+        RuleKind::Reference { column, .. } => value_rule(
+            format!("{} IS NULL", ident(column)),
+            format!("__found_{index}"),
+        ),
+        RuleKind::Custom { expression } => {
+            value_rule(format!("({expression}) IS NULL"), format!("({expression})"))
+        }
+        RuleKind::RowCountBetween { .. }
+        | RuleKind::Freshness { .. }
+        | RuleKind::Schema { .. }
+        | RuleKind::CustomQuery { .. } => None,
+    }
+}
+
+/// The table with the helper columns row-level rules need (window counts, reference joins).
+fn enriched_table(suite: &Suite) -> Result<String, QualityError> {
+    let mut extra = Vec::new();
+    let mut joins = Vec::new();
+    for (index, rule) in suite.rules.iter().enumerate() {
+        match &rule.kind {
+            RuleKind::Unique { columns } => {
+                let keys = columns
+                    .iter()
+                    .map(|c| ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                extra.push(format!(
+                    "count(*) OVER (PARTITION BY {keys}) AS __dup_{index}"
+                ));
+            }
+            RuleKind::Reference { column, references } => {
+                let (table, key) =
+                    references
+                        .rsplit_once('.')
+                        .ok_or_else(|| QualityError::Expectations {
+                            origin: suite.table.clone(),
+                            message: format!(
+                                "rule {}: references must be layer.table.column",
+                                rule.name
+                            ),
+                        })?;
+                joins.push(format!(
+                    "LEFT JOIN (SELECT DISTINCT {} AS __k FROM {table}) AS __ref_{index} \
+                     ON __t.{} = __ref_{index}.__k",
+                    ident(key),
+                    ident(column)
+                ));
+                extra.push(format!("__ref_{index}.__k IS NOT NULL AS __found_{index}"));
+            }
+            _ => {}
+        }
+    }
+    let extra = extra.iter().map(|e| format!(", {e}")).collect::<String>();
+    Ok(format!(
+        "SELECT __t.*{extra} FROM {} AS __t {}",
+        suite.table,
+        joins.join(" ")
+    ))
+}
+
+fn number(batch: &RecordBatch, name: &str) -> Result<Option<f64>, QualityError> {
+    let column = batch
+        .column_by_name(name)
+        .ok_or_else(|| QualityError::Internal(format!("no column {name} in the result")))?;
+    let values = cast(column, &DataType::Float64)?;
+    let values = values
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .ok_or_else(|| QualityError::Internal(format!("{name} is not numeric")))?;
+    Ok((values.len() > 0 && !values.is_null(0)).then(|| values.value(0)))
+}
+
+async fn one_row(
+    ctx: &SessionContext,
+    sql: &str,
+    doing: &str,
+) -> Result<RecordBatch, QualityError> {
+    let batches = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| QualityError::query(doing, e))?
+        .collect()
+        .await
+        .map_err(|e| QualityError::query(doing, e))?;
+    batches
+        .into_iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| QualityError::Internal(format!("{doing}: no result row")))
+}
+
+async fn samples(
+    ctx: &SessionContext,
+    suite: &Suite,
+    enriched: &str,
+    failed_condition: &str,
+) -> Result<Vec<String>, QualityError> {
+    let key = if suite.key.is_empty() {
+        "'(no key)'".to_string()
+    } else {
+        let parts = suite
+            .key
+            .iter()
+            .map(|k| format!("COALESCE(CAST({} AS VARCHAR), 'NULL')", ident(k)))
+            .collect::<Vec<_>>();
+        format!("concat_ws('|', {})", parts.join(", "))
+    };
+    let sql = format!(
+        "SELECT {key} AS k FROM ({enriched}) AS __q WHERE {failed_condition} ORDER BY k LIMIT {MAX_SAMPLES}"
+    );
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| QualityError::query("sampling failing keys", e))?
+        .collect()
+        .await
+        .map_err(|e| QualityError::query("sampling failing keys", e))?;
+    let mut keys = Vec::new();
+    for batch in batches {
+        let column = cast(batch.column(0), &DataType::Utf8)?;
+        if let Some(values) = column.as_any().downcast_ref::<StringArray>() {
+            keys.extend(
+                (0..values.len())
+                    .filter(|i| !values.is_null(*i))
+                    .map(|i| values.value(i).to_string()),
+            );
+        }
+    }
+    Ok(keys)
+}
+
+fn result(table: &str, rule: &Rule, evaluated: u64, failed: u64) -> RuleResult {
+    RuleResult {
+        table: table.to_string(),
+        rule: rule.name.clone(),
+        kind: rule.kind.name().to_string(),
+        severity: rule.severity,
+        evaluated,
+        failed,
+        failed_percent: if evaluated == 0 {
+            0.0
+        } else {
+            100.0 * failed as f64 / evaluated as f64
+        },
+        passed: rule.passes(evaluated, failed),
+        samples: vec![],
+        detail: None,
+    }
+}
+
+/// Evaluates every rule of a suite against the registered table.
+pub async fn evaluate_suite(
+    ctx: &SessionContext,
+    suite: &Suite,
+    as_of: DateTime<Utc>,
+) -> Result<Vec<RuleResult>, QualityError> {
+    let table_schema = ctx
+        .table(suite.table.as_str())
+        .await
+        .map_err(|e| QualityError::query(&format!("opening {}", suite.table), e))?
+        .schema()
+        .clone();
+    let has_column = |name: &str| table_schema.field_with_unqualified_name(name).is_ok();
+    let enriched = enriched_table(suite)?;
+
+    // One aggregate pass for every row-level rule, the row count and freshness maxima.
+    let mut aggregates = vec!["count(*) AS __rows".to_string()];
+    let mut conditions = Vec::new();
+    for (index, rule) in suite.rules.iter().enumerate() {
+        if let Some((evaluated, failed)) = row_conditions(index, rule) {
+            aggregates.push(format!(
+                "sum(CASE WHEN {evaluated} THEN 1 ELSE 0 END) AS __e_{index}"
+            ));
+            aggregates.push(format!(
+                "sum(CASE WHEN {failed} THEN 1 ELSE 0 END) AS __f_{index}"
+            ));
+            conditions.push((index, failed));
+        }
+        if let RuleKind::Freshness { column, .. } = &rule.kind {
+            if has_column(column) {
+                aggregates.push(format!(
+                    "date_part('epoch', max({})) AS __max_{index}",
+                    ident(column)
+                ));
+            }
+        }
+    }
+    let pass = one_row(
+        ctx,
+        &format!("SELECT {} FROM ({enriched}) AS __q", aggregates.join(", ")),
+        &format!("evaluating the expectations of {}", suite.table),
+    )
+    .await?;
+    let rows = number(&pass, "__rows")?.unwrap_or(0.0) as u64;
+
+    let mut results = Vec::new();
+    for (index, rule) in suite.rules.iter().enumerate() {
+        let outcome = match &rule.kind {
+            RuleKind::RowCountBetween { min, max } => {
+                let outside = min.is_some_and(|m| rows < m) || max.is_some_and(|m| rows > m);
+                let mut r = result(&suite.table, rule, 1, u64::from(outside));
+                r.detail = Some(format!("{rows} rows"));
+                r
+            }
+            RuleKind::Freshness {
+                column,
+                max_age_hours,
+            } => {
+                let newest = if has_column(column) {
+                    number(&pass, &format!("__max_{index}"))?
+                } else {
+                    None
+                };
+                let newest_at = newest.and_then(|s| DateTime::<Utc>::from_timestamp(s as i64, 0));
+                let stale = match newest_at {
+                    Some(at) => (as_of - at).num_seconds() as f64 > max_age_hours * 3600.0,
+                    None => true,
+                };
+                let mut r = result(&suite.table, rule, 1, u64::from(stale));
+                r.detail = Some(match newest_at {
+                    Some(at) => format!(
+                        "newest {column} {} is {:.1} h before {}",
+                        at.to_rfc3339(),
+                        (as_of - at).num_seconds() as f64 / 3600.0,
+                        as_of.to_rfc3339()
+                    ),
+                    None => format!("no {column} values"),
+                });
+                r
+            }
+            RuleKind::Schema {
+                required_columns,
+                forbidden_columns,
+            } => {
+                let missing: Vec<&String> =
+                    required_columns.iter().filter(|c| !has_column(c)).collect();
+                let forbidden: Vec<&String> =
+                    forbidden_columns.iter().filter(|c| has_column(c)).collect();
+                let evaluated = (required_columns.len() + forbidden_columns.len()) as u64;
+                let mut r = result(
+                    &suite.table,
+                    rule,
+                    evaluated,
+                    (missing.len() + forbidden.len()) as u64,
+                );
+                r.samples = missing
+                    .iter()
+                    .map(|c| format!("missing {c}"))
+                    .chain(forbidden.iter().map(|c| format!("forbidden {c}")))
+                    .collect();
+                r
+            }
+            RuleKind::CustomQuery { query } => {
+                let row = one_row(ctx, query, &format!("rule {}", rule.name)).await?;
+                let evaluated = number(&row, "evaluated")?.unwrap_or(0.0) as u64;
+                let failed = number(&row, "failed")?.unwrap_or(0.0) as u64;
+                result(&suite.table, rule, evaluated, failed)
+            }
+            _ => {
+                let evaluated = number(&pass, &format!("__e_{index}"))?.unwrap_or(0.0) as u64;
+                let failed = number(&pass, &format!("__f_{index}"))?.unwrap_or(0.0) as u64;
+                let mut r = result(&suite.table, rule, evaluated, failed);
+                if failed > 0 {
+                    let condition = conditions
+                        .iter()
+                        .find(|(i, _)| *i == index)
+                        .map(|(_, c)| c.clone())
+                        .unwrap_or_else(|| "FALSE".into());
+                    r.samples = samples(ctx, suite, &enriched, &condition).await?;
+                }
+                r
+            }
+        };
+        results.push(outcome);
+    }
+    Ok(results)
+}
