@@ -306,8 +306,9 @@ pub async fn schema(lake: &Lake, json: bool) -> Result<(), Failure> {
         .map_err(job_failure)?;
     let log = text_rows(
         &ctx,
-        "SELECT source, source_file, CAST(known_at AS VARCHAR), CAST(ingested_at AS VARCHAR), outcome, \
-         added_columns, missing_columns FROM bronze._file_log WHERE schema_change ORDER BY known_at, source_file",
+        "SELECT source, source_file, CAST(known_at AS VARCHAR) AS known, \
+         CAST(ingested_at AS VARCHAR) AS ingested, outcome, added_columns, missing_columns \
+         FROM bronze._file_log WHERE schema_change ORDER BY known, source_file",
     )
     .await?;
     let mut sources = Vec::new();

@@ -177,7 +177,7 @@ async fn newest_event(ctx: &SessionContext, table: &str, column: &str) -> Option
     let batch = batches.first()?;
     let values = cast(batch.column(0), &DataType::Float64).ok()?;
     let values = values.as_any().downcast_ref::<Float64Array>()?;
-    (values.len() > 0 && !values.is_null(0)).then(|| values.value(0))
+    (!values.is_empty() && !values.is_null(0)).then(|| values.value(0))
 }
 
 /// Evaluates the Silver expectations, stores results and report, and writes the gate verdict.
@@ -377,10 +377,33 @@ pub async fn export(
     Ok(())
 }
 
-pub async fn sql(lake: &Lake, query: &str, json: bool) -> Result<(), Failure> {
+/// Every table of the lake, plus `quality.results`, for ad-hoc queries.
+async fn query_session(lake: &Lake) -> Result<SessionContext, Failure> {
     let ctx = paylake_jobs::lake_session(lake)
         .await
         .map_err(job_failure)?;
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| anyhow::anyhow!("the default catalog is missing"))?;
+    catalog.register_schema(
+        "quality",
+        std::sync::Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
+    )?;
+    let results = paylake_lake::table::folder_provider(
+        lake,
+        &paylake_lake::layout::quality_results_folder(),
+        paylake_quality::results::results_schema(),
+    )
+    .await?;
+    ctx.register_table(
+        datafusion::common::TableReference::partial("quality", "results"),
+        results,
+    )?;
+    Ok(ctx)
+}
+
+pub async fn sql(lake: &Lake, query: &str, json: bool) -> Result<(), Failure> {
+    let ctx = query_session(lake).await?;
     let frame = ctx
         .sql(query)
         .await

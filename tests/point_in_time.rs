@@ -365,7 +365,15 @@ fn build(ws: &Workspace, as_of: DateTime<Utc>, maturity_days: i64) {
     ws.ok(&["bronze", "--landing", landing.to_str().unwrap()]);
     let at = as_of.to_rfc3339();
     let days = maturity_days.to_string();
-    ws.ok(&["silver", "--as-of", &at]);
+    // These histories leave accounts unknown on purpose: no expectations, no gate.
+    let no_expectations = ws.dir.path().join("no-expectations");
+    ws.ok(&[
+        "silver",
+        "--as-of",
+        &at,
+        "--expectations-dir",
+        no_expectations.to_str().unwrap(),
+    ]);
     ws.ok(&["gold", "--as-of", &at, "--label-maturity-days", &days]);
 }
 

@@ -328,13 +328,13 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
     assert_eq!(payments["duplicates_dropped"], 1);
     assert_eq!(payments["quarantined"], 2);
     assert_eq!(source(&second, "risk_feed")["quarantined"], 1);
-    assert_eq!(ws.count("silver.payments"), 13);
+    assert_eq!(ws.count("silver.payments"), 43);
 
     ws.gold();
     ws.gold();
     assert_eq!(
         ws.count("gold.unified_payments"),
-        13,
+        43,
         "gold re-runs replace"
     );
     let versions = std::fs::read_dir(ws.lake().join("gold/unified_payments"))

@@ -70,8 +70,16 @@ impl Workspace {
         json(&self.ok(&["--json", "bronze", "--landing", landing.to_str().unwrap()]))
     }
 
+    /// Rebuilds Silver without the data-quality gate: these tests feed deliberately bad data
+    /// to check the Silver rules themselves (tests/quality.rs covers the gate).
     pub fn silver(&self) -> Value {
-        json(&self.ok(&["--json", "silver"]))
+        let no_expectations = self.dir.path().join("no-expectations");
+        json(&self.ok(&[
+            "--json",
+            "silver",
+            "--expectations-dir",
+            no_expectations.to_str().unwrap(),
+        ]))
     }
 
     pub fn gold(&self) -> Value {

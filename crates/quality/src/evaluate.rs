@@ -173,7 +173,7 @@ fn number(batch: &RecordBatch, name: &str) -> Result<Option<f64>, QualityError> 
         .as_any()
         .downcast_ref::<Float64Array>()
         .ok_or_else(|| QualityError::Internal(format!("{name} is not numeric")))?;
-    Ok((values.len() > 0 && !values.is_null(0)).then(|| values.value(0)))
+    Ok((!values.is_empty() && !values.is_null(0)).then(|| values.value(0)))
 }
 
 async fn one_row(
