@@ -6,7 +6,7 @@ LAKE ?= lake
 LANDING ?= data
 SEED ?= ../shared/seed-sample
 
-.PHONY: all build bronze silver gold test lint clean export bench
+.PHONY: all build bronze silver gold test lint clean export bench promtool
 
 all: bronze silver gold
 
@@ -27,8 +27,13 @@ gold: build
 export: build
 	$(BIN) --lake $(LAKE) export gold.unified_payments --format csv --output unified_table.csv
 
+# promtool (Debian package prometheus) checks the metrics file and alert rules in the tests.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
 # One optimised build serves the binary and the tests, so DataFusion compiles once.
-test:
+test: promtool
 	PAYLAKE_SEED_SAMPLE=$(abspath $(SEED)) $(CARGO) test --release --workspace
 
 lint:
