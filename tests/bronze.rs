@@ -2,17 +2,8 @@
 
 mod common;
 
-use common::{source, Workspace, PAYMENT_HEADER};
+use common::{payments, source, Workspace};
 use serde_json::Value;
-
-fn payments(rows: &[&str]) -> String {
-    let mut text = PAYMENT_HEADER.to_string();
-    for row in rows {
-        text.push_str(row);
-        text.push('\n');
-    }
-    text
-}
 
 #[test]
 fn second_run_and_renamed_copy_land_nothing() {

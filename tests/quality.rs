@@ -25,9 +25,22 @@ fn promtool() -> &'static str {
             .arg("--version")
             .output()
             .is_ok(),
-        "promtool is needed (Debian package prometheus; .ci/run installs it)"
+        "promtool is needed (Debian package prometheus; `make test` installs it)"
     );
     "promtool"
+}
+
+fn assert_promtool_accepts_metrics(metrics: &Path) {
+    let check = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(metrics).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
 
 fn clean_payments(count: usize) -> String {
@@ -331,16 +344,7 @@ fn error_gate_exits_3_and_leaves_gold_untouched_warnings_do_not_block() {
     assert!(text.contains(
         "paylake_rule_passed{table=\"silver.payments\",rule=\"payments_quarantine_rate\"} 0"
     ));
-    let check = std::process::Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&metrics).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_promtool_accepts_metrics(&metrics);
 
     let status = common::json(&ws.ok(&["--json", "status"]));
     let steps = status["steps"].as_array().unwrap();
@@ -498,16 +502,7 @@ fn schema_reports_dropped_and_renamed_required_columns_as_major_drift() {
         "{text}"
     );
     assert!(text.contains("paylake_files_processed{step=\"bronze\",table=\"bronze.risk_feed\"} 4"));
-    let check = std::process::Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&metrics).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    assert_promtool_accepts_metrics(&metrics);
 }
 
 #[test]

@@ -2,17 +2,8 @@
 
 mod common;
 
-use common::{source, Workspace, PAYMENT_HEADER};
+use common::{payments, source, Workspace};
 use serde_json::Value;
-
-fn payments(rows: &[&str]) -> String {
-    let mut text = PAYMENT_HEADER.to_string();
-    for row in rows {
-        text.push_str(row);
-        text.push('\n');
-    }
-    text
-}
 
 fn rules_of(row: &Value) -> Vec<String> {
     row["failed_rules"]

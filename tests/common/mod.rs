@@ -137,3 +137,13 @@ pub fn copy_tree(from: &Path, to: &Path) {
 
 pub const PAYMENT_HEADER: &str =
     "payment_id,src_account_id,dest_account_id,payment_reference,amount,timestamp\n";
+
+/// A payments CSV with the contract's header and the given rows.
+pub fn payments(rows: &[&str]) -> String {
+    let mut text = PAYMENT_HEADER.to_string();
+    for row in rows {
+        text.push_str(row);
+        text.push('\n');
+    }
+    text
+}
