@@ -67,11 +67,15 @@ fn seconds_to_time(seconds: f64) -> String {
         .unwrap_or_default()
 }
 
-/// The column whose maximum says how fresh a table is.
-fn event_column(fields: &[String]) -> Option<&'static str> {
+/// The time column whose maximum says how fresh a table is (raw text columns do not count).
+fn event_column(schema: &datafusion::common::DFSchema) -> Option<&'static str> {
     ["timestamp", "known_at", "_known_at"]
         .into_iter()
-        .find(|c| fields.iter().any(|f| f == c))
+        .find(|c| {
+            schema
+                .field_with_unqualified_name(c)
+                .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        })
 }
 
 pub async fn status(lake: &Lake, now: DateTime<Utc>, json: bool) -> Result<(), Failure> {
@@ -109,17 +113,12 @@ pub async fn status(lake: &Lake, now: DateTime<Utc>, json: bool) -> Result<(), F
     let mut tables = Vec::new();
     for name in names {
         let frame = ctx.table(name.as_str()).await?;
-        let fields: Vec<String> = frame
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+
         let pointer = match TableName::parse(&name) {
             Some(t) if t.layer != Layer::Bronze => read_pointer(lake, &t).await?,
             _ => None,
         };
-        let newest_column = event_column(&fields);
+        let newest_column = event_column(frame.schema());
         let newest_sql = newest_column
             .map(|c| format!("CAST(max(\"{c}\") AS VARCHAR), date_part('epoch', max(\"{c}\"))"))
             .unwrap_or_else(|| "NULL, NULL".into());
