@@ -313,6 +313,10 @@ impl<R: BufRead> JsonRecords<R> {
                 return Ok(None);
             }
             self.line += 1;
+            // A UTF-8 byte-order mark before the first object is not part of the JSON.
+            if self.line == 1 && self.buffer.starts_with(b"\xEF\xBB\xBF") {
+                self.buffer.drain(..3);
+            }
             if self.buffer.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -497,7 +501,7 @@ mod tests {
     #[test]
     fn json_lines_map_keys_and_keep_bad_lines() {
         let contract = contract("fraud_labels").unwrap();
-        let text = b"{\"payment_id\":\"P1\",\"fraud_type\":\"mule\",\"fraud_reported_date\":\"2025-01-01\",\"analyst\":7}\n\n[1]\n{\"payment_id\":\"P2\"}\n{broken\n";
+        let text = b"\xEF\xBB\xBF{\"payment_id\":\"P1\",\"fraud_type\":\"mule\",\"fraud_reported_date\":\"2025-01-01\",\"analyst\":7}\n\n[1]\n{\"payment_id\":\"P2\"}\n{broken\n";
         let mut records = JsonRecords::new(&text[..], &contract);
         let mut out = vec![];
         while let Some(p) = records.next_record().unwrap() {
