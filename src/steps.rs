@@ -183,17 +183,15 @@ async fn newest_event(ctx: &SessionContext, table: &str, column: &str) -> Option
 /// Evaluates the Silver expectations, stores results and report, and writes the gate verdict.
 async fn silver_gate(
     lake: &Lake,
+    ctx: &SessionContext,
     options: &RunOptions,
     expectations_dir: Option<&Path>,
 ) -> Result<(Vec<RuleResult>, GateVerdict), Failure> {
     let suites = load_suites("silver", expectations_dir).map_err(usage)?;
-    let ctx = paylake_jobs::lake_session(lake)
-        .await
-        .map_err(job_failure)?;
     let evaluated_at = options.now;
     let mut all = Vec::new();
     for suite in &suites {
-        let results = evaluate_suite(&ctx, suite, options.effective_as_of()).await?;
+        let results = evaluate_suite(ctx, suite, options.effective_as_of()).await?;
         paylake_quality::results::append_results(
             lake,
             &options.run_id,
@@ -228,20 +226,17 @@ async fn silver_gate(
 }
 
 async fn silver_metrics(
-    lake: &Lake,
+    ctx: &SessionContext,
     summary: &LayerSummary,
     results: &[RuleResult],
 ) -> Result<StepMetrics, Failure> {
-    let ctx = paylake_jobs::lake_session(lake)
-        .await
-        .map_err(job_failure)?;
     let mut tables = Vec::new();
     for s in &summary.sources {
         let newest = match s.source.as_str() {
-            "payments" => newest_event(&ctx, "silver.payments", "timestamp").await,
-            "accounts" => newest_event(&ctx, "silver.accounts", "known_at").await,
-            "risk_feed" => newest_event(&ctx, "silver.risk_feed", "known_at").await,
-            _ => newest_event(&ctx, "silver.fraud_labels", "known_at").await,
+            "payments" => newest_event(ctx, "silver.payments", "timestamp").await,
+            "accounts" => newest_event(ctx, "silver.accounts", "known_at").await,
+            "risk_feed" => newest_event(ctx, "silver.risk_feed", "known_at").await,
+            _ => newest_event(ctx, "silver.fraud_labels", "known_at").await,
         };
         tables.push(TableMetrics {
             table: format!("silver.{}", s.source),
@@ -279,7 +274,11 @@ pub async fn silver(
     let summary = run_layer(lake, Layer::Silver, &options)
         .await
         .map_err(job_failure)?;
-    let (results, verdict) = silver_gate(lake, &options, expectations_dir.as_deref()).await?;
+    // One session over the freshly published Silver serves the gate and the metrics.
+    let ctx = paylake_jobs::lake_session(lake)
+        .await
+        .map_err(job_failure)?;
+    let (results, verdict) = silver_gate(lake, &ctx, &options, expectations_dir.as_deref()).await?;
     if json {
         print_json(&serde_json::json!({
             "layer": summary.layer,
@@ -292,7 +291,7 @@ pub async fn silver(
     } else {
         print_layer(&summary);
     }
-    let mut metrics = silver_metrics(lake, &summary, &results).await?;
+    let mut metrics = silver_metrics(&ctx, &summary, &results).await?;
     if !verdict.passed {
         metrics.gate_failure = Some(format!(
             "data quality gate failed: {} (Gold will not be rebuilt)",

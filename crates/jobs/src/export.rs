@@ -107,6 +107,7 @@ pub async fn export_table(
     if !ordering.is_empty() {
         frame = frame.sort(ordering)?;
     }
+    let output_schema = frame.schema().inner().clone();
     let batches = frame.collect().await?;
 
     let staging = output.with_extension(format!(
@@ -132,11 +133,8 @@ pub async fn export_table(
             }
         }
         ExportFormat::Parquet => {
-            let schema = batches
-                .first()
-                .map(|b| b.schema())
-                .unwrap_or_else(|| std::sync::Arc::new(frame_schema_of(&names)));
-            let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, None)?;
+            let mut writer =
+                datafusion::parquet::arrow::ArrowWriter::try_new(file, output_schema, None)?;
             for batch in &batches {
                 writer.write(batch)?;
                 rows += batch.num_rows() as u64;
@@ -146,13 +144,4 @@ pub async fn export_table(
     }
     std::fs::rename(&staging, output).map_err(io_error)?;
     Ok(rows)
-}
-
-fn frame_schema_of(names: &[String]) -> datafusion::arrow::datatypes::Schema {
-    datafusion::arrow::datatypes::Schema::new(
-        names
-            .iter()
-            .map(|n| datafusion::arrow::datatypes::Field::new(n, DataType::Utf8, true))
-            .collect::<Vec<_>>(),
-    )
 }

@@ -205,14 +205,6 @@ impl Lake {
             }
         }
     }
-
-    pub async fn exists(&self, relative: &Path) -> Result<bool> {
-        match self.store.head(&self.path(relative)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.store_error(relative)(e)),
-        }
-    }
 }
 
 #[cfg(test)]
