@@ -6,7 +6,10 @@ LAKE ?= lake
 LANDING ?= data
 SEED ?= ../shared/seed-sample
 
-.PHONY: all build bronze silver gold test lint clean export bench promtool
+VENV ?= $(HOME)/.cache/paylake/venv
+PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarrow pytest
+
+.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv
 
 all: bronze silver gold
 
@@ -35,6 +38,19 @@ promtool:
 # One optimised build serves the binary and the tests, so DataFusion compiles once.
 test: promtool
 	PAYLAKE_SEED_SAMPLE=$(abspath $(SEED)) $(CARGO) test --release --workspace
+	$(MAKE) interop-test
+
+# Python readers of the lake (deltalake, Polars, DuckDB 1.5.5 with its offline delta extension).
+$(VENV)/.installed:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q $(PYTHON_READERS)
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The lake read as Delta by other engines, concurrent readers and killed writers.
+interop-test: build venv
+	PAYLAKE_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/interop
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -5,8 +5,7 @@ use datafusion::arrow::array::{Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
-use paylake_lake::layout::Layer;
-use paylake_lake::table::{read_pointer, TableName};
+use paylake_lake::layout::{Layer, TableName};
 use paylake_lake::Lake;
 use paylake_quality::metrics::{read_step, STEPS};
 use serde::Serialize;
@@ -104,18 +103,21 @@ pub async fn status(lake: &Lake, now: DateTime<Utc>, json: bool) -> Result<(), F
         .map(|c| format!("bronze.{}", c.source))
         .collect();
     for layer in [Layer::Silver, Layer::Gold] {
-        let mut published = paylake_jobs::runner::register_published(&ctx, lake, layer)
-            .await
-            .map_err(job_failure)?;
-        published.sort();
-        names.extend(published);
+        for name in paylake_lake::catalog::table_names(lake, layer).await? {
+            names.push(format!("{}.{name}", layer.name()));
+        }
     }
     let mut tables = Vec::new();
     for name in names {
         let frame = ctx.table(name.as_str()).await?;
 
-        let pointer = match TableName::parse(&name) {
-            Some(t) if t.layer != Layer::Bronze => read_pointer(lake, &t).await?,
+        // The last commit of a rebuilt table is its update time.
+        let last_commit = match TableName::parse(&name) {
+            Some(t) if t.layer != Layer::Bronze => paylake_lake::delta::history(lake, &t)
+                .await?
+                .into_iter()
+                .next()
+                .and_then(|h| h.timestamp),
             _ => None,
         };
         let newest_column = event_column(frame.schema());
@@ -132,8 +134,8 @@ pub async fn status(lake: &Lake, now: DateTime<Utc>, json: bool) -> Result<(), F
             .unwrap_or(0);
         let newest_seconds: Option<f64> =
             cells.get(2).cloned().flatten().and_then(|v| v.parse().ok());
-        let last_update = match &pointer {
-            Some(p) => Some(p.published_at.clone()),
+        let last_update = match last_commit {
+            Some(at) => Some(at),
             None if name.starts_with("bronze.") => text_rows(
                 &ctx,
                 &format!("SELECT CAST(max(_ingested_at) AS VARCHAR) FROM {name}"),

@@ -9,7 +9,12 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use paylake_jobs::JobError;
+use paylake_lake::lease::WriterLease;
 use paylake_lake::Lake;
+
+/// How long a writer lease lasts at most: longer than any step, short enough that a crashed
+/// run on another host does not block the lake for long.
+const LEASE_HOURS: i64 = 6;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -17,7 +22,8 @@ Exit codes:
   1  the run failed (engine or storage error, broken invariant); nothing half-published
   2  usage or configuration error (unknown flag, bad --lake, missing landing folder, bad time,
      a table that was not built yet)
-  3  data quality gate failed: an error-severity expectation failed in Silver; Gold is not rebuilt";
+  3  data quality gate failed: an error-severity expectation failed in Silver (Gold is not
+     rebuilt) or in Gold (Gold is not committed)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,15 +68,22 @@ enum Command {
         #[arg(long)]
         expectations_dir: Option<PathBuf>,
     },
-    /// Rebuild Gold from Silver with sql/gold, unless the last Silver gate failed.
+    /// Rebuild Gold from the Silver versions the last Silver gate audited, audit it with its
+    /// invariants and expectations, and commit it only if the audit passes.
     Gold {
         #[command(flatten)]
         job: JobArgs,
+        /// Read expectations from DIR/gold/*.toml instead of the built-in ones.
+        #[arg(long)]
+        expectations_dir: Option<PathBuf>,
     },
-    /// Write a published table to a file.
+    /// Write a table (its latest version, or --version N) to a file.
     Export {
         /// Table to export, e.g. gold.unified_payments.
         table: String,
+        /// The Delta version to export (see `paylake history TABLE`).
+        #[arg(long)]
+        version: Option<u64>,
         #[arg(long, default_value = "csv", value_parser = ["csv", "parquet"])]
         format: String,
         #[arg(long)]
@@ -79,8 +92,23 @@ enum Command {
         #[arg(long)]
         all_columns: bool,
     },
-    /// Run an ad-hoc SQL query over every table of the lake (bronze.*, silver.*, gold.*).
+    /// Run an ad-hoc SQL query over every table of the lake (bronze.*, silver.*, gold.*,
+    /// quality.*); `table_version('gold.unified_payments', 3)` reads an older version.
     Sql { query: String },
+    /// The versions of a table: time, operation, run, as-of, rows, audit verdict.
+    History {
+        /// e.g. gold.unified_payments
+        table: String,
+    },
+    /// Delete files that no version within the retention needs (all tables, or one).
+    Vacuum {
+        table: Option<String>,
+        /// Keep files older versions need for this long: e.g. 7d, 36h, 0h (default 7d).
+        #[arg(long, default_value = "7d", value_parser = parse_retention)]
+        retain: chrono::Duration,
+    },
+    /// Compact small files into larger ones (all tables, or one).
+    Optimize { table: Option<String> },
     /// One screen per lake: each table's update time, rows, freshness, runs, rules, rejects.
     Status,
     /// Per source: the contract version and every schema drift seen in landed files.
@@ -117,6 +145,21 @@ pub struct JobArgs {
     /// Days after which a payment with no known fraud label counts as legitimate.
     #[arg(long, default_value_t = 60)]
     label_maturity_days: u32,
+}
+
+fn parse_retention(text: &str) -> Result<chrono::Duration, String> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a retention (use e.g. 7d, 36h or 90m)"))?;
+    match unit {
+        "d" => Ok(chrono::Duration::days(number)),
+        "h" => Ok(chrono::Duration::hours(number)),
+        "m" => Ok(chrono::Duration::minutes(number)),
+        _ => Err(format!("'{text}': the unit must be d, h or m")),
+    }
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
@@ -161,8 +204,13 @@ pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
 pub const EXIT_GATE_FAILED: u8 = 3;
 
 pub fn job_failure(error: JobError) -> Failure {
+    use paylake_quality::QualityError;
     let code = match error {
-        JobError::NotBuilt { .. } | JobError::Model { .. } => 2,
+        JobError::NotBuilt { .. }
+        | JobError::Model { .. }
+        | JobError::Quality(QualityError::Expectations { .. })
+        | JobError::Lake(paylake_lake::LakeError::NoSuchTable { .. }) => 2,
+        JobError::GateClosed { .. } => EXIT_GATE_FAILED,
         _ => 1,
     };
     Failure {
@@ -211,6 +259,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Gold { .. } => Some("gold"),
         _ => None,
     };
+    let writes = step.is_some() || matches!(cli.command, Command::Vacuum { .. } | Command::Optimize { .. });
+    // One writing step at a time per lake; readers never wait.
+    let lease = if writes {
+        let what = step.unwrap_or("maintenance");
+        Some(
+            WriterLease::acquire(&lake, &run_id(now), what, chrono::Duration::hours(LEASE_HOURS))
+                .await?,
+        )
+    } else {
+        None
+    };
     let started = std::time::Instant::now();
     let outcome = match cli.command {
         Command::Bronze {
@@ -221,13 +280,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             job,
             expectations_dir,
         } => steps::silver(&lake, job, expectations_dir, now, json).await,
-        Command::Gold { job } => steps::gold(&lake, job, now, json).await,
+        Command::Gold {
+            job,
+            expectations_dir,
+        } => steps::gold(&lake, job, expectations_dir, now, json).await,
         Command::Export {
             table,
+            version,
             format,
             output,
             all_columns,
-        } => steps::export(&lake, &table, &format, &output, all_columns, json)
+        } => steps::export(&lake, &table, version, &format, &output, all_columns, json)
             .await
             .map(|()| steps::StepMetrics::none()),
         Command::Sql { query } => steps::sql(&lake, &query, json)
@@ -242,16 +305,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Quarantine {
             action: QuarantineAction::Replay { table, sql_dir },
         } => steps::replay(&lake, &table, sql_dir, now, json).await,
+        Command::History { table } => steps::history(&lake, &table, json)
+            .await
+            .map(|()| steps::StepMetrics::none()),
+        Command::Vacuum { table, retain } => steps::vacuum(&lake, table.as_deref(), retain, json)
+            .await
+            .map(|()| steps::StepMetrics::none()),
+        Command::Optimize { table } => steps::optimize(&lake, table.as_deref(), json)
+            .await
+            .map(|()| steps::StepMetrics::none()),
     };
+    if let Some(lease) = lease {
+        if let Err(e) = lease.release().await {
+            tracing::warn!("could not release the writer lease: {e}");
+        }
+    }
     if let Some(step) = step {
         let record = steps::record_run(&lake, step, now, started.elapsed(), &outcome).await;
         if let Err(e) = record {
             tracing::warn!("could not record monitoring state: {e:#}");
         }
         if let Some(path) = &metrics_file {
-            paylake_quality::metrics::write_metrics_file(&lake, path)
-                .await
-                .map_err(|e| usage(anyhow::anyhow!(e)))?;
+            let written = paylake_quality::metrics::write_metrics_file(&lake, path).await;
+            if let Err(e) = written {
+                let error = anyhow::anyhow!("cannot write the metrics file {}: {e}", path.display());
+                // A failed run keeps its own exit code; the metrics problem is only reported.
+                if outcome.is_err() || matches!(&outcome, Ok(m) if m.gate_failure.is_some()) {
+                    eprintln!("error: {error:#}");
+                } else {
+                    return Err(usage(error));
+                }
+            }
         }
     }
     match outcome? {

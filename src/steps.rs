@@ -10,12 +10,13 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use paylake_bronze::{run_bronze, BronzeOptions, BronzeSummary};
-use paylake_jobs::{export_table, run_layer, ExportFormat, LayerSummary, RunOptions};
-use paylake_lake::layout::Layer;
-use paylake_lake::table::TableName;
+use paylake_jobs::{
+    export_table, run_gold, run_silver, ExportFormat, RunOptions, SourceOutcome, StepReport,
+};
+use paylake_lake::delta;
+use paylake_lake::layout::{Layer, TableName};
 use paylake_lake::Lake;
 use paylake_quality::metrics::{RuleMetric, StepState, TableMetrics};
-use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult};
 
 use crate::{job_failure, print_json, run_id, usage, Failure, JobArgs, EXIT_GATE_FAILED};
 
@@ -83,15 +84,15 @@ fn print_bronze(summary: &BronzeSummary) {
     }
 }
 
-fn print_layer(summary: &LayerSummary) {
-    for s in &summary.sources {
+fn print_sources(layer: &str, sources: &[SourceOutcome]) {
+    for s in sources {
         let orphans = s
             .orphan_labels
             .map(|n| format!(", orphan labels {n}"))
             .unwrap_or_default();
         println!(
             "{}  {:<13} bronze rows {:>6} -> kept {}, quarantined {}, duplicates dropped {}, superseded {}{}",
-            summary.layer,
+            layer,
             s.source,
             s.bronze_rows,
             s.kept,
@@ -100,9 +101,6 @@ fn print_layer(summary: &LayerSummary) {
             s.superseded,
             orphans
         );
-    }
-    for t in &summary.tables {
-        println!("{}  {:<32} {:>8} rows", summary.layer, t.table, t.rows);
     }
 }
 
@@ -132,6 +130,7 @@ pub async fn bronze(
         ingested_at: now,
         batch_id: run_id(now),
         abort_after_rows,
+        abort_before_file_log: std::env::var_os("PAYLAKE_ABORT_BEFORE_FILE_LOG").is_some(),
         progress: !json,
     };
     let summary = run_bronze(lake, &options)
@@ -170,84 +169,50 @@ fn run_options(job: JobArgs, now: DateTime<Utc>) -> RunOptions {
     }
 }
 
-/// Newest value of a time column, as Unix seconds.
-async fn newest_event(ctx: &SessionContext, table: &str, column: &str) -> Option<f64> {
-    let sql = format!("SELECT date_part('epoch', max(\"{column}\")) AS newest FROM {table}");
-    let batches = ctx.sql(&sql).await.ok()?.collect().await.ok()?;
-    let batch = batches.first()?;
-    let values = cast(batch.column(0), &DataType::Float64).ok()?;
-    let values = values.as_any().downcast_ref::<Float64Array>()?;
-    (!values.is_empty() && !values.is_null(0)).then(|| values.value(0))
-}
-
-/// Evaluates the Silver expectations, stores results and report, and writes the gate verdict.
-async fn silver_gate(
-    lake: &Lake,
-    ctx: &SessionContext,
-    options: &RunOptions,
-    expectations_dir: Option<&Path>,
-) -> Result<(Vec<RuleResult>, GateVerdict), Failure> {
-    let suites = load_suites("silver", expectations_dir).map_err(usage)?;
-    let evaluated_at = options.now;
-    let mut all = Vec::new();
-    for suite in &suites {
-        let results = evaluate_suite(ctx, suite, options.effective_as_of()).await?;
-        paylake_quality::results::append_results(
-            lake,
-            &options.run_id,
-            evaluated_at,
-            &suite.table,
-            &results,
-        )
-        .await?;
-        all.extend(results);
+fn print_report(report: &StepReport) {
+    if !report.results.is_empty() {
+        eprint!("{}", paylake_quality::results::render_text(&report.results));
+        eprintln!("quality report: {}", report.report);
     }
-    eprint!("{}", paylake_quality::results::render_text(&all));
-    let report = paylake_quality::report::write_report(lake, &options.run_id, &all).await?;
-    eprintln!("quality report: {report}");
-    let verdict = GateVerdict {
-        layer: "silver".into(),
-        run_id: options.run_id.clone(),
-        evaluated_at: evaluated_at.to_rfc3339(),
-        passed: !all.iter().any(RuleResult::blocks),
-        blocking_rules: all
-            .iter()
-            .filter(|r| r.blocks())
-            .map(|r| format!("{}.{}", r.table, r.rule))
-            .collect(),
-        warnings: all
-            .iter()
-            .filter(|r| !r.passed && !r.blocks())
-            .map(|r| format!("{}.{}", r.table, r.rule))
-            .collect(),
-    };
-    paylake_quality::write_gate(lake, Layer::Silver, &verdict).await?;
-    Ok((all, verdict))
+    for (table, version) in &report.read_versions {
+        eprintln!("{}  read {table} version {version}", report.layer);
+    }
+    print_sources(&report.layer, &report.sources);
+    for t in &report.tables {
+        println!(
+            "{}  {:<32} {:>8} rows  version {}",
+            report.layer, t.table, t.rows, t.version
+        );
+    }
 }
 
-async fn silver_metrics(
-    ctx: &SessionContext,
-    summary: &LayerSummary,
-    results: &[RuleResult],
-) -> Result<StepMetrics, Failure> {
-    let mut tables = Vec::new();
-    for s in &summary.sources {
-        let newest = match s.source.as_str() {
-            "payments" => newest_event(ctx, "silver.payments", "timestamp").await,
-            "accounts" => newest_event(ctx, "silver.accounts", "known_at").await,
-            "risk_feed" => newest_event(ctx, "silver.risk_feed", "known_at").await,
-            _ => newest_event(ctx, "silver.fraud_labels", "known_at").await,
-        };
-        tables.push(TableMetrics {
-            table: format!("silver.{}", s.source),
-            rows_read: s.bronze_rows,
-            rows_written: s.kept,
-            rows_quarantined: s.quarantined,
-            newest_event_seconds: newest,
+/// The metrics a Silver or Gold run reports, and its gate as exit 3 when it failed.
+fn step_metrics(report: &StepReport) -> StepMetrics {
+    let mut tables: Vec<TableMetrics> = report
+        .sources
+        .iter()
+        .map(|s| {
+            let table = format!("silver.{}", s.source);
+            TableMetrics {
+                newest_event_seconds: report.newest_event_seconds.get(&table).copied(),
+                table,
+                rows_read: s.bronze_rows,
+                rows_written: s.kept,
+                rows_quarantined: s.quarantined,
+                ..Default::default()
+            }
+        })
+        .collect();
+    if report.sources.is_empty() {
+        tables.extend(report.tables.iter().map(|t| TableMetrics {
+            table: t.table.clone(),
+            rows_written: t.rows,
+            newest_event_seconds: report.newest_event_seconds.get(&t.table).copied(),
             ..Default::default()
-        });
+        }));
     }
-    let rules = results
+    let rules = report
+        .results
         .iter()
         .map(|r| RuleMetric {
             table: r.table.clone(),
@@ -256,11 +221,22 @@ async fn silver_metrics(
             passed: r.passed,
         })
         .collect();
-    Ok(StepMetrics {
+    let gate_failure = (!report.gate_passed()).then(|| {
+        let consequence = if report.layer == "silver" {
+            "Gold will not be rebuilt"
+        } else {
+            "Gold was not committed; readers keep the previous version"
+        };
+        format!(
+            "data quality gate failed: {} ({consequence})",
+            report.verdict.blocking_rules.join(", ")
+        )
+    });
+    StepMetrics {
         tables,
         rules,
-        gate_failure: None,
-    })
+        gate_failure,
+    }
 }
 
 pub async fn silver(
@@ -271,84 +247,40 @@ pub async fn silver(
     json: bool,
 ) -> Result<StepMetrics, Failure> {
     let options = run_options(job, now);
-    let summary = run_layer(lake, Layer::Silver, &options)
+    let report = run_silver(lake, &options, expectations_dir.as_deref())
         .await
         .map_err(job_failure)?;
-    // One session over the freshly published Silver serves the gate and the metrics.
-    let ctx = paylake_jobs::lake_session(lake)
-        .await
-        .map_err(job_failure)?;
-    let (results, verdict) = silver_gate(lake, &ctx, &options, expectations_dir.as_deref()).await?;
     if json {
-        print_json(&serde_json::json!({
-            "layer": summary.layer,
-            "run_id": summary.run_id,
-            "as_of": summary.as_of,
-            "tables": summary.tables,
-            "sources": summary.sources,
-            "quality": { "gate": verdict, "results": results },
-        }))?;
+        print_json(&report)?;
     } else {
-        print_layer(&summary);
+        print_report(&report);
     }
-    let mut metrics = silver_metrics(&ctx, &summary, &results).await?;
-    if !verdict.passed {
-        metrics.gate_failure = Some(format!(
-            "data quality gate failed: {} (Gold will not be rebuilt)",
-            verdict.blocking_rules.join(", ")
-        ));
-    }
-    Ok(metrics)
+    Ok(step_metrics(&report))
 }
 
 pub async fn gold(
     lake: &Lake,
     job: JobArgs,
+    expectations_dir: Option<PathBuf>,
     now: DateTime<Utc>,
     json: bool,
 ) -> Result<StepMetrics, Failure> {
-    if let Some(verdict) = paylake_quality::read_gate(lake, Layer::Silver).await? {
-        if !verdict.passed {
-            return Err(Failure {
-                code: EXIT_GATE_FAILED,
-                error: anyhow::anyhow!(
-                    "data quality gate failed: Silver run {} broke {}; Gold was not rebuilt",
-                    verdict.run_id,
-                    verdict.blocking_rules.join(", ")
-                ),
-            });
-        }
-    }
     let options = run_options(job, now);
-    let summary = run_layer(lake, Layer::Gold, &options)
+    let report = run_gold(lake, &options, expectations_dir.as_deref())
         .await
         .map_err(job_failure)?;
     if json {
-        print_json(&summary)?;
+        print_json(&report)?;
     } else {
-        print_layer(&summary);
+        print_report(&report);
     }
-    let ctx = paylake_jobs::lake_session(lake)
-        .await
-        .map_err(job_failure)?;
-    let mut tables = Vec::new();
-    for t in &summary.tables {
-        tables.push(TableMetrics {
-            table: t.table.clone(),
-            rows_written: t.rows,
-            newest_event_seconds: newest_event(&ctx, &t.table, "timestamp").await,
-            ..Default::default()
-        });
-    }
-    Ok(StepMetrics {
-        tables,
-        ..Default::default()
-    })
+    Ok(step_metrics(&report))
 }
 
 pub async fn export(
     lake: &Lake,
     table: &str,
+    version: Option<u64>,
     format: &str,
     output: &Path,
     all_columns: bool,
@@ -356,12 +288,12 @@ pub async fn export(
 ) -> Result<(), Failure> {
     let name = TableName::parse(table).ok_or_else(|| {
         usage(anyhow::anyhow!(
-            "'{table}' is not a table name (expected silver.<name> or gold.<name>)"
+            "'{table}' is not a table name (expected layer.table, e.g. gold.unified_payments)"
         ))
     })?;
     let format = ExportFormat::parse(format)
         .ok_or_else(|| usage(anyhow::anyhow!("unknown format {format}")))?;
-    let rows = export_table(lake, &name, format, output, all_columns)
+    let rows = export_table(lake, &name, version, format, output, all_columns)
         .await
         .map_err(job_failure)?;
     if json {
@@ -376,33 +308,10 @@ pub async fn export(
     Ok(())
 }
 
-/// Every table of the lake, plus `quality.results`, for ad-hoc queries.
-async fn query_session(lake: &Lake) -> Result<SessionContext, Failure> {
+pub async fn sql(lake: &Lake, query: &str, json: bool) -> Result<(), Failure> {
     let ctx = paylake_jobs::lake_session(lake)
         .await
         .map_err(job_failure)?;
-    let catalog = ctx
-        .catalog("datafusion")
-        .ok_or_else(|| anyhow::anyhow!("the default catalog is missing"))?;
-    catalog.register_schema(
-        "quality",
-        std::sync::Arc::new(datafusion::catalog::MemorySchemaProvider::new()),
-    )?;
-    let results = paylake_lake::table::folder_provider(
-        lake,
-        &paylake_lake::layout::quality_results_folder(),
-        paylake_quality::results::results_schema(),
-    )
-    .await?;
-    ctx.register_table(
-        datafusion::common::TableReference::partial("quality", "results"),
-        results,
-    )?;
-    Ok(ctx)
-}
-
-pub async fn sql(lake: &Lake, query: &str, json: bool) -> Result<(), Failure> {
-    let ctx = query_session(lake).await?;
     let frame = ctx
         .sql(query)
         .await
@@ -523,4 +432,115 @@ pub async fn replay(
         println!("{line}");
     }
     Ok(metrics)
+}
+
+fn table_name(table: &str) -> Result<TableName, Failure> {
+    TableName::parse(table).ok_or_else(|| {
+        usage(anyhow::anyhow!(
+            "'{table}' is not a table name (expected layer.table, e.g. gold.unified_payments)"
+        ))
+    })
+}
+
+/// Every table of the lake, or the one named.
+async fn tables_or_all(lake: &Lake, table: Option<&str>) -> Result<Vec<TableName>, Failure> {
+    if let Some(table) = table {
+        return Ok(vec![table_name(table)?]);
+    }
+    let mut all = Vec::new();
+    for layer in Layer::ALL {
+        for name in paylake_lake::catalog::table_names(lake, layer).await? {
+            all.push(TableName::new(layer, name));
+        }
+    }
+    Ok(all)
+}
+
+fn lake_failure(error: paylake_lake::LakeError) -> Failure {
+    match error {
+        paylake_lake::LakeError::NoSuchTable { .. } => usage(error),
+        other => Failure::from(other),
+    }
+}
+
+pub async fn history(lake: &Lake, table: &str, json: bool) -> Result<(), Failure> {
+    let name = table_name(table)?;
+    let entries = delta::history(lake, &name).await.map_err(lake_failure)?;
+    if json {
+        return print_json(&entries);
+    }
+    let mut rendered = text_table(&[
+        "version", "time", "operation", "run", "as of", "rows", "audit",
+    ]);
+    for e in &entries {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        rendered.add_row(vec![
+            e.version.to_string(),
+            text(&e.timestamp),
+            text(&e.operation),
+            text(&e.run_id),
+            text(&e.as_of),
+            e.rows.map(|r| r.to_string()).unwrap_or_default(),
+            text(&e.audit),
+        ]);
+    }
+    println!("{name}\n{rendered}");
+    Ok(())
+}
+
+pub async fn vacuum(
+    lake: &Lake,
+    table: Option<&str>,
+    retain: chrono::Duration,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut deleted = Vec::new();
+    for name in tables_or_all(lake, table).await? {
+        let files = delta::vacuum(lake, &name, retain)
+            .await
+            .map_err(lake_failure)?;
+        deleted.push((name.to_string(), files));
+    }
+    if json {
+        let map: std::collections::BTreeMap<_, _> = deleted.into_iter().collect();
+        return print_json(&serde_json::json!({ "files_deleted": map }));
+    }
+    for (name, files) in deleted {
+        println!(
+            "vacuum  {name:<32} {files} unreferenced file(s) older than {}h deleted",
+            retain.num_hours()
+        );
+    }
+    Ok(())
+}
+
+pub async fn optimize(lake: &Lake, table: Option<&str>, json: bool) -> Result<(), Failure> {
+    let mut done = Vec::new();
+    for name in tables_or_all(lake, table).await? {
+        done.push(delta::optimize(lake, &name).await.map_err(lake_failure)?);
+    }
+    if json {
+        return print_json(&done);
+    }
+    for c in &done {
+        println!(
+            "optimize  {:<32} files {} -> {}{}",
+            c.table,
+            c.files_before,
+            c.files_after,
+            c.version
+                .map(|v| format!("  (version {v})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// A plain text table: columns sized to their content, no borders.
+fn text_table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header.to_vec());
+    table
 }

@@ -268,3 +268,49 @@ fn usage_errors_exit_2() {
     let not_built = ws.run(&["export", "gold.unified_payments", "--output", "x.csv"]);
     assert_eq!(not_built.status.code(), Some(2));
 }
+
+#[test]
+fn a_file_unrouted_under_one_landing_root_still_lands_from_the_right_one() {
+    let ws = Workspace::new();
+    common::copy_tree(&common::sample_data(), &ws.landing());
+    // Pointed one folder too deep: the file names alone route nowhere.
+    let too_deep = ws.landing().join("payments/2024-11-17");
+    let first = common::json(&ws.ok(&["--json", "bronze", "--landing", too_deep.to_str().unwrap()]));
+    let files = first["files"].as_array().unwrap();
+    assert!(!files.is_empty());
+    assert!(files.iter().all(|f| f["outcome"] == "rejected"), "{first}");
+
+    let second = ws.bronze();
+    assert_eq!(source(&second, "payments")["files_skipped"], 0, "{second}");
+    assert_eq!(ws.count("bronze.payments"), 46, "all sample payments land");
+    let third = ws.bronze();
+    assert_eq!(source(&third, "payments")["rows_landed"], 0);
+    assert_eq!(ws.count("bronze.payments"), 46);
+}
+
+#[test]
+fn run_killed_between_the_rows_commit_and_the_file_log_adds_nothing_twice() {
+    let ws = Workspace::new();
+    ws.land(
+        "payments/2024-11-15/batch_2024-11-15T09-15.csv",
+        payments(&[
+            "P1,A1,A2,R,1.00,2024-11-15 09:00:00",
+            "P2,A1,A2,R,2.00,2024-11-15 09:01:00",
+        ]),
+    );
+    let landing = ws.landing();
+    let crashed = ws.run_with_env(
+        &["bronze", "--landing", landing.to_str().unwrap()],
+        &[("PAYLAKE_ABORT_BEFORE_FILE_LOG", "1")],
+    );
+    assert!(!crashed.status.success(), "the run was meant to die");
+    assert_eq!(ws.count("bronze.payments"), 2, "the rows were committed");
+    assert_eq!(ws.count("bronze._file_log"), 0, "but not logged");
+
+    // The re-run processes the file again; the Delta transaction id keeps its rows single.
+    let summary = ws.bronze();
+    assert_eq!(summary["files"].as_array().unwrap().len(), 1);
+    assert_eq!(ws.count("bronze.payments"), 2, "no row twice");
+    assert_eq!(ws.count("bronze._file_log"), 1);
+    assert_eq!(ws.bronze()["files"].as_array().unwrap().len(), 0);
+}

@@ -366,15 +366,24 @@ fn build(ws: &Workspace, as_of: DateTime<Utc>, maturity_days: i64) {
     let at = as_of.to_rfc3339();
     let days = maturity_days.to_string();
     // These histories leave accounts unknown on purpose: no expectations, no gate.
-    let no_expectations = ws.dir.path().join("no-expectations");
+    let no_expectations = ws.no_expectations();
+    let no_expectations = no_expectations.to_str().unwrap();
     ws.ok(&[
         "silver",
         "--as-of",
         &at,
         "--expectations-dir",
-        no_expectations.to_str().unwrap(),
+        no_expectations,
     ]);
-    ws.ok(&["gold", "--as-of", &at, "--label-maturity-days", &days]);
+    ws.ok(&[
+        "gold",
+        "--as-of",
+        &at,
+        "--label-maturity-days",
+        &days,
+        "--expectations-dir",
+        no_expectations,
+    ]);
 }
 
 #[test]

@@ -13,7 +13,7 @@ fn write(path: &Path, text: &str) {
 }
 
 fn rule<'a>(summary: &'a Value, name: &str) -> &'a Value {
-    summary["quality"]["results"]
+    summary["results"]
         .as_array()
         .and_then(|r| r.iter().find(|r| r["rule"] == name))
         .unwrap_or_else(|| panic!("no result for {name}"))
@@ -281,7 +281,7 @@ query = "SELECT count(*) AS evaluated, 0 AS failed FROM silver.payments""#,
         serde_json::json!(["P2"])
     );
     assert_eq!(
-        summary["quality"]["gate"]["passed"], true,
+        summary["verdict"]["passed"], true,
         "warnings never block"
     );
 
@@ -313,8 +313,7 @@ fn error_gate_exits_3_and_leaves_gold_untouched_warnings_do_not_block() {
     );
     assert!(String::from_utf8_lossy(&silver.stderr).contains("WARN"));
     ws.ok(&["--metrics-file", &metrics_arg, "gold"]);
-    let pointer =
-        std::fs::read_to_string(ws.lake().join("gold/unified_payments/_current.json")).unwrap();
+    let gold_versions = ws.history("gold.unified_payments").len();
 
     // A batch where every amount is broken: far over 5% of payments quarantined.
     let mut bad = PAYMENT_HEADER.to_string();
@@ -332,8 +331,8 @@ fn error_gate_exits_3_and_leaves_gold_untouched_warnings_do_not_block() {
     let gold = ws.run(&["--metrics-file", &metrics_arg, "gold"]);
     assert_eq!(gold.status.code(), Some(3));
     assert_eq!(
-        std::fs::read_to_string(ws.lake().join("gold/unified_payments/_current.json")).unwrap(),
-        pointer,
+        ws.history("gold.unified_payments").len(),
+        gold_versions,
         "gold is not rebuilt"
     );
     let text = std::fs::read_to_string(&metrics).unwrap();
@@ -518,4 +517,126 @@ fn alert_rules_pass_promtool() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+/// Payments of 2024-11-14 09:00 on accounts A1 → A2, the last `bad` of them with a broken amount.
+fn early_batch(ws: &Workspace, rows: usize, bad: usize) {
+    ws.land(
+        "accounts/account_details_2024-11-14T06-00.csv",
+        "account_id,opening_date\nA1,2020-01-01\nA2,2020-01-01\n",
+    );
+    let mut text = PAYMENT_HEADER.to_string();
+    for i in 0..rows {
+        let amount = if i >= rows - bad { "n/a".to_string() } else { format!("{}.00", i + 1) };
+        text.push_str(&format!("E{i},A1,A2,R,{amount},2024-11-14 09:00:00\n"));
+    }
+    ws.land("payments/2024-11-14/payments_2024-11-14T09-15.csv", text);
+}
+
+#[test]
+fn the_silver_gate_judges_the_lake_as_of_the_run_time() {
+    let ws = Workspace::new();
+    // At 12:00 on the 14th, 1 of 10 payments is quarantined: 10%, over the 5% limit, although
+    // it is under 2% of everything landed later.
+    early_batch(&ws, 10, 1);
+    common::copy_tree(&common::sample_data(), &ws.landing());
+    ws.bronze();
+    let early = ws.run(&["--json", "silver", "--as-of", "2024-11-14T12:00:00Z"]);
+    assert_eq!(early.status.code(), Some(3), "{}", String::from_utf8_lossy(&early.stderr));
+    let summary = common::json(&String::from_utf8_lossy(&early.stdout));
+    assert_eq!(rule(&summary, "payments_quarantine_rate")["evaluated"], 10);
+    assert_eq!(rule(&summary, "payments_quarantine_rate")["failed"], 1);
+    // Freshness is measured from the as-of time: the 09:00 payments are 3 hours old then.
+    assert_eq!(rule(&summary, "fresh_payments")["passed"], true);
+}
+
+#[test]
+fn an_audit_that_cannot_run_commits_nothing_and_gold_keeps_the_audited_silver() {
+    let ws = Workspace::new();
+    common::copy_tree(&common::sample_data(), &ws.landing());
+    ws.bronze();
+    ws.ok(&["silver"]);
+    let silver_versions = ws.history("silver.payments").len();
+    ws.land(
+        "payments/2024-11-18/payments_2024-11-18T09-15.csv",
+        common::payments(&["P9001,ACC101,ACC201,R,5.00,2024-11-18 09:00:00"]),
+    );
+    ws.bronze();
+    let broken = ws.dir.path().join("broken-expectations");
+    write(
+        &broken.join("silver/payments.toml"),
+        "table = \"silver.payments\"\n\n[[rules]]\nname = \"bad\"\nkind = \"custom_query\"\n\
+         query = \"SELECT evaluated FROM no_such_table\"\nseverity = \"error\"\n",
+    );
+    let failed = ws.run(&["silver", "--expectations-dir", broken.to_str().unwrap()]);
+    assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert_eq!(
+        ws.history("silver.payments").len(),
+        silver_versions,
+        "nothing unaudited is committed"
+    );
+    let gold = common::json(&ws.ok(&["--json", "gold"]));
+    assert_eq!(gold["read_versions"]["silver.payments"], silver_versions as i64 - 1);
+    assert_eq!(ws.count("gold.unified_payments"), 43, "built from the audited Silver");
+
+    let mistyped = ws.run(&["silver", "--expectations-dir", "/no/such/folder"]);
+    assert_eq!(mistyped.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&mistyped.stderr).contains("/no/such/folder/silver"));
+}
+
+#[test]
+fn gold_expectations_stop_the_commit_and_readers_keep_the_previous_version() {
+    let ws = Workspace::new();
+    common::copy_tree(&common::sample_data(), &ws.landing());
+    ws.bronze();
+    ws.ok(&["silver"]);
+    let gold = common::json(&ws.ok(&["--json", "gold"]));
+    assert_eq!(gold["verdict"]["passed"], true, "{gold}");
+    assert!(gold["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["rule"] == "one_row_per_silver_payment" && r["passed"] == true));
+    let versions = ws.history("gold.unified_payments").len();
+
+    let strict = ws.dir.path().join("strict");
+    write(
+        &strict.join("gold/unified_payments.toml"),
+        "table = \"gold.unified_payments\"\n\n[[rules]]\nname = \"no_fraud_at_all\"\n\
+         kind = \"custom\"\nexpression = \"NOT fraud_flag\"\nseverity = \"error\"\n",
+    );
+    let refused = ws.run(&["gold", "--expectations-dir", strict.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no_fraud_at_all"));
+    assert_eq!(ws.history("gold.unified_payments").len(), versions);
+    assert_eq!(ws.count("gold.unified_payments"), 43);
+}
+
+#[test]
+fn a_failing_metrics_file_keeps_the_exit_code_of_the_run() {
+    let ws = Workspace::new();
+    let unwritable = ws.dir.path().join("no/such/dir/metrics.prom");
+    let unwritable = unwritable.to_str().unwrap();
+    // Gold before Silver is exit 2 on its own; a gate failure stays exit 3; a failed run 1.
+    let gold = ws.run(&["--metrics-file", unwritable, "gold"]);
+    assert_eq!(gold.status.code(), Some(2));
+    let mut bad = PAYMENT_HEADER.to_string();
+    for i in 0..10 {
+        bad.push_str(&format!("B{i},ACC101,ACC201,R,n/a,2024-11-18 09:00:00\n"));
+    }
+    ws.land("payments/2024-11-18/payments_2024-11-18T09-15.csv", bad);
+    ws.bronze();
+    let silver = ws.run(&["--metrics-file", unwritable, "silver"]);
+    assert_eq!(silver.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&silver.stderr).contains("metrics file"));
+    let broken = ws.dir.path().join("sql");
+    write(&broken.join("silver/payments.sql"), "SELECT no_such_column FROM bronze.payments");
+    let failed = ws.run(&[
+        "--metrics-file",
+        unwritable,
+        "silver",
+        "--sql-dir",
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
 }

@@ -73,7 +73,7 @@ impl Workspace {
     /// Rebuilds Silver without the data-quality gate: these tests feed deliberately bad data
     /// to check the Silver rules themselves (tests/quality.rs covers the gate).
     pub fn silver(&self) -> Value {
-        let no_expectations = self.dir.path().join("no-expectations");
+        let no_expectations = self.no_expectations();
         json(&self.ok(&[
             "--json",
             "silver",
@@ -82,8 +82,33 @@ impl Workspace {
         ]))
     }
 
+    /// Rebuilds Gold with its invariant checks but without expectations (tests/quality.rs
+    /// covers the Gold expectations).
     pub fn gold(&self) -> Value {
-        json(&self.ok(&["--json", "gold"]))
+        let no_expectations = self.no_expectations();
+        json(&self.ok(&[
+            "--json",
+            "gold",
+            "--expectations-dir",
+            no_expectations.to_str().unwrap(),
+        ]))
+    }
+
+    /// An expectations folder with no rules for any layer.
+    pub fn no_expectations(&self) -> PathBuf {
+        let dir = self.dir.path().join("no-expectations");
+        for layer in ["silver", "gold"] {
+            std::fs::create_dir_all(dir.join(layer)).unwrap();
+        }
+        dir
+    }
+
+    /// The versions of a table, newest first, as `paylake history --json` reports them.
+    pub fn history(&self, table: &str) -> Vec<Value> {
+        match json(&self.ok(&["--json", "history", table])) {
+            Value::Array(entries) => entries,
+            other => panic!("expected history entries, got {other}"),
+        }
     }
 
     /// Rows of an ad-hoc query, as JSON objects.

@@ -11,8 +11,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use paylake_contracts::{RoutedFile, SourceContract};
 use paylake_lake::layout;
-use paylake_lake::table::ParquetObjectSink;
-use paylake_lake::Lake;
+use paylake_lake::{delta, Lake};
 use serde::Serialize;
 
 use crate::ingest::{BronzeOptions, Landed};
@@ -23,6 +22,11 @@ pub const OUTCOME_LANDED: &str = "landed";
 pub const OUTCOME_LANDED_WITH_ERRORS: &str = "landed_with_errors";
 pub const OUTCOME_REJECTED: &str = "rejected";
 pub const OUTCOME_SKIPPED: &str = "skipped_duplicate";
+
+/// Whether a file with this outcome landed its rows (so a copy of it must not land again).
+pub fn outcome_landed_rows(outcome: &str) -> bool {
+    outcome == OUTCOME_LANDED || outcome == OUTCOME_LANDED_WITH_ERRORS
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FileLogEntry {
@@ -185,17 +189,18 @@ impl FileLogEntry {
     }
 }
 
-/// Appends one entry as its own object: entries already written survive a crash.
-pub(crate) async fn append(
-    lake: &Lake,
-    batch_id: &str,
-    sequence: usize,
-    entry: &FileLogEntry,
-) -> Result<(), BronzeError> {
-    let path = layout::file_log_entry(batch_id, sequence);
-    let mut sink = ParquetObjectSink::create(lake, &path, file_log_schema())?;
-    sink.write(&entry.to_batch()?).await?;
-    sink.finish().await?;
+/// Appends one entry in its own commit: entries already committed survive a crash.
+pub(crate) async fn append(lake: &Lake, entry: &FileLogEntry) -> Result<(), BronzeError> {
+    let mut facts = delta::CommitFacts::new();
+    facts.insert(delta::INFO_RUN_ID.into(), entry.batch_id.clone().into());
+    delta::append_batches(
+        lake,
+        &layout::file_log_table(),
+        &file_log_schema(),
+        &[entry.to_batch()?],
+        &facts,
+    )
+    .await?;
     Ok(())
 }
 

@@ -22,7 +22,9 @@ use paylake_contracts::{
     all_contracts, known_at_from_path, route_landing_file, FileFormat, SourceContract,
 };
 use paylake_lake::layout;
-use paylake_lake::table::ParquetObjectSink;
+use paylake_lake::delta::{self, WrittenObject};
+use paylake_lake::layout::TableName;
+use paylake_lake::sink::ParquetObjectSink;
 use paylake_lake::Lake;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -45,6 +47,8 @@ pub struct BronzeOptions {
     pub batch_id: String,
     /// Testing hook: abort the process once this many rows were buffered (simulates a kill).
     pub abort_after_rows: Option<u64>,
+    /// Testing hook: abort after a file's rows are committed, before its file-log entry.
+    pub abort_before_file_log: bool,
     pub progress: bool,
 }
 
@@ -167,6 +171,21 @@ struct FileLineage {
     batch_id: String,
     ingested_at: i64,
     known_at: i64,
+}
+
+impl FileLineage {
+    /// Where this file's object in `table` is written.
+    fn object_path(&self, table: &TableName) -> object_store::path::Path {
+        layout::table_root(table).join(layout::bronze_object_name(&self.sha256, &self.batch_id))
+    }
+
+    fn written(&self, rows: u64, size: u64) -> WrittenObject {
+        WrittenObject {
+            path: layout::bronze_object_name(&self.sha256, &self.batch_id),
+            size,
+            rows,
+        }
+    }
 }
 
 /// Buffers good rows of one file and writes them as record batches.
@@ -350,7 +369,7 @@ impl FileWriter<'_> {
             Some(sink) => sink,
             None => {
                 let source = self.lineage.source.as_deref().unwrap_or_default();
-                let path = layout::bronze_data_file(source, &self.lineage.sha256);
+                let path = self.lineage.object_path(&layout::bronze_table(source));
                 self.rows_sink
                     .insert(ParquetObjectSink::create(self.lake, &path, batch.schema())?)
             }
@@ -376,7 +395,7 @@ impl FileWriter<'_> {
         let sink = match self.dead_sink.as_mut() {
             Some(sink) => sink,
             None => {
-                let path = layout::dead_letter_file(&self.lineage.sha256);
+                let path = self.lineage.object_path(&layout::dead_letter_table());
                 self.dead_sink.insert(ParquetObjectSink::create(
                     self.lake,
                     &path,
@@ -388,19 +407,47 @@ impl FileWriter<'_> {
         Ok(())
     }
 
-    /// Writes what is buffered and makes both objects visible.
+    /// Writes what is buffered, then adds each object to its table in one commit whose
+    /// transaction id is the file's content hash (for the dead letter: hash and path, since a
+    /// rejected file may land later under a name that routes it), so a re-run after a crash
+    /// adds nothing twice.
     ///
     /// Returns (records read, rows written to Bronze, lines written to the dead-letter).
     async fn finish(mut self) -> Result<(u64, u64, u64), BronzeError> {
         self.flush_rows().await?;
         self.flush_dead().await?;
+        let mut facts = delta::CommitFacts::new();
+        facts.insert(delta::INFO_RUN_ID.into(), self.lineage.batch_id.clone().into());
+        facts.insert("paylake.source_file".into(), self.lineage.relative.clone().into());
         let mut rows_landed = 0;
         if let Some(sink) = self.rows_sink.take() {
-            rows_landed = sink.finish().await?;
+            let source = self.lineage.source.as_deref().unwrap_or_default();
+            let table = layout::bronze_table(source);
+            let (rows, size) = sink.finish().await?;
+            rows_landed = rows;
+            let object = self.lineage.written(rows, size);
+            let schema = self.rows.as_ref().map(|r| r.schema.clone()).ok_or_else(|| {
+                BronzeError::Internal("rows written for a file without a source".into())
+            })?;
+            let txn = self.lineage.sha256.clone();
+            delta::append_objects(self.lake, &table, &schema, &[object], Some(&txn), &facts)
+                .await?;
         }
         let mut dead_lettered = 0;
         if let Some(sink) = self.dead_sink.take() {
-            dead_lettered = sink.finish().await? - self.headers_dead_lettered;
+            let (lines, size) = sink.finish().await?;
+            dead_lettered = lines - self.headers_dead_lettered;
+            let object = self.lineage.written(lines, size);
+            let txn = format!("{}:{}", self.lineage.sha256, self.lineage.relative);
+            delta::append_objects(
+                self.lake,
+                &layout::dead_letter_table(),
+                &dead_letter_schema(),
+                &[object],
+                Some(&txn),
+                &facts,
+            )
+            .await?;
         }
         Ok((self.records_read, rows_landed, dead_lettered))
     }
@@ -413,10 +460,13 @@ pub async fn run_bronze(
 ) -> Result<BronzeSummary, BronzeError> {
     let contracts = all_contracts()?;
     let files = discover(&options.landing)?;
+    crate::tables::ensure_tables(lake).await?;
     let logged = filelog::read_logged_files(lake).await?;
+    // Only content whose rows landed blocks a copy: a file rejected or unrouted under one
+    // name must still land when it arrives under a name that routes it.
     let mut landed_by_hash: HashMap<String, String> = logged
         .iter()
-        .filter(|f| f.outcome != filelog::OUTCOME_SKIPPED)
+        .filter(|f| filelog::outcome_landed_rows(&f.outcome))
         .map(|f| (f.file_sha256.clone(), f.source_file.clone()))
         .collect();
     let mut logged_pairs: HashSet<(String, String)> = logged
@@ -438,7 +488,6 @@ pub async fn run_bronze(
         })
         .collect();
     let mut entries = Vec::new();
-    let mut sequence = 0usize;
     let mut rows_buffered_in_run = 0u64;
 
     for file in &files {
@@ -458,20 +507,22 @@ pub async fn run_bronze(
             });
         summary.files_seen += 1;
 
+        let pair = (relative.clone(), sha256.clone());
+        if logged_pairs.contains(&pair) {
+            // This very file was seen before (landed, rejected or skipped): same answer.
+            tracing::debug!("{relative}: already seen");
+            summary.files_skipped += 1;
+            progress.inc(file.size);
+            continue;
+        }
         if let Some(first) = landed_by_hash.get(&sha256) {
             summary.files_skipped += 1;
-            let pair = (relative.clone(), sha256.clone());
-            if logged_pairs.contains(&pair) {
-                tracing::debug!("{relative}: already landed");
-            } else {
-                tracing::info!("{relative}: same content as {first}, skipped");
-                let entry =
-                    FileLogEntry::skipped(&relative, &routed, &sha256, file.size, first, options);
-                filelog::append(lake, &options.batch_id, sequence, &entry).await?;
-                sequence += 1;
-                logged_pairs.insert(pair);
-                entries.push(entry);
-            }
+            tracing::info!("{relative}: same content as {first}, skipped");
+            let entry =
+                FileLogEntry::skipped(&relative, &routed, &sha256, file.size, first, options);
+            filelog::append(lake, &entry).await?;
+            logged_pairs.insert(pair);
+            entries.push(entry);
             progress.inc(file.size);
             continue;
         }
@@ -546,9 +597,14 @@ pub async fn run_bronze(
         } else {
             summary.files_landed += 1;
         }
-        filelog::append(lake, &options.batch_id, sequence, &entry).await?;
-        sequence += 1;
-        landed_by_hash.insert(sha256.clone(), relative.clone());
+        if options.abort_before_file_log {
+            tracing::error!("PAYLAKE_ABORT_BEFORE_FILE_LOG: aborting as a crash test");
+            std::process::abort();
+        }
+        filelog::append(lake, &entry).await?;
+        if filelog::outcome_landed_rows(&entry.outcome) {
+            landed_by_hash.insert(sha256.clone(), relative.clone());
+        }
         logged_pairs.insert((relative, sha256));
         entries.push(entry);
         progress.inc(file.size);

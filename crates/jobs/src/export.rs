@@ -6,7 +6,8 @@ use std::path::Path;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::{col, Expr};
-use paylake_lake::table::{self, TableName};
+use paylake_lake::delta;
+use paylake_lake::layout::TableName;
 use paylake_lake::Lake;
 
 use crate::JobError;
@@ -55,16 +56,17 @@ fn primary_columns(table: &TableName) -> Option<&'static [&'static str]> {
     }
 }
 
-/// Writes a published table to `output`; returns the number of rows written.
+/// Writes a table (its latest version, or `version`) to `output`; returns the rows written.
 pub async fn export_table(
     lake: &Lake,
     table: &TableName,
+    version: Option<u64>,
     format: ExportFormat,
     output: &Path,
     all_columns: bool,
 ) -> Result<u64, JobError> {
-    let ctx = crate::runner::new_session(lake)?;
-    let provider = table::published_provider(lake, table)
+    let ctx = crate::runner::lake_session(lake).await?;
+    let provider = delta::provider(lake, table, version)
         .await?
         .ok_or_else(|| JobError::NotBuilt {
             what: table.to_string(),

@@ -2,12 +2,12 @@
 
 pub mod export;
 pub mod models;
+pub mod pipeline;
 pub mod runner;
 
 pub use export::{export_table, ExportFormat, UNIFIED_COLUMNS};
-pub use runner::{
-    lake_session, run_layer, LayerSummary, PublishedTable, RunOptions, SourceOutcome,
-};
+pub use pipeline::{run_gold, run_silver, StepReport};
+pub use runner::{lake_session, PublishedTable, RunOptions, SourceOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -26,6 +26,13 @@ pub enum JobError {
         violations: usize,
         sample: String,
     },
+    #[error("data quality gate failed: Silver run {run_id} broke {}; Gold was not rebuilt", blocking_rules.join(", "))]
+    GateClosed {
+        run_id: String,
+        blocking_rules: Vec<String>,
+    },
+    #[error(transparent)]
+    Quality(#[from] paylake_quality::QualityError),
     #[error("{what} has not been built yet: {hint}")]
     NotBuilt { what: String, hint: String },
     #[error("cannot read {path}: {source}")]

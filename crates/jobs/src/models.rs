@@ -236,7 +236,7 @@ pub fn load_models(layer: Layer, sql_dir: Option<&Path>) -> Result<Vec<Model>, J
         let embedded = match layer {
             Layer::Silver => EMBEDDED_SILVER,
             Layer::Gold => EMBEDDED_GOLD,
-            Layer::Bronze => &[],
+            Layer::Bronze | Layer::Quality => &[],
         };
         for (name, sql) in embedded {
             let origin = format!("sql/{}/{name}.sql", layer.name());

@@ -1,7 +1,7 @@
 //! Runs the models of one layer: registers what they read, plans each SELECT with DataFusion and
 //! publishes every materialized result as a new table version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,9 +12,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
-use paylake_lake::layout::Layer;
-use paylake_lake::table::{self, TableName};
-use paylake_lake::Lake;
+use paylake_lake::delta::{self, StagedVersion};
+use paylake_lake::layout::{self, Layer, TableName};
+use paylake_lake::{catalog, Lake};
 use serde::Serialize;
 
 use crate::models::load_models;
@@ -53,7 +53,8 @@ impl RunOptions {
 pub struct PublishedTable {
     pub table: String,
     pub rows: u64,
-    pub version: String,
+    /// The Delta version the commit made.
+    pub version: u64,
 }
 
 /// How the Bronze rows of one source were classified by its staging model.
@@ -69,28 +70,22 @@ pub struct SourceOutcome {
     pub orphan_labels: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct LayerSummary {
-    pub layer: String,
-    pub run_id: String,
-    pub as_of: Option<String>,
-    pub tables: Vec<PublishedTable>,
-    pub sources: Vec<SourceOutcome>,
-}
 
-/// A session that knows the lake's store and has the `bronze`, `silver` and `gold` schemas.
-pub fn new_session(lake: &Lake) -> Result<SessionContext, JobError> {
+/// A session over the lake's catalog (`bronze`, `silver`, `gold`, `quality`) with the
+/// `params` schema; `pinned` names table versions to read instead of the latest.
+pub async fn new_session(
+    lake: &Lake,
+    pinned: &HashMap<TableName, u64>,
+) -> Result<SessionContext, JobError> {
     let config = SessionConfig::new()
         .with_information_schema(true)
         .set_str("datafusion.sql_parser.enable_ident_normalization", "true");
     let ctx = SessionContext::new_with_config(config);
-    lake.register_with(&ctx)?;
+    catalog::register_lake(&ctx, lake, pinned).await?;
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| JobError::Internal("the default catalog is missing".into()))?;
-    for schema in ["bronze", "silver", "gold", PARAMS_SCHEMA] {
-        catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
-    }
+    catalog.register_schema(PARAMS_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
     Ok(ctx)
 }
 
@@ -133,7 +128,8 @@ pub fn register_params(ctx: &SessionContext, options: &RunOptions) -> Result<(),
     Ok(())
 }
 
-fn register(
+/// Registers a provider under `layer.name` for this session only (it shadows the lake's table).
+pub fn register(
     ctx: &SessionContext,
     layer: Layer,
     name: &str,
@@ -149,93 +145,98 @@ fn timestamp_literal(at: DateTime<Utc>) -> ScalarValue {
     ScalarValue::TimestampMicrosecond(Some(at.timestamp_micros()), Some("UTC".into()))
 }
 
-/// Registers the Bronze tables; with `as_of`, source rows known later are invisible.
-pub async fn register_bronze(
+/// With `as_of`, hides the Bronze rows of every source known after it from this session.
+pub async fn restrict_bronze(
     ctx: &SessionContext,
-    lake: &Lake,
     as_of: Option<DateTime<Utc>>,
 ) -> Result<(), JobError> {
-    let sources: Vec<String> = paylake_contracts::all_contracts()?
-        .into_iter()
-        .map(|c| c.source)
-        .collect();
-    for (name, provider) in paylake_bronze::tables::bronze_providers(lake).await? {
-        let provider = match as_of {
-            Some(at) if sources.contains(&name) => ctx
-                .read_table(provider)?
-                .filter(col(paylake_bronze::schema::KNOWN_AT).lt_eq(lit(timestamp_literal(at))))?
-                .into_view(),
-            _ => provider,
-        };
-        register(ctx, Layer::Bronze, &name, provider)?;
+    let Some(at) = as_of else {
+        return Ok(());
+    };
+    for contract in paylake_contracts::all_contracts()? {
+        let table = layout::bronze_table(&contract.source);
+        let frame = ctx.table(table.to_string()).await.map_err(|_| JobError::NotBuilt {
+            what: table.to_string(),
+            hint: "run `paylake bronze` first".into(),
+        })?;
+        let visible = frame
+            .filter(col(paylake_bronze::schema::KNOWN_AT).lt_eq(lit(timestamp_literal(at))))?
+            .into_view();
+        register(ctx, Layer::Bronze, &contract.source, visible)?;
     }
     Ok(())
 }
 
-/// Registers every published table of a layer under its name.
-pub async fn register_published(
-    ctx: &SessionContext,
-    lake: &Lake,
-    layer: Layer,
-) -> Result<Vec<String>, JobError> {
-    let mut names = Vec::new();
-    for object in lake
-        .list(&object_store::path::Path::from(layer.name()))
-        .await?
-    {
-        let relative = lake.relative(&object.location);
-        let parts: Vec<String> = relative.parts().map(|p| p.as_ref().to_string()).collect();
-        if parts.len() != 3 || parts[2] != "_current.json" {
-            continue;
-        }
-        let name = TableName::new(layer, parts[1].clone());
-        if let Some(provider) = table::published_provider(lake, &name).await? {
-            register(ctx, layer, &name.name, provider)?;
-            names.push(name.to_string());
-        }
-    }
-    Ok(names)
+/// A layer built and checked but not committed: its tables' next versions are staged.
+pub struct BuiltLayer {
+    pub ctx: SessionContext,
+    pub staged: Vec<StagedVersion>,
+    pub sources: Vec<SourceOutcome>,
+    pub models: Vec<crate::models::Model>,
 }
 
-/// Builds every model of `layer` and publishes the materialized ones.
-pub async fn run_layer(
+/// Builds every model of `layer`: views are planned inline, materialized models are staged
+/// (written, not committed) and registered in the session so later models, invariant checks
+/// and expectations read the new versions. A broken invariant discards everything staged.
+pub async fn build_layer(
     lake: &Lake,
     layer: Layer,
     options: &RunOptions,
-) -> Result<LayerSummary, JobError> {
+    pinned: &HashMap<TableName, u64>,
+) -> Result<BuiltLayer, JobError> {
     let models = load_models(layer, options.sql_dir.as_deref())?;
-    let ctx = new_session(lake)?;
+    let ctx = new_session(lake, pinned).await?;
     register_params(&ctx, options)?;
-    register_bronze(&ctx, lake, options.as_of).await?;
-    if layer == Layer::Gold {
-        let silver = register_published(&ctx, lake, Layer::Silver).await?;
-        if silver.is_empty() {
-            return Err(JobError::NotBuilt {
-                what: "silver".into(),
-                hint: "run `paylake silver` first".into(),
-            });
+    restrict_bronze(&ctx, options.as_of).await?;
+
+    let mut staged: Vec<StagedVersion> = Vec::new();
+    let result = stage_models(lake, &ctx, layer, options, &models, &mut staged).await;
+    if let Err(failure) = result {
+        discard_all(lake, &staged).await;
+        return Err(failure);
+    }
+    let sources = if layer == Layer::Silver {
+        source_outcomes(&ctx, &models).await?
+    } else {
+        vec![]
+    };
+    Ok(BuiltLayer {
+        ctx,
+        staged,
+        sources,
+        models,
+    })
+}
+
+/// Deletes the files of staged versions that will not be committed (best effort: `vacuum`
+/// removes anything left).
+pub async fn discard_all(lake: &Lake, staged: &[StagedVersion]) {
+    for version in staged {
+        if let Err(e) = delta::discard(lake, version).await {
+            tracing::warn!("could not remove the staged files of {}: {e}", version.table);
         }
     }
+}
 
-    let mut tables = Vec::new();
-    for model in &models {
-        tracing::info!(model = %model.origin, "building {}", model.qualified());
+async fn stage_models(
+    lake: &Lake,
+    ctx: &SessionContext,
+    layer: Layer,
+    options: &RunOptions,
+    models: &[crate::models::Model],
+    staged: &mut Vec<StagedVersion>,
+) -> Result<(), JobError> {
+    for model in models {
+        let started = std::time::Instant::now();
         let frame = ctx.sql(&model.sql).await.map_err(|source| JobError::Sql {
             model: model.origin.clone(),
             source,
         })?;
         if !model.materialized {
-            register(&ctx, layer, &model.name, frame.into_view())?;
+            register(ctx, layer, &model.name, frame.into_view())?;
             continue;
         }
         let name = TableName::new(layer, model.name.clone());
-        let mut properties = serde_json::Map::new();
-        properties.insert("run_id".into(), options.run_id.clone().into());
-        properties.insert("model".into(), model.origin.clone().into());
-        if let Some(at) = options.as_of {
-            properties.insert("as_of".into(), at.to_rfc3339().into());
-        }
-        let partition_by: Vec<&str> = model.partition_by.iter().map(String::as_str).collect();
         let sql_error = |e: paylake_lake::LakeError| match e {
             paylake_lake::LakeError::Engine { source, .. } => JobError::Sql {
                 model: model.origin.clone(),
@@ -243,39 +244,38 @@ pub async fn run_layer(
             },
             other => JobError::Lake(other),
         };
-        let staged = table::stage(lake, &name, frame, &partition_by, properties)
+        let version = delta::stage(lake, &name, frame, &model.partition_by, &options.run_id)
             .await
             .map_err(sql_error)?;
-        register(
-            &ctx,
-            layer,
-            &model.name,
-            table::provider_for(lake, &name, &staged)?,
-        )?;
-        if let Err(failure) = run_checks(&ctx, model).await {
-            table::discard(lake, &name, &staged).await?;
-            return Err(failure);
-        }
-        let pointer = table::commit(lake, &name, staged).await?;
-        tables.push(PublishedTable {
-            table: name.to_string(),
-            rows: pointer.rows,
-            version: pointer.version,
+        tracing::info!(
+            "staged {name}: {} rows in {:.2}s",
+            version.rows,
+            started.elapsed().as_secs_f64()
+        );
+        register(ctx, layer, &model.name, delta::staged_provider(lake, &version)?)?;
+        staged.push(version);
+        run_checks(ctx, model).await?;
+    }
+    Ok(())
+}
+
+/// Commits every staged version of a layer, each with the run's facts; returns what was
+/// published.
+pub async fn commit_layer(
+    lake: &Lake,
+    staged: &[StagedVersion],
+    facts: &delta::CommitFacts,
+) -> Result<Vec<PublishedTable>, JobError> {
+    let mut published = Vec::new();
+    for version in staged {
+        let committed = delta::commit_overwrite(lake, version, facts).await?;
+        published.push(PublishedTable {
+            table: version.table.to_string(),
+            rows: version.rows,
+            version: committed,
         });
     }
-
-    let sources = if layer == Layer::Silver {
-        source_outcomes(&ctx, &models).await?
-    } else {
-        vec![]
-    };
-    Ok(LayerSummary {
-        layer: layer.name().to_string(),
-        run_id: options.run_id.clone(),
-        as_of: options.as_of.map(|t| t.to_rfc3339()),
-        tables,
-        sources,
-    })
+    Ok(published)
 }
 
 /// Runs a model's invariants against its staged result; the first broken one fails the build.
@@ -376,12 +376,9 @@ pub async fn grouped_counts(
     Ok(counts)
 }
 
-/// A session with every Bronze table and every published Silver and Gold table registered.
+/// A session over the lake's latest versions, for ad-hoc reads.
 pub async fn lake_session(lake: &Lake) -> Result<SessionContext, JobError> {
-    let ctx = new_session(lake)?;
+    let ctx = new_session(lake, &HashMap::new()).await?;
     register_params(&ctx, &RunOptions::new("ad-hoc", Utc::now()))?;
-    register_bronze(&ctx, lake, None).await?;
-    register_published(&ctx, lake, Layer::Silver).await?;
-    register_published(&ctx, lake, Layer::Gold).await?;
     Ok(ctx)
 }

@@ -1,92 +1,108 @@
 //! Every path in the lake, in one place.
 //!
 //! ```text
-//! bronze/<source>/<file sha256>.parquet      raw rows of one landing file (append-only)
-//! bronze/_dead_letter/<file sha256>.parquet  lines of that file that could not be used
-//! bronze/_file_log/<batch>-<seq>.parquet     one entry per landing file seen by a run
-//! <layer>/<table>/_current.json              pointer to the published version of a rebuilt table
-//! <layer>/<table>/v-<version>/…              that version's Parquet files
+//! <layer>/<table>/                                  one Delta table (its log in _delta_log/)
+//!   bronze/<source>/                                raw rows of every landing file (append-only)
+//!   bronze/<source>/<sha256>-<batch>.parquet        the rows of one landing file
+//!   bronze/_dead_letter/<sha256>-<batch>.parquet    lines of that file that could not be used
+//!   bronze/_file_log/                               one entry per landing file seen by a run
+//!   silver/<table>/, gold/<table>/                  rebuilt tables; a build writes stage-<run>/…
+//!   quality/results/                                every rule evaluation (append-only)
+//! quality/gates/<layer>.json                        the last gate verdict of a layer
+//! quality/reports/<run>.html, latest.html           data-quality reports
+//! _monitoring/<step>.json                           what each step's last run did
+//! _locks/writer.json                                the lake's writer lease
 //! ```
-//! Bronze objects are named by content hash, so writing the same file twice lands one copy.
+//! Bronze objects are named by content hash and batch, and added to their table with the hash
+//! as the Delta transaction id, so the same content lands once.
 
 use object_store::path::Path;
 
-/// The medallion layers whose tables are rebuilt and published as whole versions.
+/// The lake's layers: the medallion three, and the data-quality results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Layer {
     Bronze,
     Silver,
     Gold,
+    Quality,
 }
 
 impl Layer {
+    pub const ALL: [Layer; 4] = [Layer::Bronze, Layer::Silver, Layer::Gold, Layer::Quality];
+
     pub fn name(self) -> &'static str {
         match self {
             Layer::Bronze => "bronze",
             Layer::Silver => "silver",
             Layer::Gold => "gold",
+            Layer::Quality => "quality",
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "bronze" => Some(Layer::Bronze),
-            "silver" => Some(Layer::Silver),
-            "gold" => Some(Layer::Gold),
-            _ => None,
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
+/// A lake table name, e.g. `silver.payments`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub layer: Layer,
+    pub name: String,
+}
+
+impl TableName {
+    pub fn new(layer: Layer, name: impl Into<String>) -> Self {
+        Self {
+            layer,
+            name: name.into(),
         }
+    }
+
+    /// Parses `layer.table`; the name is letters, digits and `_` only.
+    pub fn parse(qualified: &str) -> Option<Self> {
+        let (layer, name) = qualified.split_once('.')?;
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let layer = Layer::parse(layer)?;
+        valid.then(|| Self::new(layer, name))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.layer.name(), self.name)
     }
 }
 
 pub const DEAD_LETTER_TABLE: &str = "_dead_letter";
 pub const FILE_LOG_TABLE: &str = "_file_log";
+pub const QUALITY_RESULTS_TABLE: &str = "results";
 
-/// Folder of a source's raw Bronze rows.
-pub fn bronze_source(source: &str) -> Path {
-    Path::from_iter(["bronze", source])
+/// The root folder of a table: `<layer>/<name>`.
+pub fn table_root(table: &TableName) -> Path {
+    Path::from_iter([table.layer.name(), table.name.as_str()])
 }
 
-/// The Bronze object holding one landing file's rows.
-pub fn bronze_data_file(source: &str, file_sha256: &str) -> Path {
-    bronze_source(source).join(format!("{file_sha256}.parquet"))
+pub fn bronze_table(source: &str) -> TableName {
+    TableName::new(Layer::Bronze, source)
 }
 
-pub fn dead_letter_folder() -> Path {
-    Path::from_iter(["bronze", DEAD_LETTER_TABLE])
+pub fn dead_letter_table() -> TableName {
+    TableName::new(Layer::Bronze, DEAD_LETTER_TABLE)
 }
 
-pub fn dead_letter_file(file_sha256: &str) -> Path {
-    dead_letter_folder().join(format!("{file_sha256}.parquet"))
+pub fn file_log_table() -> TableName {
+    TableName::new(Layer::Bronze, FILE_LOG_TABLE)
 }
 
-pub fn file_log_folder() -> Path {
-    Path::from_iter(["bronze", FILE_LOG_TABLE])
+pub fn quality_results_table() -> TableName {
+    TableName::new(Layer::Quality, QUALITY_RESULTS_TABLE)
 }
 
-pub fn file_log_entry(batch_id: &str, sequence: usize) -> Path {
-    file_log_folder().join(format!("{batch_id}-{sequence:06}.parquet"))
-}
-
-/// Folder of a rebuilt table (Silver or Gold).
-pub fn table_folder(layer: Layer, table: &str) -> Path {
-    Path::from_iter([layer.name(), table])
-}
-
-pub fn table_pointer(layer: Layer, table: &str) -> Path {
-    table_folder(layer, table).join("_current.json")
-}
-
-pub fn table_version_folder(layer: Layer, table: &str, version: &str) -> Path {
-    table_folder(layer, table).join(format!("v-{version}"))
-}
-
-/// Data-quality results: one Parquet object per evaluated table per run (append-only).
-pub fn quality_results_folder() -> Path {
-    Path::from_iter(["quality", "results"])
-}
-
-pub fn quality_results_file(run_id: &str, table: &str) -> Path {
-    quality_results_folder().join(format!("{run_id}-{table}.parquet"))
+/// The object holding one landing file's rows in a Bronze table (source or dead letter),
+/// relative to the table root.
+pub fn bronze_object_name(file_sha256: &str, batch_id: &str) -> String {
+    format!("{file_sha256}-{batch_id}.parquet")
 }
 
 /// The gate verdict of the latest run of a layer, read by the next layer.
@@ -108,9 +124,9 @@ pub fn monitoring_state(step: &str) -> Path {
     Path::from_iter(["_monitoring"]).join(format!("{step}.json"))
 }
 
-/// The version named by a path inside a table folder (`…/v-<version>/…`), if any.
-pub fn version_of(table_relative_part: &str) -> Option<&str> {
-    table_relative_part.strip_prefix("v-")
+/// The lease a writing step holds on the lake.
+pub fn writer_lease() -> Path {
+    Path::from_iter(["_locks", "writer.json"])
 }
 
 #[cfg(test)]
@@ -120,25 +136,37 @@ mod tests {
     #[test]
     fn paths_follow_the_documented_layout() {
         assert_eq!(
-            bronze_data_file("payments", "ab").as_ref(),
-            "bronze/payments/ab.parquet"
+            table_root(&bronze_table("payments")).as_ref(),
+            "bronze/payments"
+        );
+        assert_eq!(bronze_object_name("ab", "b1"), "ab-b1.parquet");
+        assert_eq!(
+            table_root(&dead_letter_table()).as_ref(),
+            "bronze/_dead_letter"
+        );
+        assert_eq!(table_root(&file_log_table()).as_ref(), "bronze/_file_log");
+        assert_eq!(
+            table_root(&quality_results_table()).as_ref(),
+            "quality/results"
         );
         assert_eq!(
-            dead_letter_file("ab").as_ref(),
-            "bronze/_dead_letter/ab.parquet"
+            table_root(&TableName::new(Layer::Gold, "t")).as_ref(),
+            "gold/t"
         );
+        assert_eq!(quality_gate(Layer::Silver).as_ref(), "quality/gates/silver.json");
+        assert_eq!(writer_lease().as_ref(), "_locks/writer.json");
+    }
+
+    #[test]
+    fn table_names_parse_layer_and_name() {
+        let name = TableName::parse("gold.unified_payments").unwrap();
+        assert_eq!(name.layer, Layer::Gold);
+        assert_eq!(name.to_string(), "gold.unified_payments");
         assert_eq!(
-            file_log_entry("b1", 7).as_ref(),
-            "bronze/_file_log/b1-000007.parquet"
+            TableName::parse("quality.results"),
+            Some(quality_results_table())
         );
-        assert_eq!(
-            table_pointer(Layer::Gold, "t").as_ref(),
-            "gold/t/_current.json"
-        );
-        assert_eq!(
-            table_version_folder(Layer::Silver, "t", "42").as_ref(),
-            "silver/t/v-42"
-        );
-        assert_eq!(version_of("v-42"), Some("42"));
+        assert!(TableName::parse("platinum.x").is_none());
+        assert!(TableName::parse("gold.x;drop").is_none());
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! Every read and write of lake data goes through [`object_store`], so a local folder and an
 //! object-store bucket are the same to the rest of the code. [`layout`] owns every path;
-//! [`table`] owns the publish protocol of rebuilt (Silver and Gold) tables.
+//! [`delta`] owns the table format (every table is a Delta table), [`catalog`] resolves
+//! `layer.table` names to tables for DataFusion.
 
+pub mod catalog;
+pub mod delta;
 pub mod layout;
-pub mod table;
+pub mod lease;
+pub mod sink;
 
 use std::sync::Arc;
 
@@ -35,6 +39,26 @@ pub enum LakeError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    #[error("Delta Lake error while {doing}: {source}")]
+    Delta {
+        doing: String,
+        #[source]
+        source: Box<deltalake_core::DeltaTableError>,
+    },
+    #[error("{table} has not been built yet")]
+    NoSuchTable { table: String },
+    #[error("commit to {table} failed, nothing of this run is visible in it (another writer may have committed first: run again): {reason}")]
+    CommitConflict { table: String, reason: String },
+    #[error("the lake is being written by run {owner} ({step}, pid {pid} on {host}) until {until} at the latest; try again when it has finished")]
+    Busy {
+        owner: String,
+        step: String,
+        host: String,
+        pid: u32,
+        until: String,
+    },
+    #[error("Arrow: {0}")]
+    Arrow(String),
     #[error("Parquet error at {path}: {source}")]
     Parquet {
         path: String,
@@ -98,6 +122,24 @@ impl Lake {
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.store)
+    }
+
+    /// The store seen from a lake-relative folder, so that paths inside it are relative to it.
+    pub fn store_at(&self, relative: &Path) -> Arc<dyn ObjectStore> {
+        Arc::new(object_store::prefix::PrefixStore::new(
+            self.store(),
+            self.path(relative),
+        ))
+    }
+
+    /// The size in bytes of an object.
+    pub async fn size_of(&self, relative: &Path) -> Result<u64> {
+        let meta = self
+            .store
+            .head(&self.path(relative))
+            .await
+            .map_err(self.store_error(relative))?;
+        Ok(meta.size)
     }
 
     /// A human-readable name of the lake root, for messages.
@@ -215,16 +257,16 @@ mod tests {
     async fn put_get_list_round_trip_under_the_root() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
-        let path = Path::from("silver/payments/_current.json");
+        let path = Path::from("quality/gates/silver.json");
         assert_eq!(lake.get_bytes(&path).await.unwrap(), None);
         lake.put_bytes(&path, b"{}".to_vec()).await.unwrap();
         assert_eq!(lake.get_bytes(&path).await.unwrap(), Some(b"{}".to_vec()));
-        let listed = lake.list(&Path::from("silver")).await.unwrap();
+        let listed = lake.list(&Path::from("quality")).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(lake.relative(&listed[0].location), path);
         assert!(dir
             .path()
-            .join("lake/silver/payments/_current.json")
+            .join("lake/quality/gates/silver.json")
             .exists());
         assert!(lake
             .folder_url(&Path::from("silver/payments"))

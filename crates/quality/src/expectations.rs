@@ -144,6 +144,14 @@ pub struct Suite {
 
 const EMBEDDED: &[(&str, &str)] = &[
     (
+        "gold/unified_payments.toml",
+        include_str!("../../../expectations/gold/unified_payments.toml"),
+    ),
+    (
+        "gold/payment_training.toml",
+        include_str!("../../../expectations/gold/payment_training.toml"),
+    ),
+    (
         "silver/payments.toml",
         include_str!("../../../expectations/silver/payments.toml"),
     ),
@@ -201,10 +209,12 @@ pub fn load_suites(layer: &str, dir: Option<&std::path::Path>) -> Result<Vec<Sui
             .map(|(origin, text)| Suite::parse(origin, text))
             .collect(),
         Some(dir) => {
+            // A mistyped folder must not silently mean "no rules".
             let folder = dir.join(layer);
-            let Ok(entries) = std::fs::read_dir(&folder) else {
-                return Ok(vec![]);
-            };
+            let entries = std::fs::read_dir(&folder).map_err(|e| QualityError::Expectations {
+                origin: folder.display().to_string(),
+                message: format!("cannot read the expectations folder: {e}"),
+            })?;
             let mut paths: Vec<_> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
@@ -238,6 +248,8 @@ mod tests {
             load_suites("silver", Some(&dir)).unwrap().len(),
             embedded.len()
         );
+        assert_eq!(load_suites("gold", None).unwrap().len(), 2);
+        assert_eq!(load_suites("gold", Some(&dir)).unwrap().len(), 2);
         let payments = embedded
             .iter()
             .find(|s| s.table == "silver.payments")
@@ -248,6 +260,16 @@ mod tests {
                 .iter()
                 .any(|r| matches!(r.kind, RuleKind::Reference { .. })
                     && r.severity == Severity::Error)
+        );
+    }
+
+    #[test]
+    fn a_mistyped_expectations_folder_is_an_error_not_no_rules() {
+        let missing = std::path::Path::new("/nonexistent/expectations");
+        let err = load_suites("silver", Some(missing)).unwrap_err();
+        assert!(
+            matches!(err, QualityError::Expectations { .. }) && err.to_string().contains("silver"),
+            "{err}"
         );
     }
 

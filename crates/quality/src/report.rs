@@ -7,10 +7,8 @@ use datafusion::arrow::array::{Array, Float64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
-use paylake_lake::table::folder_provider;
 use paylake_lake::{layout, Lake};
 
-use crate::results::results_schema;
 use crate::{QualityError, RuleResult};
 
 /// How many earlier runs the trend shows.
@@ -27,8 +25,11 @@ fn html_escape(text: &str) -> String {
 async fn trend(lake: &Lake) -> Result<BTreeMap<(String, String), Vec<f64>>, QualityError> {
     let ctx = SessionContext::new();
     lake.register_with(&ctx)?;
-    let provider =
-        folder_provider(lake, &layout::quality_results_folder(), results_schema()).await?;
+    let Some(provider) =
+        paylake_lake::delta::provider(lake, &layout::quality_results_table(), None).await?
+    else {
+        return Ok(BTreeMap::new());
+    };
     ctx.register_table("results", provider)
         .map_err(|e| QualityError::query("registering results", e))?;
     let sql = format!(

@@ -10,8 +10,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use paylake_lake::layout::{self, Layer};
-use paylake_lake::table::ParquetObjectSink;
-use paylake_lake::Lake;
+use paylake_lake::{delta, Lake};
 use serde::{Deserialize, Serialize};
 
 use crate::{QualityError, RuleResult};
@@ -41,12 +40,11 @@ pub fn results_schema() -> SchemaRef {
     ]))
 }
 
-/// Appends one table's results of a run (never replaces earlier runs).
+/// Appends the results of a run to `quality.results` in one commit (never replaces earlier runs).
 pub async fn append_results(
     lake: &Lake,
     run_id: &str,
     at: DateTime<Utc>,
-    table: &str,
     results: &[RuleResult],
 ) -> Result<(), QualityError> {
     if results.is_empty() {
@@ -65,7 +63,9 @@ pub async fn append_results(
         Arc::new(
             TimestampMicrosecondArray::from(vec![at.timestamp_micros(); n]).with_timezone("UTC"),
         ),
-        Arc::new(StringArray::from(vec![table; n])),
+        Arc::new(StringArray::from_iter_values(
+            results.iter().map(|r| r.table.as_str()),
+        )),
         Arc::new(StringArray::from_iter_values(
             results.iter().map(|r| r.rule.as_str()),
         )),
@@ -96,10 +96,16 @@ pub async fn append_results(
         )),
     ];
     let batch = RecordBatch::try_new(results_schema(), columns)?;
-    let path = layout::quality_results_file(run_id, table);
-    let mut sink = ParquetObjectSink::create(lake, &path, results_schema())?;
-    sink.write(&batch).await?;
-    sink.finish().await?;
+    let mut facts = delta::CommitFacts::new();
+    facts.insert(delta::INFO_RUN_ID.into(), run_id.into());
+    delta::append_batches(
+        lake,
+        &layout::quality_results_table(),
+        &results_schema(),
+        &[batch],
+        &facts,
+    )
+    .await?;
     Ok(())
 }
 
@@ -113,6 +119,10 @@ pub struct GateVerdict {
     /// `table.rule` of every error-severity rule that failed.
     pub blocking_rules: Vec<String>,
     pub warnings: Vec<String>,
+    /// The table versions this verdict audited (`silver.payments` → Delta version): what the
+    /// next layer reads.
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<String, u64>,
 }
 
 pub async fn write_gate(

@@ -1,0 +1,264 @@
+//! The Silver and Gold steps as one write-audit-publish pipeline each:
+//! **build** every model of the layer into staged versions (invisible to readers), **audit** the
+//! staged tables (invariant checks while building, then the layer's expectations), **commit**
+//! them with the audit recorded in each commit, and write the gate verdict that names the
+//! audited versions. Gold reads exactly the Silver versions the last passing Silver gate names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::prelude::SessionContext;
+use paylake_lake::delta::{self, CommitFacts};
+use paylake_lake::layout::{Layer, TableName};
+use paylake_lake::Lake;
+use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult};
+use serde::Serialize;
+
+use crate::runner::{build_layer, commit_layer, discard_all, BuiltLayer, RunOptions};
+use crate::{JobError, PublishedTable, SourceOutcome};
+
+/// What one Silver or Gold run did: the typed result the command line renders.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub layer: String,
+    pub run_id: String,
+    pub as_of: Option<String>,
+    /// The tables committed by this run (empty when the audit stopped the commit).
+    pub tables: Vec<PublishedTable>,
+    /// How each source's Bronze rows were classified (Silver only).
+    pub sources: Vec<SourceOutcome>,
+    /// Every expectation evaluated in the audit.
+    pub results: Vec<RuleResult>,
+    pub verdict: GateVerdict,
+    /// The table versions this run read from the layer below (Gold: the audited Silver).
+    pub read_versions: BTreeMap<String, u64>,
+    /// Where the HTML data-quality report of this run was written.
+    pub report: String,
+    /// Newest event time per table built, as Unix seconds, for freshness monitoring.
+    pub newest_event_seconds: BTreeMap<String, f64>,
+}
+
+impl StepReport {
+    pub fn gate_passed(&self) -> bool {
+        self.verdict.passed
+    }
+}
+
+/// Newest value of a time column, as Unix seconds.
+async fn newest_event(ctx: &SessionContext, table: &str, column: &str) -> Option<f64> {
+    let sql = format!("SELECT date_part('epoch', max(\"{column}\")) AS newest FROM {table}");
+    let batches = ctx.sql(&sql).await.ok()?.collect().await.ok()?;
+    let batch = batches.first()?;
+    let values = cast(batch.column(0), &DataType::Float64).ok()?;
+    let values = values.as_primitive::<Float64Type>();
+    (!values.is_empty() && values.is_valid(0)).then(|| values.value(0))
+}
+
+/// The time column that says how fresh a table is.
+fn event_column(table: &TableName) -> &'static str {
+    match (table.layer, table.name.as_str()) {
+        (Layer::Silver, "payments") | (Layer::Gold, _) => "timestamp",
+        _ => "known_at",
+    }
+}
+
+/// Evaluates every suite of `layer` against the session (which holds the staged tables),
+/// stores the results and the HTML report.
+async fn audit(
+    lake: &Lake,
+    ctx: &SessionContext,
+    layer: Layer,
+    options: &RunOptions,
+    expectations_dir: Option<&Path>,
+) -> Result<(Vec<RuleResult>, String), JobError> {
+    let suites = load_suites(layer.name(), expectations_dir)?;
+    let mut results = Vec::new();
+    for suite in &suites {
+        results.extend(evaluate_suite(ctx, suite, options.effective_as_of()).await?);
+    }
+    paylake_quality::results::append_results(lake, &options.run_id, options.now, &results)
+        .await?;
+    let report = paylake_quality::report::write_report(lake, &options.run_id, &results).await?;
+    Ok((results, report))
+}
+
+fn verdict(layer: Layer, options: &RunOptions, results: &[RuleResult]) -> GateVerdict {
+    let names = |keep: &dyn Fn(&RuleResult) -> bool| {
+        results
+            .iter()
+            .filter(|r| keep(r))
+            .map(|r| format!("{}.{}", r.table, r.rule))
+            .collect::<Vec<_>>()
+    };
+    let blocking_rules = names(&|r| r.blocks());
+    GateVerdict {
+        layer: layer.name().into(),
+        run_id: options.run_id.clone(),
+        evaluated_at: options.now.to_rfc3339(),
+        passed: blocking_rules.is_empty(),
+        blocking_rules,
+        warnings: names(&|r| !r.passed && !r.blocks()),
+        versions: BTreeMap::new(),
+    }
+}
+
+fn commit_facts(
+    options: &RunOptions,
+    passed: bool,
+    read_versions: &BTreeMap<String, u64>,
+) -> CommitFacts {
+    let mut facts = CommitFacts::new();
+    facts.insert(delta::INFO_RUN_ID.into(), options.run_id.clone().into());
+    facts.insert(
+        delta::INFO_AS_OF.into(),
+        options.effective_as_of().to_rfc3339().into(),
+    );
+    facts.insert(
+        delta::INFO_AUDIT.into(),
+        if passed { "passed" } else { "failed" }.into(),
+    );
+    if !read_versions.is_empty() {
+        facts.insert(
+            "paylake.read_versions".into(),
+            serde_json::to_value(read_versions).unwrap_or_default(),
+        );
+    }
+    facts
+}
+
+async fn freshness(ctx: &SessionContext, built: &BuiltLayer) -> BTreeMap<String, f64> {
+    let mut newest = BTreeMap::new();
+    for version in &built.staged {
+        let table = version.table.to_string();
+        if let Some(seconds) = newest_event(ctx, &table, event_column(&version.table)).await {
+            newest.insert(table, seconds);
+        }
+    }
+    newest
+}
+
+/// Builds Silver, audits it, and commits it with the verdict. Silver is committed even when
+/// an error-severity rule fails (so its quarantine can be inspected), but the gate then names
+/// no versions for Gold to read; an audit that cannot run commits nothing.
+pub async fn run_silver(
+    lake: &Lake,
+    options: &RunOptions,
+    expectations_dir: Option<&Path>,
+) -> Result<StepReport, JobError> {
+    // Unreadable expectations are a configuration error: find out before building anything.
+    load_suites(Layer::Silver.name(), expectations_dir)?;
+    let built = build_layer(lake, Layer::Silver, options, &HashMap::new()).await?;
+    let audited = audit(lake, &built.ctx, Layer::Silver, options, expectations_dir).await;
+    let (results, report) = match audited {
+        Ok(audited) => audited,
+        Err(e) => {
+            discard_all(lake, &built.staged).await;
+            return Err(e);
+        }
+    };
+    let mut verdict = verdict(Layer::Silver, options, &results);
+    let newest_event_seconds = freshness(&built.ctx, &built).await;
+    let facts = commit_facts(options, verdict.passed, &BTreeMap::new());
+    let tables = commit_layer(lake, &built.staged, &facts).await?;
+    if verdict.passed {
+        verdict.versions = tables
+            .iter()
+            .map(|t| (t.table.clone(), t.version))
+            .collect();
+    }
+    paylake_quality::write_gate(lake, Layer::Silver, &verdict).await?;
+    Ok(StepReport {
+        layer: Layer::Silver.name().into(),
+        run_id: options.run_id.clone(),
+        as_of: options.as_of.map(|t| t.to_rfc3339()),
+        tables,
+        sources: built.sources,
+        results,
+        verdict,
+        read_versions: BTreeMap::new(),
+        report,
+        newest_event_seconds,
+    })
+}
+
+/// The Silver versions the last passing Silver gate audited.
+pub async fn audited_silver(lake: &Lake) -> Result<HashMap<TableName, u64>, JobError> {
+    let Some(gate) = paylake_quality::read_gate(lake, Layer::Silver).await? else {
+        return Err(JobError::NotBuilt {
+            what: "silver".into(),
+            hint: "run `paylake silver` first".into(),
+        });
+    };
+    if !gate.passed {
+        return Err(JobError::GateClosed {
+            run_id: gate.run_id,
+            blocking_rules: gate.blocking_rules,
+        });
+    }
+    let mut versions = HashMap::new();
+    for (name, version) in &gate.versions {
+        let table = TableName::parse(name)
+            .ok_or_else(|| JobError::Internal(format!("the Silver gate names '{name}'")))?;
+        versions.insert(table, *version);
+    }
+    if versions.is_empty() {
+        return Err(JobError::NotBuilt {
+            what: "an audited silver".into(),
+            hint: "run `paylake silver` again: the last gate names no table versions".into(),
+        });
+    }
+    Ok(versions)
+}
+
+/// Builds Gold from the audited Silver versions, audits it (invariants and Gold
+/// expectations) and commits it only when the audit passes.
+pub async fn run_gold(
+    lake: &Lake,
+    options: &RunOptions,
+    expectations_dir: Option<&Path>,
+) -> Result<StepReport, JobError> {
+    load_suites(Layer::Gold.name(), expectations_dir)?;
+    let silver = audited_silver(lake).await?;
+    let read_versions: BTreeMap<String, u64> =
+        silver.iter().map(|(t, v)| (t.to_string(), *v)).collect();
+    tracing::info!("gold reads silver versions {read_versions:?}");
+    let built = build_layer(lake, Layer::Gold, options, &silver).await?;
+    let audited = audit(lake, &built.ctx, Layer::Gold, options, expectations_dir).await;
+    let (results, report) = match audited {
+        Ok(audited) => audited,
+        Err(e) => {
+            discard_all(lake, &built.staged).await;
+            return Err(e);
+        }
+    };
+    let mut verdict = verdict(Layer::Gold, options, &results);
+    let newest_event_seconds = freshness(&built.ctx, &built).await;
+    let tables = if verdict.passed {
+        let facts = commit_facts(options, true, &read_versions);
+        let tables = commit_layer(lake, &built.staged, &facts).await?;
+        verdict.versions = tables
+            .iter()
+            .map(|t| (t.table.clone(), t.version))
+            .collect();
+        tables
+    } else {
+        discard_all(lake, &built.staged).await;
+        vec![]
+    };
+    paylake_quality::write_gate(lake, Layer::Gold, &verdict).await?;
+    Ok(StepReport {
+        layer: Layer::Gold.name().into(),
+        run_id: options.run_id.clone(),
+        as_of: options.as_of.map(|t| t.to_rfc3339()),
+        tables,
+        sources: vec![],
+        results,
+        verdict,
+        read_versions,
+        report,
+        newest_event_seconds,
+    })
+}

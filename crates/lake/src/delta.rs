@@ -1,0 +1,817 @@
+//! Delta Lake tables: every lake table is one, rooted at the path [`layout::table_root`] gives.
+//!
+//! Two ways in:
+//! - rebuilt tables (Silver, Gold) are written **write-audit-publish**: [`stage`] writes the new
+//!   version's files under `stage-<id>/` inside the table (no reader sees them: the log does not
+//!   name them), the caller audits them through [`staged_provider`], and [`commit_overwrite`]
+//!   makes them the table's next version in one atomic log entry carrying the audit in its
+//!   commit info. A build that dies before its commit leaves only unreferenced files, which
+//!   `vacuum` removes;
+//! - append-only tables (Bronze, dead letter, file log, quality results) get whole Parquet
+//!   objects added by [`append_objects`] or rows by [`append_batches`]; an application
+//!   transaction id (`txn`) makes an append happen at most once per landing file.
+//!
+//! Readers resolve a table through its log ([`provider`]), so they see one whole version, and
+//! files of older versions stay until `vacuum` removes them after the retention period.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::MemTable;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::prelude::DataFrame;
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake_core::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake_core::operations::write::writer::{DeltaWriter, WriterConfig};
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::table::config::TablePropertiesExt;
+use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use serde::Serialize;
+use url::Url;
+
+use crate::layout::{self, TableName};
+use crate::{Lake, LakeError, Result};
+
+/// Commit-info keys paylake writes into every commit it makes (beside Delta's own).
+pub const INFO_RUN_ID: &str = "paylake.run_id";
+pub const INFO_AS_OF: &str = "paylake.as_of";
+pub const INFO_ROWS: &str = "paylake.rows";
+pub const INFO_AUDIT: &str = "paylake.audit";
+
+/// Facts a commit records about the run that made it (run id, as-of, audit verdict, …).
+pub type CommitFacts = serde_json::Map<String, serde_json::Value>;
+
+fn delta_error(table: &TableName, doing: &str) -> impl FnOnce(DeltaTableError) -> LakeError {
+    let context = format!("{doing} {table}");
+    move |source| LakeError::Delta {
+        doing: context,
+        source: Box::new(source),
+    }
+}
+
+/// The URL of a table's root folder (ends with `/`).
+pub fn table_url(lake: &Lake, table: &TableName) -> Result<Url> {
+    let text = lake.folder_url(&layout::table_root(table));
+    Url::parse(&text).map_err(|e| LakeError::InvalidUri {
+        uri: text,
+        reason: e.to_string(),
+    })
+}
+
+fn builder(lake: &Lake, table: &TableName) -> Result<DeltaTableBuilder> {
+    let url = table_url(lake, table)?;
+    DeltaTableBuilder::from_url(url.clone())
+        .map(|b| b.with_storage_backend(lake.store(), url))
+        .map_err(delta_error(table, "opening"))
+}
+
+/// Whether a Delta table exists at the table's path (its log has at least one entry).
+pub async fn exists(lake: &Lake, table: &TableName) -> Result<bool> {
+    let log = layout::table_root(table).join("_delta_log");
+    let first = lake
+        .store()
+        .list(Some(&lake.path(&log)))
+        .try_next()
+        .await
+        .map_err(|source| LakeError::Store {
+            path: format!("{}/{log}", lake.display()),
+            source,
+        })?;
+    Ok(first.is_some())
+}
+
+/// Opens the latest version of a table; `None` when no table exists at its path yet.
+pub async fn open(lake: &Lake, table: &TableName) -> Result<Option<DeltaTable>> {
+    if !exists(lake, table).await? {
+        return Ok(None);
+    }
+    let mut delta = builder(lake, table)?
+        .build()
+        .map_err(delta_error(table, "opening"))?;
+    match delta.load().await {
+        Ok(()) => Ok(Some(delta)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(e) => Err(delta_error(table, "reading the log of")(e)),
+    }
+}
+
+/// Opens one version of a table (time travel).
+pub async fn open_version(lake: &Lake, table: &TableName, version: u64) -> Result<DeltaTable> {
+    builder(lake, table)?
+        .with_version(version)
+        .load()
+        .await
+        .map_err(|e| match e {
+            DeltaTableError::NotATable(_) => LakeError::NoSuchTable {
+                table: table.to_string(),
+            },
+            other => delta_error(table, &format!("reading version {version} of"))(other),
+        })
+}
+
+/// The schema a Delta table stores for `schema`: Delta has one string, one binary and one
+/// timestamp precision (microseconds), and no unsigned integers.
+pub fn delta_schema(schema: &Schema) -> SchemaRef {
+    fn field(f: &FieldRef) -> Field {
+        f.as_ref().clone().with_data_type(data_type(f.data_type()))
+    }
+    fn data_type(t: &DataType) -> DataType {
+        match t {
+            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+            DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+            DataType::UInt8 => DataType::Int16,
+            DataType::UInt16 => DataType::Int32,
+            DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+            DataType::Float16 => DataType::Float32,
+            DataType::Date64 => DataType::Date32,
+            DataType::Timestamp(_, zone) => {
+                DataType::Timestamp(TimeUnit::Microsecond, zone.as_ref().map(|_| "UTC".into()))
+            }
+            DataType::List(item) | DataType::LargeList(item) | DataType::ListView(item) => {
+                DataType::List(Arc::new(field(item)))
+            }
+            DataType::Struct(fields) => DataType::Struct(fields.iter().map(field).collect()),
+            other => other.clone(),
+        }
+    }
+    Arc::new(Schema::new(
+        schema.fields().iter().map(field).collect::<Vec<_>>(),
+    ))
+}
+
+/// Casts a batch to the Delta schema of its table.
+pub fn to_delta_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let arrow = |e: datafusion::arrow::error::ArrowError| LakeError::Arrow(e.to_string());
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                cast(column, field.data_type()).map_err(arrow)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(arrow)
+}
+
+/// Parquet as every lake table writes it: zstd-compressed.
+pub fn writer_properties() -> WriterProperties {
+    let level = ZstdLevel::try_new(3).unwrap_or_default();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .build()
+}
+
+fn kernel_schema(table: &TableName, schema: &Schema) -> Result<StructType> {
+    schema.try_into_kernel().map_err(|e| LakeError::Corrupt {
+        path: table.to_string(),
+        reason: format!("schema cannot be stored in Delta: {e}"),
+    })
+}
+
+/// Opens a table, creating it empty with `schema` when it does not exist yet, so that an empty
+/// table still has its full schema for every reader.
+pub async fn ensure(
+    lake: &Lake,
+    table: &TableName,
+    schema: &Schema,
+    partition_by: &[String],
+) -> Result<DeltaTable> {
+    if let Some(existing) = open(lake, table).await? {
+        return Ok(existing);
+    }
+    let delta = builder(lake, table)?
+        .build()
+        .map_err(delta_error(table, "opening"))?;
+    let columns = kernel_schema(table, &delta_schema(schema))?;
+    let created = delta
+        .create()
+        .with_table_name(table.to_string())
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(partition_by.iter().cloned())
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(table) => Ok(table),
+        // Another writer created it at the same moment: use theirs.
+        Err(_) if open(lake, table).await?.is_some() => open(lake, table)
+            .await?
+            .ok_or_else(|| LakeError::NoSuchTable {
+                table: table.to_string(),
+            }),
+        Err(e) => Err(delta_error(table, "creating")(e)),
+    }
+}
+
+/// A DataFusion provider for a table's latest version (or `version`); `None` when the table
+/// does not exist.
+pub async fn provider(
+    lake: &Lake,
+    table: &TableName,
+    version: Option<u64>,
+) -> Result<Option<Arc<dyn TableProvider>>> {
+    let delta = match version {
+        Some(v) => open_version(lake, table, v).await?,
+        None => match open(lake, table).await? {
+            Some(delta) => delta,
+            None => return Ok(None),
+        },
+    };
+    provider_of(table, &delta).await.map(Some)
+}
+
+/// The provider of an opened table version.
+pub async fn provider_of(table: &TableName, delta: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
+    delta
+        .table_provider()
+        .await
+        .map_err(|source| LakeError::Engine {
+            doing: format!("scanning {table}"),
+            source,
+        })
+}
+
+/// A rebuilt table's next version, written but not committed: readers still see the current one.
+#[derive(Debug, Clone)]
+pub struct StagedVersion {
+    pub table: TableName,
+    /// The folder inside the table root that holds this version's files.
+    pub stage: String,
+    pub adds: Vec<Add>,
+    pub rows: u64,
+    pub schema: SchemaRef,
+    pub partition_by: Vec<String>,
+}
+
+fn commit_builder(facts: &CommitFacts, txn: Option<Transaction>) -> CommitBuilder {
+    let mut properties = CommitProperties::default()
+        .with_metadata(facts.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(txn) = txn {
+        properties = properties.with_application_transaction(txn);
+    }
+    CommitBuilder::from(properties)
+}
+
+/// Writes `frame` as the files of a new version of `table`, under `stage-<stage_id>/`.
+pub async fn stage(
+    lake: &Lake,
+    table: &TableName,
+    frame: DataFrame,
+    partition_by: &[String],
+    stage_id: &str,
+) -> Result<StagedVersion> {
+    let schema = delta_schema(frame.schema().as_arrow());
+    let delta = ensure(lake, table, &schema, partition_by).await?;
+    let num_indexed_cols = delta
+        .snapshot()
+        .map_err(delta_error(table, "reading"))?
+        .table_config()
+        .num_indexed_cols();
+    let stage = format!("stage-{stage_id}");
+    let store = Arc::new(object_store::prefix::PrefixStore::new(
+        lake.store_at(&layout::table_root(table)),
+        Path::from(stage.as_str()),
+    ));
+    let config = WriterConfig::new(
+        Arc::clone(&schema),
+        partition_by.to_vec(),
+        Some(writer_properties()),
+        NonZeroU64::new(256 * 1024 * 1024),
+        None,
+        num_indexed_cols,
+        None,
+    );
+    let mut writer = DeltaWriter::new(store, config);
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|source| LakeError::Engine {
+            doing: format!("building {table}"),
+            source,
+        })?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|source| LakeError::Engine {
+            doing: format!("building {table}"),
+            source,
+        })?;
+        rows += batch.num_rows() as u64;
+        writer
+            .write(&to_delta_batch(&batch, &schema)?)
+            .await
+            .map_err(delta_error(table, "writing"))?;
+    }
+    let mut adds = writer.close().await.map_err(delta_error(table, "writing"))?;
+    for add in &mut adds {
+        add.path = format!("{stage}/{}", add.path);
+    }
+    Ok(StagedVersion {
+        table: table.clone(),
+        stage,
+        adds,
+        rows,
+        schema,
+        partition_by: partition_by.to_vec(),
+    })
+}
+
+/// A provider over a staged version's files, to audit it before it is committed.
+pub fn staged_provider(lake: &Lake, staged: &StagedVersion) -> Result<Arc<dyn TableProvider>> {
+    let engine = |source| LakeError::Engine {
+        doing: format!("auditing {}", staged.table),
+        source,
+    };
+    if staged.adds.is_empty() {
+        let empty = MemTable::try_new(Arc::clone(&staged.schema), vec![vec![]]).map_err(engine)?;
+        return Ok(Arc::new(empty));
+    }
+    let folder = layout::table_root(&staged.table).join(staged.stage.as_str());
+    let url = ListingTableUrl::parse(lake.folder_url(&folder)).map_err(engine)?;
+    let file_fields: Vec<Field> = staged
+        .schema
+        .fields()
+        .iter()
+        .filter(|f| !staged.partition_by.contains(f.name()))
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let partition_cols = staged
+        .partition_by
+        .iter()
+        .map(|c| {
+            let field = staged.schema.field_with_name(c).map_err(|e| LakeError::Corrupt {
+                path: staged.table.to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok((c.clone(), field.data_type().clone()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(partition_cols);
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(Arc::new(Schema::new(file_fields)));
+    let provider = ListingTable::try_new(config).map_err(engine)?;
+    Ok(Arc::new(provider))
+}
+
+/// Makes a staged version the table's current one: one commit that removes every file of the
+/// version it was staged against and adds the staged files, recording `facts`.
+///
+/// If another writer committed to the table in between, Delta's conflict check fails this
+/// commit and nothing changes.
+pub async fn commit_overwrite(
+    lake: &Lake,
+    staged: &StagedVersion,
+    facts: &CommitFacts,
+) -> Result<u64> {
+    let table = &staged.table;
+    let delta = open(lake, table).await?.ok_or_else(|| LakeError::NoSuchTable {
+        table: table.to_string(),
+    })?;
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    let mut actions: Vec<Action> = Vec::new();
+    let new_schema = kernel_schema(table, &staged.schema)?;
+    if snapshot.schema().as_ref() != &new_schema {
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .with_schema(&new_schema)
+            .map_err(|e| delta_error(table, "changing the schema of")(e.into()))?;
+        actions.push(Action::Metadata(metadata));
+    }
+    actions.extend(
+        snapshot
+            .log_data()
+            .iter()
+            .map(|file| Action::Remove(file.remove_action(true))),
+    );
+    actions.extend(staged.adds.iter().cloned().map(Action::Add));
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Overwrite,
+        partition_by: (!staged.partition_by.is_empty()).then(|| staged.partition_by.clone()),
+        predicate: None,
+    };
+    let mut facts = facts.clone();
+    facts.insert(INFO_ROWS.into(), staged.rows.into());
+    let committed = commit_builder(&facts, None)
+        .with_actions(actions)
+        .with_max_retries(0)
+        .build(Some(snapshot), delta.log_store(), operation)
+        .await
+        .map_err(|e| LakeError::CommitConflict {
+            table: table.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(committed.version())
+}
+
+/// Deletes the files of a version that must not be committed.
+pub async fn discard(lake: &Lake, staged: &StagedVersion) -> Result<()> {
+    let folder = layout::table_root(&staged.table).join(staged.stage.as_str());
+    for object in lake.list(&folder).await? {
+        lake.delete(&lake.relative(&object.location)).await?;
+    }
+    lake.prune_empty_folders(&layout::table_root(&staged.table));
+    Ok(())
+}
+
+/// A whole Parquet object already written inside a table's root, to be added to the table.
+#[derive(Debug, Clone)]
+pub struct WrittenObject {
+    /// Path relative to the table root.
+    pub path: String,
+    pub size: u64,
+    pub rows: u64,
+}
+
+/// Adds whole objects to an append-only table in one commit. With `txn`, the commit carries
+/// that application transaction id, and is skipped (returns `None`) when the table already
+/// has it: a re-run after a crash adds nothing twice.
+pub async fn append_objects(
+    lake: &Lake,
+    table: &TableName,
+    schema: &Schema,
+    objects: &[WrittenObject],
+    txn: Option<&str>,
+    facts: &CommitFacts,
+) -> Result<Option<u64>> {
+    let delta = ensure(lake, table, schema, &[]).await?;
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    if let Some(app_id) = txn {
+        let seen = snapshot
+            .transaction_version(delta.log_store().as_ref(), app_id)
+            .await
+            .map_err(delta_error(table, "reading transactions of"))?;
+        if seen.is_some() {
+            return Ok(None);
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let actions = objects
+        .iter()
+        .map(|o| {
+            Action::Add(Add {
+                path: o.path.clone(),
+                partition_values: HashMap::new(),
+                size: o.size as i64,
+                modification_time: now,
+                data_change: true,
+                stats: Some(serde_json::json!({ "numRecords": o.rows }).to_string()),
+                tags: None,
+                deletion_vector: None,
+                base_row_id: None,
+                default_row_commit_version: None,
+                clustering_provider: None,
+            })
+        })
+        .collect();
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    let committed = commit_builder(facts, txn.map(|id| Transaction::new(id, 1)))
+        .with_actions(actions)
+        .build(Some(snapshot), delta.log_store(), operation)
+        .await
+        .map_err(|e| LakeError::CommitConflict {
+            table: table.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(Some(committed.version()))
+}
+
+/// Appends rows to an append-only table in one commit.
+pub async fn append_batches(
+    lake: &Lake,
+    table: &TableName,
+    schema: &Schema,
+    batches: &[RecordBatch],
+    facts: &CommitFacts,
+) -> Result<u64> {
+    let delta = ensure(lake, table, schema, &[]).await?;
+    let target = delta_schema(schema);
+    let config = WriterConfig::new(
+        Arc::clone(&target),
+        vec![],
+        Some(writer_properties()),
+        None,
+        None,
+        delta
+            .snapshot()
+            .map_err(delta_error(table, "reading"))?
+            .table_config()
+            .num_indexed_cols(),
+        None,
+    );
+    let mut writer = DeltaWriter::new(lake.store_at(&layout::table_root(table)), config);
+    for batch in batches {
+        writer
+            .write(&to_delta_batch(batch, &target)?)
+            .await
+            .map_err(delta_error(table, "writing"))?;
+    }
+    let adds = writer.close().await.map_err(delta_error(table, "writing"))?;
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    let committed = commit_builder(facts, None)
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .build(Some(snapshot), delta.log_store(), operation)
+        .await
+        .map_err(|e| LakeError::CommitConflict {
+            table: table.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(committed.version())
+}
+
+/// One commit of a table, as `paylake history` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub timestamp: Option<String>,
+    pub operation: Option<String>,
+    pub run_id: Option<String>,
+    pub as_of: Option<String>,
+    pub rows: Option<u64>,
+    pub audit: Option<String>,
+}
+
+/// Every commit of a table still in its log, newest first.
+pub async fn history(lake: &Lake, table: &TableName) -> Result<Vec<HistoryEntry>> {
+    let delta = open(lake, table).await?.ok_or_else(|| LakeError::NoSuchTable {
+        table: table.to_string(),
+    })?;
+    let latest = delta.version().unwrap_or(0);
+    let infos: Vec<_> = delta
+        .history(None)
+        .try_collect()
+        .await
+        .map_err(delta_error(table, "reading the history of"))?;
+    let text = |info: &HashMap<String, serde_json::Value>, key: &str| {
+        info.get(key).and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        })
+    };
+    Ok(infos
+        .into_iter()
+        .enumerate()
+        .map(|(i, info)| HistoryEntry {
+            version: latest.saturating_sub(i as u64),
+            timestamp: info
+                .timestamp
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            operation: info.operation.clone(),
+            run_id: text(&info.info, INFO_RUN_ID),
+            as_of: text(&info.info, INFO_AS_OF),
+            rows: info.info.get(INFO_ROWS).and_then(|v| v.as_u64()),
+            audit: text(&info.info, INFO_AUDIT),
+        })
+        .collect())
+}
+
+/// Deletes files no version within the retention still needs; returns how many.
+pub async fn vacuum(lake: &Lake, table: &TableName, retain: chrono::Duration) -> Result<usize> {
+    let Some(delta) = open(lake, table).await? else {
+        return Ok(0);
+    };
+    let (_, metrics) = delta
+        .vacuum()
+        .with_retention_period(retain)
+        .with_enforce_retention_duration(false)
+        .await
+        .map_err(delta_error(table, "vacuuming"))?;
+    Ok(metrics.files_deleted.len())
+}
+
+/// What `optimize` did to one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compaction {
+    pub table: String,
+    pub files_before: usize,
+    pub files_after: usize,
+    pub version: Option<u64>,
+}
+
+/// Compacts a table's small files into larger ones, in one commit.
+pub async fn optimize(lake: &Lake, table: &TableName) -> Result<Compaction> {
+    let delta = open(lake, table).await?.ok_or_else(|| LakeError::NoSuchTable {
+        table: table.to_string(),
+    })?;
+    let files_before = delta
+        .snapshot()
+        .map_err(delta_error(table, "reading"))?
+        .log_data()
+        .num_files();
+    let (optimized, metrics) = delta
+        .optimize()
+        .with_writer_properties(writer_properties())
+        .await
+        .map_err(delta_error(table, "optimizing"))?;
+    let files_after = files_before + metrics.num_files_added as usize
+        - metrics.num_files_removed as usize;
+    Ok(Compaction {
+        table: table.to_string(),
+        files_before,
+        files_after,
+        version: optimized.version(),
+    })
+}
+
+/// The number of data files in a table's latest version.
+pub async fn file_count(lake: &Lake, table: &TableName) -> Result<usize> {
+    match open(lake, table).await? {
+        Some(delta) => Ok(delta
+            .snapshot()
+            .map_err(delta_error(table, "reading"))?
+            .log_data()
+            .num_files()),
+        None => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layer;
+    use datafusion::prelude::SessionContext;
+
+    async fn count(ctx: &SessionContext, provider: Arc<dyn TableProvider>) -> usize {
+        ctx.read_table(provider).unwrap().count().await.unwrap()
+    }
+
+    fn facts(run: &str) -> CommitFacts {
+        let mut facts = CommitFacts::new();
+        facts.insert(INFO_RUN_ID.into(), run.into());
+        facts.insert(INFO_AUDIT.into(), "passed".into());
+        facts
+    }
+
+    async fn stage_rows(
+        lake: &Lake,
+        ctx: &SessionContext,
+        table: &TableName,
+        rows: usize,
+        run: &str,
+    ) -> StagedVersion {
+        let values: Vec<String> = (0..rows)
+            .map(|i| format!("({i}, '2024-11-1{}')", i % 3))
+            .collect();
+        let sql = format!(
+            "SELECT column1 AS n, column2 AS day FROM (VALUES {})",
+            values.join(", ")
+        );
+        let frame = ctx.sql(&sql).await.unwrap();
+        stage(lake, table, frame, &["day".to_string()], run)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn overwrite_replaces_keeps_history_and_old_versions_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        let table = TableName::new(Layer::Gold, "numbers");
+        assert!(provider(&lake, &table, None).await.unwrap().is_none());
+
+        let first = stage_rows(&lake, &ctx, &table, 3, "r1").await;
+        // Staged files are invisible until the commit.
+        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 0);
+        assert_eq!(count(&ctx, staged_provider(&lake, &first).unwrap()).await, 3);
+        assert_eq!(commit_overwrite(&lake, &first, &facts("r1")).await.unwrap(), 1);
+        let second = stage_rows(&lake, &ctx, &table, 5, "r2").await;
+        assert_eq!(commit_overwrite(&lake, &second, &facts("r2")).await.unwrap(), 2);
+
+        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 5);
+        assert_eq!(count(&ctx, provider(&lake, &table, Some(1)).await.unwrap().unwrap()).await, 3);
+        let history = history(&lake, &table).await.unwrap();
+        assert_eq!(
+            history.iter().map(|h| h.version).collect::<Vec<_>>(),
+            vec![2, 1, 0]
+        );
+        assert_eq!(history[0].run_id.as_deref(), Some("r2"));
+        assert_eq!(history[0].rows, Some(5));
+        assert_eq!(history[0].audit.as_deref(), Some("passed"));
+        assert!(dir.path().join("gold/numbers/_delta_log").is_dir());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_empty_table_exists_with_its_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        let table = TableName::new(Layer::Silver, "empty");
+        let frame = ctx
+            .sql("SELECT CAST(1 AS BIGINT) AS n, 'x' AS label WHERE false")
+            .await
+            .unwrap();
+        let staged = stage(&lake, &table, frame, &[], "r1").await.unwrap();
+        commit_overwrite(&lake, &staged, &facts("r1")).await.unwrap();
+        let provider = provider(&lake, &table, None).await.unwrap().unwrap();
+        let names: Vec<_> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, vec!["n", "label"]);
+        assert_eq!(count(&ctx, provider).await, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_second_writer_staged_on_the_same_version_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        let table = TableName::new(Layer::Gold, "contested");
+        let base = stage_rows(&lake, &ctx, &table, 2, "r0").await;
+        commit_overwrite(&lake, &base, &facts("r0")).await.unwrap();
+        let a = stage_rows(&lake, &ctx, &table, 3, "ra").await;
+        let b = stage_rows(&lake, &ctx, &table, 4, "rb").await;
+        // Both were staged against version 1; b commits first by reading the table at 1.
+        let delta_at_1 = open_version(&lake, &table, 1).await.unwrap();
+        assert_eq!(commit_overwrite(&lake, &b, &facts("rb")).await.unwrap(), 2);
+        let snapshot = delta_at_1.snapshot().unwrap();
+        let removes: Vec<Action> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| Action::Remove(f.remove_action(true)))
+            .chain(a.adds.iter().cloned().map(Action::Add))
+            .collect();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: None,
+            predicate: None,
+        };
+        let late = commit_builder(&facts("ra"), None)
+            .with_actions(removes)
+            .with_max_retries(0)
+            .build(Some(snapshot), delta_at_1.log_store(), operation)
+            .await;
+        assert!(late.is_err(), "the late overwrite must conflict");
+        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn appends_with_a_transaction_id_happen_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        let table = TableName::new(Layer::Bronze, "things");
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(datafusion::arrow::array::StringArray::from(vec!["a", "b"]))],
+        )
+        .unwrap();
+        let object = layout::table_root(&table).join("f1.parquet");
+        let mut sink = crate::sink::ParquetObjectSink::create(&lake, &object, Arc::clone(&schema))
+            .unwrap();
+        sink.write(&batch).await.unwrap();
+        let (rows, size) = sink.finish().await.unwrap();
+        let written = WrittenObject {
+            path: "f1.parquet".into(),
+            size,
+            rows,
+        };
+        let first = append_objects(&lake, &table, &schema, &[written.clone()], Some("sha-1"), &facts("b1"))
+            .await
+            .unwrap();
+        assert!(first.is_some());
+        let again = append_objects(&lake, &table, &schema, &[written], Some("sha-1"), &facts("b2"))
+            .await
+            .unwrap();
+        assert_eq!(again, None, "the same transaction id adds nothing");
+        append_batches(&lake, &table, &schema, &[batch], &facts("b3"))
+            .await
+            .unwrap();
+        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 4);
+        let compaction = optimize(&lake, &table).await.unwrap();
+        assert_eq!((compaction.files_before, compaction.files_after), (2, 1));
+        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 4);
+    }
+}
