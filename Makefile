@@ -13,8 +13,10 @@ PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarro
 
 all: bronze silver gold
 
+# `cargo test --no-run` builds the binary too, with the same dependency features as the tests:
+# a plain `cargo build` resolves some features differently and would compile DataFusion twice.
 build:
-	$(CARGO) build --release --workspace
+	$(CARGO) test --release --workspace --no-run
 
 $(BIN): build
 

@@ -174,8 +174,13 @@ fn print_report(report: &StepReport) {
         eprint!("{}", paylake_quality::results::render_text(&report.results));
         eprintln!("quality report: {}", report.report);
     }
-    for (table, version) in &report.read_versions {
-        eprintln!("{}  read {table} version {version}", report.layer);
+    if !report.read_versions.is_empty() {
+        let read: Vec<String> = report
+            .read_versions
+            .iter()
+            .map(|(table, version)| format!("{table}@{version}"))
+            .collect();
+        eprintln!("{}  read audited {}", report.layer, read.join(" "));
     }
     print_sources(&report.layer, &report.sources);
     for t in &report.tables {

@@ -114,7 +114,10 @@ fn commit_facts(
     facts.insert(delta::INFO_RUN_ID.into(), options.run_id.clone().into());
     facts.insert(
         delta::INFO_AS_OF.into(),
-        options.effective_as_of().to_rfc3339().into(),
+        options
+            .effective_as_of()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .into(),
     );
     facts.insert(
         delta::INFO_AUDIT.into(),
