@@ -259,13 +259,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Gold { .. } => Some("gold"),
         _ => None,
     };
-    let writes = step.is_some() || matches!(cli.command, Command::Vacuum { .. } | Command::Optimize { .. });
+    let writes = step.is_some()
+        || matches!(
+            cli.command,
+            Command::Vacuum { .. } | Command::Optimize { .. }
+        );
     // One writing step at a time per lake; readers never wait.
     let lease = if writes {
         let what = step.unwrap_or("maintenance");
         Some(
-            WriterLease::acquire(&lake, &run_id(now), what, chrono::Duration::hours(LEASE_HOURS))
-                .await?,
+            WriterLease::acquire(
+                &lake,
+                &run_id(now),
+                what,
+                chrono::Duration::hours(LEASE_HOURS),
+            )
+            .await?,
         )
     } else {
         None
@@ -328,7 +337,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         if let Some(path) = &metrics_file {
             let written = paylake_quality::metrics::write_metrics_file(&lake, path).await;
             if let Err(e) = written {
-                let error = anyhow::anyhow!("cannot write the metrics file {}: {e}", path.display());
+                let error =
+                    anyhow::anyhow!("cannot write the metrics file {}: {e}", path.display());
                 // A failed run keeps its own exit code; the metrics problem is only reported.
                 if outcome.is_err() || matches!(&outcome, Ok(m) if m.gate_failure.is_some()) {
                     eprintln!("error: {error:#}");

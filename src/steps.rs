@@ -475,7 +475,13 @@ pub async fn history(lake: &Lake, table: &str, json: bool) -> Result<(), Failure
         return print_json(&entries);
     }
     let mut rendered = text_table(&[
-        "version", "time", "operation", "run", "as of", "rows", "audit",
+        "version",
+        "time",
+        "operation",
+        "run",
+        "as of",
+        "rows",
+        "audit",
     ]);
     for e in &entries {
         let text = |v: &Option<String>| v.clone().unwrap_or_default();

@@ -275,7 +275,8 @@ fn a_file_unrouted_under_one_landing_root_still_lands_from_the_right_one() {
     common::copy_tree(&common::sample_data(), &ws.landing());
     // Pointed one folder too deep: the file names alone route nowhere.
     let too_deep = ws.landing().join("payments/2024-11-17");
-    let first = common::json(&ws.ok(&["--json", "bronze", "--landing", too_deep.to_str().unwrap()]));
+    let first =
+        common::json(&ws.ok(&["--json", "bronze", "--landing", too_deep.to_str().unwrap()]));
     let files = first["files"].as_array().unwrap();
     assert!(!files.is_empty());
     assert!(files.iter().all(|f| f["outcome"] == "rejected"), "{first}");

@@ -280,10 +280,7 @@ query = "SELECT count(*) AS evaluated, 0 AS failed FROM silver.payments""#,
         rule(&summary, "reference_catch")["samples"],
         serde_json::json!(["P2"])
     );
-    assert_eq!(
-        summary["verdict"]["passed"], true,
-        "warnings never block"
-    );
+    assert_eq!(summary["verdict"]["passed"], true, "warnings never block");
 
     // Results are appended, never replaced.
     ws.ok(&["silver", "--expectations-dir", dir.to_str().unwrap()]);
@@ -527,7 +524,11 @@ fn early_batch(ws: &Workspace, rows: usize, bad: usize) {
     );
     let mut text = PAYMENT_HEADER.to_string();
     for i in 0..rows {
-        let amount = if i >= rows - bad { "n/a".to_string() } else { format!("{}.00", i + 1) };
+        let amount = if i >= rows - bad {
+            "n/a".to_string()
+        } else {
+            format!("{}.00", i + 1)
+        };
         text.push_str(&format!("E{i},A1,A2,R,{amount},2024-11-14 09:00:00\n"));
     }
     ws.land("payments/2024-11-14/payments_2024-11-14T09-15.csv", text);
@@ -542,7 +543,12 @@ fn the_silver_gate_judges_the_lake_as_of_the_run_time() {
     common::copy_tree(&common::sample_data(), &ws.landing());
     ws.bronze();
     let early = ws.run(&["--json", "silver", "--as-of", "2024-11-14T12:00:00Z"]);
-    assert_eq!(early.status.code(), Some(3), "{}", String::from_utf8_lossy(&early.stderr));
+    assert_eq!(
+        early.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
     let summary = common::json(&String::from_utf8_lossy(&early.stdout));
     assert_eq!(rule(&summary, "payments_quarantine_rate")["evaluated"], 10);
     assert_eq!(rule(&summary, "payments_quarantine_rate")["failed"], 1);
@@ -569,15 +575,27 @@ fn an_audit_that_cannot_run_commits_nothing_and_gold_keeps_the_audited_silver() 
          query = \"SELECT evaluated FROM no_such_table\"\nseverity = \"error\"\n",
     );
     let failed = ws.run(&["silver", "--expectations-dir", broken.to_str().unwrap()]);
-    assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
     assert_eq!(
         ws.history("silver.payments").len(),
         silver_versions,
         "nothing unaudited is committed"
     );
     let gold = common::json(&ws.ok(&["--json", "gold"]));
-    assert_eq!(gold["read_versions"]["silver.payments"], silver_versions as i64 - 1);
-    assert_eq!(ws.count("gold.unified_payments"), 43, "built from the audited Silver");
+    assert_eq!(
+        gold["read_versions"]["silver.payments"],
+        silver_versions as i64 - 1
+    );
+    assert_eq!(
+        ws.count("gold.unified_payments"),
+        43,
+        "built from the audited Silver"
+    );
 
     let mistyped = ws.run(&["silver", "--expectations-dir", "/no/such/folder"]);
     assert_eq!(mistyped.status.code(), Some(2));
@@ -630,7 +648,10 @@ fn a_failing_metrics_file_keeps_the_exit_code_of_the_run() {
     assert_eq!(silver.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&silver.stderr).contains("metrics file"));
     let broken = ws.dir.path().join("sql");
-    write(&broken.join("silver/payments.sql"), "SELECT no_such_column FROM bronze.payments");
+    write(
+        &broken.join("silver/payments.sql"),
+        "SELECT no_such_column FROM bronze.payments",
+    );
     let failed = ws.run(&[
         "--metrics-file",
         unwritable,
@@ -638,5 +659,10 @@ fn a_failing_metrics_file_keeps_the_exit_code_of_the_run() {
         "--sql-dir",
         broken.to_str().unwrap(),
     ]);
-    assert_eq!(failed.status.code(), Some(1), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
 }

@@ -330,15 +330,16 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
     );
     // Each rebuild is one overwrite commit on top of the table's creation.
     let history = ws.history("gold.unified_payments");
-    let versions: Vec<i64> = history.iter().map(|h| h["version"].as_i64().unwrap()).collect();
+    let versions: Vec<i64> = history
+        .iter()
+        .map(|h| h["version"].as_i64().unwrap())
+        .collect();
     assert_eq!(versions, vec![2, 1, 0]);
     assert_eq!(history[0]["operation"], "WRITE");
     assert_eq!(history[0]["rows"], 43);
     assert_eq!(history[0]["audit"], "passed");
     // Every version stays readable until vacuum: the first build is still there.
-    let first = ws.query(
-        "SELECT count(*) AS n FROM table_version('gold.unified_payments', 1)",
-    );
+    let first = ws.query("SELECT count(*) AS n FROM table_version('gold.unified_payments', 1)");
     assert_eq!(first[0]["n"], 43);
 }
 

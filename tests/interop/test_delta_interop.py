@@ -48,9 +48,10 @@ def build(lake):
 
 
 def tables(lake, layer):
-    return sorted(
-        p.name for p in (Path(lake) / layer).iterdir() if (p / "_delta_log").is_dir()
-    )
+    folder = Path(lake) / layer
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / "_delta_log").is_dir())
 
 
 def exported(lake, table, tmp, version=None):
@@ -189,21 +190,28 @@ def comparable(lake, tmp):
 
 
 def test_killed_runs_leave_readable_tables_equal_to_a_clean_run(tmp_path):
+    # One as-of time for both lakes: the training table records it.
+    as_of = ["--as-of", "2025-03-01"]
     clean = tmp_path / "clean"
-    build(clean)
+    paylake(clean, "bronze", "--landing", str(SAMPLE))
+    paylake(clean, "silver", *as_of)
+    paylake(clean, "gold", *as_of)
     lake = tmp_path / "killed"
     paylake(lake, "bronze", "--landing", str(SAMPLE))
-    paylake(lake, "silver")
+    paylake(lake, "silver", *as_of)
     rng = random.Random(7)
     kills = 0
-    for i in range(24):
+    # A sample run takes well under a second: kill at random moments until 20 runs died.
+    for i in range(80):
+        if kills >= 20:
+            break
         step = "silver" if i % 2 == 0 else "gold"
         process = subprocess.Popen(
-            [str(BIN), "--lake", str(lake), step],
+            [str(BIN), "--lake", str(lake), step, *as_of],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.05, 1.5))
+        time.sleep(rng.uniform(0.02, 0.45))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
@@ -213,6 +221,6 @@ def test_killed_runs_leave_readable_tables_equal_to_a_clean_run(tmp_path):
             for name in tables(lake, layer):
                 DeltaTable(str(lake / layer / name)).to_pyarrow_table()
     assert kills >= 20, f"only {kills} runs were killed mid-way"
-    paylake(lake, "silver")
-    paylake(lake, "gold")
+    paylake(lake, "silver", *as_of)
+    paylake(lake, "gold", *as_of)
     assert comparable(lake, tmp_path / "k") == comparable(clean, tmp_path / "c")

@@ -21,8 +21,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use paylake_contracts::{
     all_contracts, known_at_from_path, route_landing_file, FileFormat, SourceContract,
 };
-use paylake_lake::layout;
 use paylake_lake::delta::{self, WrittenObject};
+use paylake_lake::layout;
 use paylake_lake::layout::TableName;
 use paylake_lake::sink::ParquetObjectSink;
 use paylake_lake::Lake;
@@ -417,8 +417,14 @@ impl FileWriter<'_> {
         self.flush_rows().await?;
         self.flush_dead().await?;
         let mut facts = delta::CommitFacts::new();
-        facts.insert(delta::INFO_RUN_ID.into(), self.lineage.batch_id.clone().into());
-        facts.insert("paylake.source_file".into(), self.lineage.relative.clone().into());
+        facts.insert(
+            delta::INFO_RUN_ID.into(),
+            self.lineage.batch_id.clone().into(),
+        );
+        facts.insert(
+            "paylake.source_file".into(),
+            self.lineage.relative.clone().into(),
+        );
         let mut rows_landed = 0;
         if let Some(sink) = self.rows_sink.take() {
             let source = self.lineage.source.as_deref().unwrap_or_default();
@@ -426,9 +432,13 @@ impl FileWriter<'_> {
             let (rows, size) = sink.finish().await?;
             rows_landed = rows;
             let object = self.lineage.written(rows, size);
-            let schema = self.rows.as_ref().map(|r| r.schema.clone()).ok_or_else(|| {
-                BronzeError::Internal("rows written for a file without a source".into())
-            })?;
+            let schema = self
+                .rows
+                .as_ref()
+                .map(|r| r.schema.clone())
+                .ok_or_else(|| {
+                    BronzeError::Internal("rows written for a file without a source".into())
+                })?;
             let txn = self.lineage.sha256.clone();
             delta::append_objects(self.lake, &table, &schema, &[object], Some(&txn), &facts)
                 .await?;

@@ -20,7 +20,13 @@ pub async fn ensure_tables(lake: &Lake) -> Result<(), BronzeError> {
         )
         .await?;
     }
-    delta::ensure(lake, &layout::dead_letter_table(), &dead_letter_schema(), &[]).await?;
+    delta::ensure(
+        lake,
+        &layout::dead_letter_table(),
+        &dead_letter_schema(),
+        &[],
+    )
+    .await?;
     delta::ensure(lake, &layout::file_log_table(), &file_log_schema(), &[]).await?;
     Ok(())
 }

@@ -79,8 +79,7 @@ async fn audit(
     for suite in &suites {
         results.extend(evaluate_suite(ctx, suite, options.effective_as_of()).await?);
     }
-    paylake_quality::results::append_results(lake, &options.run_id, options.now, &results)
-        .await?;
+    paylake_quality::results::append_results(lake, &options.run_id, options.now, &results).await?;
     let report = paylake_quality::report::write_report(lake, &options.run_id, &results).await?;
     Ok((results, report))
 }

@@ -70,7 +70,6 @@ pub struct SourceOutcome {
     pub orphan_labels: Option<u64>,
 }
 
-
 /// A session over the lake's catalog (`bronze`, `silver`, `gold`, `quality`) with the
 /// `params` schema; `pinned` names table versions to read instead of the latest.
 pub async fn new_session(
@@ -155,10 +154,13 @@ pub async fn restrict_bronze(
     };
     for contract in paylake_contracts::all_contracts()? {
         let table = layout::bronze_table(&contract.source);
-        let frame = ctx.table(table.to_string()).await.map_err(|_| JobError::NotBuilt {
-            what: table.to_string(),
-            hint: "run `paylake bronze` first".into(),
-        })?;
+        let frame = ctx
+            .table(table.to_string())
+            .await
+            .map_err(|_| JobError::NotBuilt {
+                what: table.to_string(),
+                hint: "run `paylake bronze` first".into(),
+            })?;
         let visible = frame
             .filter(col(paylake_bronze::schema::KNOWN_AT).lt_eq(lit(timestamp_literal(at))))?
             .into_view();
@@ -213,7 +215,10 @@ pub async fn build_layer(
 pub async fn discard_all(lake: &Lake, staged: &[StagedVersion]) {
     for version in staged {
         if let Err(e) = delta::discard(lake, version).await {
-            tracing::warn!("could not remove the staged files of {}: {e}", version.table);
+            tracing::warn!(
+                "could not remove the staged files of {}: {e}",
+                version.table
+            );
         }
     }
 }
@@ -252,7 +257,12 @@ async fn stage_models(
             version.rows,
             started.elapsed().as_secs_f64()
         );
-        register(ctx, layer, &model.name, delta::staged_provider(lake, &version)?)?;
+        register(
+            ctx,
+            layer,
+            &model.name,
+            delta::staged_provider(lake, &version)?,
+        )?;
         staged.push(version);
         run_checks(ctx, model).await?;
     }

@@ -50,10 +50,7 @@ impl LakeSchema {
     }
 
     fn overlay(&self, name: &str) -> Option<Arc<dyn TableProvider>> {
-        self.overlays
-            .read()
-            .ok()
-            .and_then(|o| o.get(name).cloned())
+        self.overlays.read().ok().and_then(|o| o.get(name).cloned())
     }
 }
 
@@ -98,7 +95,10 @@ impl SchemaProvider for LakeSchema {
         names
     }
 
-    async fn table(&self, name: &str) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
+    async fn table(
+        &self,
+        name: &str,
+    ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
         if let Some(provider) = self.overlay(name) {
             return Ok(Some(provider));
         }
@@ -156,7 +156,9 @@ impl TableFunctionImpl for TableVersion {
         };
         let version = match version {
             ScalarValue::Int64(Some(v)) if v >= 0 => v as u64,
-            other => return plan_err!("table_version: version must be a whole number, not {other}"),
+            other => {
+                return plan_err!("table_version: version must be a whole number, not {other}")
+            }
         };
         let lake = self.lake.clone();
         // Planning is synchronous here; opening a version reads its log.
@@ -178,10 +180,12 @@ pub async fn register_lake(
     pinned: &HashMap<TableName, u64>,
 ) -> Result<()> {
     lake.register_with(ctx)?;
-    let catalog = ctx.catalog("datafusion").ok_or_else(|| LakeError::Corrupt {
-        path: "session".into(),
-        reason: "the default catalog is missing".into(),
-    })?;
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| LakeError::Corrupt {
+            path: "session".into(),
+            reason: "the default catalog is missing".into(),
+        })?;
     for layer in Layer::ALL {
         let pins = pinned
             .iter()
@@ -196,6 +200,9 @@ pub async fn register_lake(
                 source,
             })?;
     }
-    ctx.register_udtf("table_version", Arc::new(TableVersion { lake: lake.clone() }));
+    ctx.register_udtf(
+        "table_version",
+        Arc::new(TableVersion { lake: lake.clone() }),
+    );
     Ok(())
 }

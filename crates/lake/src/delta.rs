@@ -210,11 +210,13 @@ pub async fn ensure(
     match created {
         Ok(table) => Ok(table),
         // Another writer created it at the same moment: use theirs.
-        Err(_) if open(lake, table).await?.is_some() => open(lake, table)
-            .await?
-            .ok_or_else(|| LakeError::NoSuchTable {
-                table: table.to_string(),
-            }),
+        Err(_) if open(lake, table).await?.is_some() => {
+            open(lake, table)
+                .await?
+                .ok_or_else(|| LakeError::NoSuchTable {
+                    table: table.to_string(),
+                })
+        }
         Err(e) => Err(delta_error(table, "creating")(e)),
     }
 }
@@ -317,7 +319,10 @@ pub async fn stage(
             .await
             .map_err(delta_error(table, "writing"))?;
     }
-    let mut adds = writer.close().await.map_err(delta_error(table, "writing"))?;
+    let mut adds = writer
+        .close()
+        .await
+        .map_err(delta_error(table, "writing"))?;
     for add in &mut adds {
         add.path = format!("{stage}/{}", add.path);
     }
@@ -354,10 +359,13 @@ pub fn staged_provider(lake: &Lake, staged: &StagedVersion) -> Result<Arc<dyn Ta
         .partition_by
         .iter()
         .map(|c| {
-            let field = staged.schema.field_with_name(c).map_err(|e| LakeError::Corrupt {
-                path: staged.table.to_string(),
-                reason: e.to_string(),
-            })?;
+            let field = staged
+                .schema
+                .field_with_name(c)
+                .map_err(|e| LakeError::Corrupt {
+                    path: staged.table.to_string(),
+                    reason: e.to_string(),
+                })?;
             Ok((c.clone(), field.data_type().clone()))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -382,9 +390,11 @@ pub async fn commit_overwrite(
     facts: &CommitFacts,
 ) -> Result<u64> {
     let table = &staged.table;
-    let delta = open(lake, table).await?.ok_or_else(|| LakeError::NoSuchTable {
-        table: table.to_string(),
-    })?;
+    let delta = open(lake, table)
+        .await?
+        .ok_or_else(|| LakeError::NoSuchTable {
+            table: table.to_string(),
+        })?;
     let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
     let mut actions: Vec<Action> = Vec::new();
     let new_schema = kernel_schema(table, &staged.schema)?;
@@ -528,7 +538,10 @@ pub async fn append_batches(
             .await
             .map_err(delta_error(table, "writing"))?;
     }
-    let adds = writer.close().await.map_err(delta_error(table, "writing"))?;
+    let adds = writer
+        .close()
+        .await
+        .map_err(delta_error(table, "writing"))?;
     let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
     let operation = DeltaOperation::Write {
         mode: SaveMode::Append,
@@ -560,9 +573,11 @@ pub struct HistoryEntry {
 
 /// Every commit of a table still in its log, newest first.
 pub async fn history(lake: &Lake, table: &TableName) -> Result<Vec<HistoryEntry>> {
-    let delta = open(lake, table).await?.ok_or_else(|| LakeError::NoSuchTable {
-        table: table.to_string(),
-    })?;
+    let delta = open(lake, table)
+        .await?
+        .ok_or_else(|| LakeError::NoSuchTable {
+            table: table.to_string(),
+        })?;
     let latest = delta.version().unwrap_or(0);
     let infos: Vec<_> = delta
         .history(None)
@@ -619,9 +634,11 @@ pub struct Compaction {
 
 /// Compacts a table's small files into larger ones, in one commit.
 pub async fn optimize(lake: &Lake, table: &TableName) -> Result<Compaction> {
-    let delta = open(lake, table).await?.ok_or_else(|| LakeError::NoSuchTable {
-        table: table.to_string(),
-    })?;
+    let delta = open(lake, table)
+        .await?
+        .ok_or_else(|| LakeError::NoSuchTable {
+            table: table.to_string(),
+        })?;
     let files_before = delta
         .snapshot()
         .map_err(delta_error(table, "reading"))?
@@ -632,8 +649,8 @@ pub async fn optimize(lake: &Lake, table: &TableName) -> Result<Compaction> {
         .with_writer_properties(writer_properties())
         .await
         .map_err(delta_error(table, "optimizing"))?;
-    let files_after = files_before + metrics.num_files_added as usize
-        - metrics.num_files_removed as usize;
+    let files_after =
+        files_before + metrics.num_files_added as usize - metrics.num_files_removed as usize;
     Ok(Compaction {
         table: table.to_string(),
         files_before,
@@ -702,14 +719,38 @@ mod tests {
 
         let first = stage_rows(&lake, &ctx, &table, 3, "r1").await;
         // Staged files are invisible until the commit.
-        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 0);
-        assert_eq!(count(&ctx, staged_provider(&lake, &first).unwrap()).await, 3);
-        assert_eq!(commit_overwrite(&lake, &first, &facts("r1")).await.unwrap(), 1);
+        assert_eq!(
+            count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
+            0
+        );
+        assert_eq!(
+            count(&ctx, staged_provider(&lake, &first).unwrap()).await,
+            3
+        );
+        assert_eq!(
+            commit_overwrite(&lake, &first, &facts("r1")).await.unwrap(),
+            1
+        );
         let second = stage_rows(&lake, &ctx, &table, 5, "r2").await;
-        assert_eq!(commit_overwrite(&lake, &second, &facts("r2")).await.unwrap(), 2);
+        assert_eq!(
+            commit_overwrite(&lake, &second, &facts("r2"))
+                .await
+                .unwrap(),
+            2
+        );
 
-        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 5);
-        assert_eq!(count(&ctx, provider(&lake, &table, Some(1)).await.unwrap().unwrap()).await, 3);
+        assert_eq!(
+            count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
+            5
+        );
+        assert_eq!(
+            count(
+                &ctx,
+                provider(&lake, &table, Some(1)).await.unwrap().unwrap()
+            )
+            .await,
+            3
+        );
         let history = history(&lake, &table).await.unwrap();
         assert_eq!(
             history.iter().map(|h| h.version).collect::<Vec<_>>(),
@@ -733,9 +774,16 @@ mod tests {
             .await
             .unwrap();
         let staged = stage(&lake, &table, frame, &[], "r1").await.unwrap();
-        commit_overwrite(&lake, &staged, &facts("r1")).await.unwrap();
+        commit_overwrite(&lake, &staged, &facts("r1"))
+            .await
+            .unwrap();
         let provider = provider(&lake, &table, None).await.unwrap().unwrap();
-        let names: Vec<_> = provider.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<_> = provider
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         assert_eq!(names, vec!["n", "label"]);
         assert_eq!(count(&ctx, provider).await, 0);
     }
@@ -772,7 +820,10 @@ mod tests {
             .build(Some(snapshot), delta_at_1.log_store(), operation)
             .await;
         assert!(late.is_err(), "the late overwrite must conflict");
-        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 4);
+        assert_eq!(
+            count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
+            4
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -785,12 +836,14 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, true)]));
         let batch = RecordBatch::try_new(
             Arc::clone(&schema),
-            vec![Arc::new(datafusion::arrow::array::StringArray::from(vec!["a", "b"]))],
+            vec![Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                "a", "b",
+            ]))],
         )
         .unwrap();
         let object = layout::table_root(&table).join("f1.parquet");
-        let mut sink = crate::sink::ParquetObjectSink::create(&lake, &object, Arc::clone(&schema))
-            .unwrap();
+        let mut sink =
+            crate::sink::ParquetObjectSink::create(&lake, &object, Arc::clone(&schema)).unwrap();
         sink.write(&batch).await.unwrap();
         let (rows, size) = sink.finish().await.unwrap();
         let written = WrittenObject {
@@ -798,20 +851,40 @@ mod tests {
             size,
             rows,
         };
-        let first = append_objects(&lake, &table, &schema, &[written.clone()], Some("sha-1"), &facts("b1"))
-            .await
-            .unwrap();
+        let first = append_objects(
+            &lake,
+            &table,
+            &schema,
+            &[written.clone()],
+            Some("sha-1"),
+            &facts("b1"),
+        )
+        .await
+        .unwrap();
         assert!(first.is_some());
-        let again = append_objects(&lake, &table, &schema, &[written], Some("sha-1"), &facts("b2"))
-            .await
-            .unwrap();
+        let again = append_objects(
+            &lake,
+            &table,
+            &schema,
+            &[written],
+            Some("sha-1"),
+            &facts("b2"),
+        )
+        .await
+        .unwrap();
         assert_eq!(again, None, "the same transaction id adds nothing");
         append_batches(&lake, &table, &schema, &[batch], &facts("b3"))
             .await
             .unwrap();
-        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 4);
+        assert_eq!(
+            count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
+            4
+        );
         let compaction = optimize(&lake, &table).await.unwrap();
         assert_eq!((compaction.files_before, compaction.files_after), (2, 1));
-        assert_eq!(count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await, 4);
+        assert_eq!(
+            count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
+            4
+        );
     }
 }

@@ -153,7 +153,10 @@ mod tests {
             table_root(&TableName::new(Layer::Gold, "t")).as_ref(),
             "gold/t"
         );
-        assert_eq!(quality_gate(Layer::Silver).as_ref(), "quality/gates/silver.json");
+        assert_eq!(
+            quality_gate(Layer::Silver).as_ref(),
+            "quality/gates/silver.json"
+        );
         assert_eq!(writer_lease().as_ref(), "_locks/writer.json");
     }
 

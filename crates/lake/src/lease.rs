@@ -144,7 +144,10 @@ mod tests {
             .await
             .unwrap_err();
         let message = refused.to_string();
-        assert!(message.contains("run-1") && message.contains("silver"), "{message}");
+        assert!(
+            message.contains("run-1") && message.contains("silver"),
+            "{message}"
+        );
         first.release().await.unwrap();
         WriterLease::acquire(&lake, "run-2", "gold", Duration::hours(1))
             .await
@@ -166,7 +169,10 @@ mod tests {
         let taken = WriterLease::acquire(&lake, "next", "gold", Duration::hours(1))
             .await
             .unwrap();
-        assert_eq!(WriterLease::holder(&lake).await.unwrap().unwrap().owner, "next");
+        assert_eq!(
+            WriterLease::holder(&lake).await.unwrap().unwrap().owner,
+            "next"
+        );
         taken.release().await.unwrap();
         // Held by a process of this host that no longer exists.
         let mut orphan = LeaseInfo {

@@ -264,10 +264,7 @@ mod tests {
         let listed = lake.list(&Path::from("quality")).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(lake.relative(&listed[0].location), path);
-        assert!(dir
-            .path()
-            .join("lake/quality/gates/silver.json")
-            .exists());
+        assert!(dir.path().join("lake/quality/gates/silver.json").exists());
         assert!(lake
             .folder_url(&Path::from("silver/payments"))
             .starts_with("file:///"));

@@ -18,12 +18,12 @@ impl ParquetObjectSink {
     pub fn create(lake: &Lake, relative: &Path, schema: SchemaRef) -> Result<Self> {
         let absolute = lake.path(relative);
         let object = object_store::buffered::BufWriter::new(lake.store(), absolute);
-        let writer = AsyncArrowWriter::try_new(object, schema, Some(crate::delta::writer_properties())).map_err(|source| {
-            LakeError::Parquet {
-                path: relative.to_string(),
-                source,
-            }
-        })?;
+        let writer =
+            AsyncArrowWriter::try_new(object, schema, Some(crate::delta::writer_properties()))
+                .map_err(|source| LakeError::Parquet {
+                    path: relative.to_string(),
+                    source,
+                })?;
         Ok(Self {
             writer,
             lake: lake.clone(),
@@ -62,4 +62,3 @@ impl ParquetObjectSink {
         Ok((self.rows, size))
     }
 }
-
