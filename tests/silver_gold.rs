@@ -407,3 +407,46 @@ fn gold_before_silver_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("paylake silver"));
 }
+
+#[test]
+fn a_second_writer_is_refused_while_a_run_holds_the_lake_and_readers_go_on() {
+    let ws = Workspace::new();
+    common::copy_tree(&common::sample_data(), &ws.landing());
+    ws.bronze();
+    ws.silver();
+    ws.gold();
+    // A live run of this host (this test process) holds the lease.
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let lease = serde_json::json!({
+        "owner": "20261127T000000Z-abcd",
+        "step": "silver",
+        "host": hostname.trim(),
+        "pid": std::process::id(),
+        "acquired_at": "2026-11-27T00:00:00Z",
+        "expires_at": "2999-01-01T00:00:00Z",
+    });
+    std::fs::create_dir_all(ws.lake().join("_locks")).unwrap();
+    std::fs::write(ws.lake().join("_locks/writer.json"), lease.to_string()).unwrap();
+    let refused = ws.run(&["gold"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("20261127T000000Z-abcd") && stderr.contains("silver"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ws.history("gold.unified_payments").len(),
+        2,
+        "nothing was written"
+    );
+    assert_eq!(ws.count("gold.unified_payments"), 43, "readers never wait");
+
+    // When the holder is gone, the next run takes the lake over.
+    let gone = serde_json::json!({
+        "owner": "crashed", "step": "gold", "host": hostname.trim(), "pid": u32::MAX,
+        "acquired_at": "2026-11-27T00:00:00Z", "expires_at": "2999-01-01T00:00:00Z",
+    });
+    std::fs::write(ws.lake().join("_locks/writer.json"), gone.to_string()).unwrap();
+    ws.gold();
+    assert!(!ws.lake().join("_locks/writer.json").exists(), "released");
+}

@@ -1,33 +1,30 @@
 //! Bronze tables in the lake: every source's table, the dead letter and the file log exist with
 //! their declared schemas from the first run on, so a feed that has not sent anything yet is an
-//! empty table rather than an error.
+//! empty table rather than an error. All of them are append-only.
 
 use datafusion::prelude::{DataFrame, SessionContext};
 use paylake_contracts::all_contracts;
-use paylake_lake::{delta, layout, Lake};
+use paylake_lake::delta::{self, TableKind};
+use paylake_lake::{layout, Lake};
 
 use crate::schema::{bronze_schema, dead_letter_schema, file_log_schema};
 use crate::BronzeError;
 
 /// Creates the Bronze tables that do not exist yet.
 pub async fn ensure_tables(lake: &Lake) -> Result<(), BronzeError> {
+    let mut tables = vec![
+        (layout::dead_letter_table(), dead_letter_schema()),
+        (layout::file_log_table(), file_log_schema()),
+    ];
     for contract in all_contracts()? {
-        delta::ensure(
-            lake,
-            &layout::bronze_table(&contract.source),
-            &bronze_schema(&contract),
-            &[],
-        )
-        .await?;
+        tables.push((
+            layout::bronze_table(&contract.source),
+            bronze_schema(&contract),
+        ));
     }
-    delta::ensure(
-        lake,
-        &layout::dead_letter_table(),
-        &dead_letter_schema(),
-        &[],
-    )
-    .await?;
-    delta::ensure(lake, &layout::file_log_table(), &file_log_schema(), &[]).await?;
+    for (table, schema) in tables {
+        delta::ensure(lake, &table, &schema, &[], TableKind::AppendOnly).await?;
+    }
     Ok(())
 }
 

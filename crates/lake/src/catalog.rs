@@ -68,7 +68,7 @@ pub async fn table_names(lake: &Lake, layer: Layer) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for folder in listed.common_prefixes {
         let relative = lake.relative(&folder);
-        let Some(name) = relative.parts().last().map(|p| p.as_ref().to_string()) else {
+        let Some(name) = relative.parts().next_back().map(|p| p.as_ref().to_string()) else {
             continue;
         };
         if delta::exists(lake, &TableName::new(layer, name.as_str())).await? {

@@ -33,10 +33,11 @@ use datafusion::prelude::DataFrame;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake_core::operations::vacuum::VacuumMode;
 use deltalake_core::operations::write::writer::{DeltaWriter, WriterConfig};
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::table::config::TablePropertiesExt;
-use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use serde::Serialize;
@@ -185,6 +186,14 @@ fn kernel_schema(table: &TableName, schema: &Schema) -> Result<StructType> {
     })
 }
 
+/// How a table is written: rebuilt as whole versions, or only ever appended to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    Rebuilt,
+    /// Marked `delta.appendOnly`: no writer may remove or change its rows.
+    AppendOnly,
+}
+
 /// Opens a table, creating it empty with `schema` when it does not exist yet, so that an empty
 /// table still has its full schema for every reader.
 pub async fn ensure(
@@ -192,6 +201,7 @@ pub async fn ensure(
     table: &TableName,
     schema: &Schema,
     partition_by: &[String],
+    kind: TableKind,
 ) -> Result<DeltaTable> {
     if let Some(existing) = open(lake, table).await? {
         return Ok(existing);
@@ -205,6 +215,14 @@ pub async fn ensure(
         .with_table_name(table.to_string())
         .with_columns(columns.fields().cloned())
         .with_partition_columns(partition_by.iter().cloned())
+        .with_configuration_property(
+            TableProperty::AppendOnly,
+            Some(if kind == TableKind::AppendOnly {
+                "true"
+            } else {
+                "false"
+            }),
+        )
         .with_save_mode(SaveMode::Ignore)
         .await;
     match created {
@@ -279,7 +297,7 @@ pub async fn stage(
     stage_id: &str,
 ) -> Result<StagedVersion> {
     let schema = delta_schema(frame.schema().as_arrow());
-    let delta = ensure(lake, table, &schema, partition_by).await?;
+    let delta = ensure(lake, table, &schema, partition_by, TableKind::Rebuilt).await?;
     let num_indexed_cols = delta
         .snapshot()
         .map_err(delta_error(table, "reading"))?
@@ -462,7 +480,7 @@ pub async fn append_objects(
     txn: Option<&str>,
     facts: &CommitFacts,
 ) -> Result<Option<u64>> {
-    let delta = ensure(lake, table, schema, &[]).await?;
+    let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
     let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
     if let Some(app_id) = txn {
         let seen = snapshot
@@ -516,7 +534,7 @@ pub async fn append_batches(
     batches: &[RecordBatch],
     facts: &CommitFacts,
 ) -> Result<u64> {
-    let delta = ensure(lake, table, schema, &[]).await?;
+    let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
     let target = delta_schema(schema);
     let config = WriterConfig::new(
         Arc::clone(&target),
@@ -609,7 +627,8 @@ pub async fn history(lake: &Lake, table: &TableName) -> Result<Vec<HistoryEntry>
         .collect())
 }
 
-/// Deletes files no version within the retention still needs; returns how many.
+/// Deletes files no version within the retention still needs — replaced versions' files and
+/// files of builds that were never committed (a killed run) — and returns how many.
 pub async fn vacuum(lake: &Lake, table: &TableName, retain: chrono::Duration) -> Result<usize> {
     let Some(delta) = open(lake, table).await? else {
         return Ok(0);
@@ -617,6 +636,7 @@ pub async fn vacuum(lake: &Lake, table: &TableName, retain: chrono::Duration) ->
     let (_, metrics) = delta
         .vacuum()
         .with_retention_period(retain)
+        .with_mode(VacuumMode::Full)
         .with_enforce_retention_duration(false)
         .await
         .map_err(delta_error(table, "vacuuming"))?;
@@ -855,7 +875,7 @@ mod tests {
             &lake,
             &table,
             &schema,
-            &[written.clone()],
+            std::slice::from_ref(&written),
             Some("sha-1"),
             &facts("b1"),
         )
@@ -885,6 +905,43 @@ mod tests {
         assert_eq!(
             count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
             4
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn many_small_commits_get_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let table = TableName::new(Layer::Quality, "many");
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+                1,
+            ]))],
+        )
+        .unwrap();
+        for _ in 0..100 {
+            append_batches(
+                &lake,
+                &table,
+                &schema,
+                std::slice::from_ref(&batch),
+                &facts("b"),
+            )
+            .await
+            .unwrap();
+        }
+        let log = dir.path().join("quality/many/_delta_log");
+        assert!(
+            log.join("_last_checkpoint").exists(),
+            "a checkpoint every 100 commits keeps opening the table cheap"
+        );
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        assert_eq!(
+            count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
+            100
         );
     }
 }
