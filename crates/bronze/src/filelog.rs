@@ -189,16 +189,22 @@ impl FileLogEntry {
     }
 }
 
-/// Appends one entry in its own commit: entries already committed survive a crash.
-pub(crate) async fn append(lake: &Lake, entry: &FileLogEntry) -> Result<(), BronzeError> {
-    let mut facts = delta::CommitFacts::new();
-    facts.insert(delta::INFO_RUN_ID.into(), entry.batch_id.clone().into());
+/// Appends entries in one commit: entries already committed survive a crash.
+pub(crate) async fn append(
+    lake: &Lake,
+    entries: &[FileLogEntry],
+    facts: &delta::CommitFacts,
+) -> Result<(), BronzeError> {
+    let batches = entries
+        .iter()
+        .map(FileLogEntry::to_batch)
+        .collect::<Result<Vec<_>, _>>()?;
     delta::append_batches(
         lake,
         &layout::file_log_table(),
         &file_log_schema(),
-        &[entry.to_batch()?],
-        &facts,
+        &batches,
+        facts,
     )
     .await?;
     Ok(())

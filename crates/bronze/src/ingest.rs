@@ -21,7 +21,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use paylake_contracts::{
     all_contracts, known_at_from_path, route_landing_file, FileFormat, SourceContract,
 };
-use paylake_lake::delta::{self, WrittenObject};
+use paylake_lake::delta::WrittenObject;
 use paylake_lake::layout;
 use paylake_lake::layout::TableName;
 use paylake_lake::sink::ParquetObjectSink;
@@ -29,6 +29,7 @@ use paylake_lake::Lake;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::commit::PendingCommits;
 use crate::filelog::{self, FileLogEntry};
 use crate::reader::{CsvRecords, Drift, FileProblem, JsonRecords, Parsed};
 use crate::schema::{bronze_schema, dead_letter_schema};
@@ -169,21 +170,28 @@ struct FileLineage {
     relative: String,
     sha256: String,
     batch_id: String,
+    /// The file's place in this run: names its objects apart from another file's.
+    sequence: usize,
     ingested_at: i64,
     known_at: i64,
 }
 
 impl FileLineage {
     /// Where this file's object in `table` is written.
-    fn object_path(&self, table: &TableName) -> object_store::path::Path {
-        layout::table_root(table).join(layout::bronze_object_name(&self.sha256, &self.batch_id))
+    fn object_name(&self) -> String {
+        layout::bronze_object_name(&self.sha256, &self.batch_id, self.sequence)
     }
 
-    fn written(&self, rows: u64, size: u64) -> WrittenObject {
+    fn object_path(&self, table: &TableName) -> object_store::path::Path {
+        layout::table_root(table).join(self.object_name())
+    }
+
+    fn written(&self, rows: u64, size: u64, txn: String) -> WrittenObject {
         WrittenObject {
-            path: layout::bronze_object_name(&self.sha256, &self.batch_id),
+            path: self.object_name(),
             size,
             rows,
+            txn: Some(txn),
         }
     }
 }
@@ -407,31 +415,20 @@ impl FileWriter<'_> {
         Ok(())
     }
 
-    /// Writes what is buffered, then adds each object to its table in one commit whose
-    /// transaction id is the file's content hash (for the dead letter: hash and path, since a
-    /// rejected file may land later under a name that routes it), so a re-run after a crash
-    /// adds nothing twice.
-    ///
-    /// Returns (records read, rows written to Bronze, lines written to the dead-letter).
-    async fn finish(mut self) -> Result<(u64, u64, u64), BronzeError> {
+    /// Writes what is buffered and closes the objects; they are committed by the caller, in
+    /// groups. Each object's transaction id is the file's content hash (for the dead letter:
+    /// hash and path, since a rejected file may land later under a name that routes it).
+    async fn finish(mut self) -> Result<FinishedFile, BronzeError> {
         self.flush_rows().await?;
         self.flush_dead().await?;
-        let mut facts = delta::CommitFacts::new();
-        facts.insert(
-            delta::INFO_RUN_ID.into(),
-            self.lineage.batch_id.clone().into(),
-        );
-        facts.insert(
-            "paylake.source_file".into(),
-            self.lineage.relative.clone().into(),
-        );
-        let mut rows_landed = 0;
+        let mut finished = FinishedFile {
+            records_read: self.records_read,
+            ..Default::default()
+        };
         if let Some(sink) = self.rows_sink.take() {
             let source = self.lineage.source.as_deref().unwrap_or_default();
-            let table = layout::bronze_table(source);
             let (rows, size) = sink.finish().await?;
-            rows_landed = rows;
-            let object = self.lineage.written(rows, size);
+            finished.rows_landed = rows;
             let schema = self
                 .rows
                 .as_ref()
@@ -440,27 +437,33 @@ impl FileWriter<'_> {
                     BronzeError::Internal("rows written for a file without a source".into())
                 })?;
             let txn = self.lineage.sha256.clone();
-            delta::append_objects(self.lake, &table, &schema, &[object], Some(&txn), &facts)
-                .await?;
+            finished.objects.push((
+                layout::bronze_table(source),
+                schema,
+                self.lineage.written(rows, size, txn),
+            ));
         }
-        let mut dead_lettered = 0;
         if let Some(sink) = self.dead_sink.take() {
             let (lines, size) = sink.finish().await?;
-            dead_lettered = lines - self.headers_dead_lettered;
-            let object = self.lineage.written(lines, size);
+            finished.dead_lettered = lines - self.headers_dead_lettered;
             let txn = format!("{}:{}", self.lineage.sha256, self.lineage.relative);
-            delta::append_objects(
-                self.lake,
-                &layout::dead_letter_table(),
-                &dead_letter_schema(),
-                &[object],
-                Some(&txn),
-                &facts,
-            )
-            .await?;
+            finished.objects.push((
+                layout::dead_letter_table(),
+                dead_letter_schema(),
+                self.lineage.written(lines, size, txn),
+            ));
         }
-        Ok((self.records_read, rows_landed, dead_lettered))
+        Ok(finished)
     }
+}
+
+/// One landing file written to its objects, not yet committed.
+#[derive(Default)]
+struct FinishedFile {
+    records_read: u64,
+    rows_landed: u64,
+    dead_lettered: u64,
+    objects: Vec<(TableName, SchemaRef, WrittenObject)>,
 }
 
 /// Runs Bronze ingestion over a landing directory.
@@ -471,6 +474,7 @@ pub async fn run_bronze(
     let contracts = all_contracts()?;
     let files = discover(&options.landing)?;
     crate::tables::ensure_tables(lake).await?;
+    let mut pending = PendingCommits::new(&options.batch_id, options.abort_before_file_log);
     let logged = filelog::read_logged_files(lake).await?;
     // Only content whose rows landed blocks a copy: a file rejected or unrouted under one
     // name must still land when it arrives under a name that routes it.
@@ -530,9 +534,9 @@ pub async fn run_bronze(
             tracing::info!("{relative}: same content as {first}, skipped");
             let entry =
                 FileLogEntry::skipped(&relative, &routed, &sha256, file.size, first, options);
-            filelog::append(lake, &entry).await?;
             logged_pairs.insert(pair);
-            entries.push(entry);
+            entries.push(entry.clone());
+            pending.add_entry(entry);
             progress.inc(file.size);
             continue;
         }
@@ -543,6 +547,7 @@ pub async fn run_bronze(
             relative: relative.clone(),
             sha256: sha256.clone(),
             batch_id: options.batch_id.clone(),
+            sequence: entries.len(),
             ingested_at: micros(options.ingested_at),
             known_at: micros(known_at),
         };
@@ -581,7 +586,17 @@ pub async fn run_bronze(
                 Landed::Rejected(problem)
             }
         };
-        let (lines_read, rows_landed, rows_dead_lettered) = writer.finish().await?;
+        let finished = writer.finish().await?;
+        let (lines_read, rows_landed, rows_dead_lettered) = (
+            finished.records_read,
+            finished.rows_landed,
+            finished.dead_lettered,
+        );
+        for (table, schema, object) in finished.objects {
+            pending
+                .add_object(lake, table, schema, object, &sha256)
+                .await?;
+        }
         let entry = FileLogEntry::processed(
             &relative,
             &routed,
@@ -607,18 +622,18 @@ pub async fn run_bronze(
         } else {
             summary.files_landed += 1;
         }
-        if options.abort_before_file_log {
-            tracing::error!("PAYLAKE_ABORT_BEFORE_FILE_LOG: aborting as a crash test");
-            std::process::abort();
-        }
-        filelog::append(lake, &entry).await?;
         if filelog::outcome_landed_rows(&entry.outcome) {
             landed_by_hash.insert(sha256.clone(), relative.clone());
         }
         logged_pairs.insert((relative, sha256));
-        entries.push(entry);
+        entries.push(entry.clone());
+        pending.add_entry(entry);
+        if pending.is_full() {
+            pending.flush(lake).await?;
+        }
         progress.inc(file.size);
     }
+    pending.flush(lake).await?;
     progress.finish_and_clear();
 
     Ok(BronzeSummary {

@@ -1,6 +1,7 @@
 //! Bronze ingestion: landing files become raw-text Parquet with lineage, and every line that
 //! cannot be used goes to the dead-letter table with its raw bytes and a reason.
 
+mod commit;
 pub mod filelog;
 mod ingest;
 pub mod reader;

@@ -84,6 +84,21 @@ async fn audit(
     Ok((results, report))
 }
 
+/// Audits a built layer; an audit that cannot run discards everything staged.
+async fn audit_or_discard(
+    lake: &Lake,
+    built: &BuiltLayer,
+    layer: Layer,
+    options: &RunOptions,
+    expectations_dir: Option<&Path>,
+) -> Result<(Vec<RuleResult>, String), JobError> {
+    let audited = audit(lake, &built.ctx, layer, options, expectations_dir).await;
+    if audited.is_err() {
+        discard_all(lake, &built.staged).await;
+    }
+    audited
+}
+
 fn verdict(layer: Layer, options: &RunOptions, results: &[RuleResult]) -> GateVerdict {
     let names = |keep: &dyn Fn(&RuleResult) -> bool| {
         results
@@ -153,14 +168,8 @@ pub async fn run_silver(
     // Unreadable expectations are a configuration error: find out before building anything.
     load_suites(Layer::Silver.name(), expectations_dir)?;
     let built = build_layer(lake, Layer::Silver, options, &HashMap::new()).await?;
-    let audited = audit(lake, &built.ctx, Layer::Silver, options, expectations_dir).await;
-    let (results, report) = match audited {
-        Ok(audited) => audited,
-        Err(e) => {
-            discard_all(lake, &built.staged).await;
-            return Err(e);
-        }
-    };
+    let (results, report) =
+        audit_or_discard(lake, &built, Layer::Silver, options, expectations_dir).await?;
     let mut verdict = verdict(Layer::Silver, options, &results);
     let newest_event_seconds = freshness(&built.ctx, &built).await;
     let facts = commit_facts(options, verdict.passed, &BTreeMap::new());
@@ -228,14 +237,8 @@ pub async fn run_gold(
         silver.iter().map(|(t, v)| (t.to_string(), *v)).collect();
     tracing::info!("gold reads silver versions {read_versions:?}");
     let built = build_layer(lake, Layer::Gold, options, &silver).await?;
-    let audited = audit(lake, &built.ctx, Layer::Gold, options, expectations_dir).await;
-    let (results, report) = match audited {
-        Ok(audited) => audited,
-        Err(e) => {
-            discard_all(lake, &built.staged).await;
-            return Err(e);
-        }
-    };
+    let (results, report) =
+        audit_or_discard(lake, &built, Layer::Gold, options, expectations_dir).await?;
     let mut verdict = verdict(Layer::Gold, options, &results);
     let newest_event_seconds = freshness(&built.ctx, &built).await;
     let tables = if verdict.passed {

@@ -467,30 +467,46 @@ pub struct WrittenObject {
     pub path: String,
     pub size: u64,
     pub rows: u64,
+    /// The application transaction id recorded with it (Bronze: the landing file's hash).
+    pub txn: Option<String>,
 }
 
-/// Adds whole objects to an append-only table in one commit. With `txn`, the commit carries
-/// that application transaction id, and is skipped (returns `None`) when the table already
-/// has it: a re-run after a crash adds nothing twice.
+/// The paths of the data files of a table's latest version (none when it does not exist).
+pub async fn active_files(lake: &Lake, table: &TableName) -> Result<Vec<String>> {
+    let Some(delta) = open(lake, table).await? else {
+        return Ok(vec![]);
+    };
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect())
+}
+
+/// Whether a commit of the table carried this application transaction id.
+pub async fn has_transaction(lake: &Lake, table: &TableName, app_id: &str) -> Result<bool> {
+    let Some(delta) = open(lake, table).await? else {
+        return Ok(false);
+    };
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    let seen = snapshot
+        .transaction_version(delta.log_store().as_ref(), app_id)
+        .await
+        .map_err(delta_error(table, "reading transactions of"))?;
+    Ok(seen.is_some())
+}
+
+/// Adds whole objects to an append-only table in one commit, each with its transaction id.
 pub async fn append_objects(
     lake: &Lake,
     table: &TableName,
     schema: &Schema,
     objects: &[WrittenObject],
-    txn: Option<&str>,
     facts: &CommitFacts,
-) -> Result<Option<u64>> {
+) -> Result<u64> {
     let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
     let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
-    if let Some(app_id) = txn {
-        let seen = snapshot
-            .transaction_version(delta.log_store().as_ref(), app_id)
-            .await
-            .map_err(delta_error(table, "reading transactions of"))?;
-        if seen.is_some() {
-            return Ok(None);
-        }
-    }
     let now = chrono::Utc::now().timestamp_millis();
     let actions = objects
         .iter()
@@ -515,15 +531,24 @@ pub async fn append_objects(
         partition_by: None,
         predicate: None,
     };
-    let committed = commit_builder(facts, txn.map(|id| Transaction::new(id, 1)))
-        .with_actions(actions)
-        .build(Some(snapshot), delta.log_store(), operation)
-        .await
-        .map_err(|e| LakeError::CommitConflict {
-            table: table.to_string(),
-            reason: e.to_string(),
-        })?;
-    Ok(Some(committed.version()))
+    let txns = objects
+        .iter()
+        .filter_map(|o| o.txn.as_ref())
+        .map(|id| Transaction::new(id, 1))
+        .collect();
+    let committed = CommitBuilder::from(
+        CommitProperties::default()
+            .with_metadata(facts.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .with_application_transactions(txns),
+    )
+    .with_actions(actions)
+    .build(Some(snapshot), delta.log_store(), operation)
+    .await
+    .map_err(|e| LakeError::CommitConflict {
+        table: table.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(committed.version())
 }
 
 /// Appends rows to an append-only table in one commit.
@@ -697,6 +722,15 @@ mod tests {
     use crate::layout::Layer;
     use datafusion::prelude::SessionContext;
 
+    /// A lake in a temporary folder and a session that can read it.
+    fn test_lake() -> (tempfile::TempDir, Lake, SessionContext) {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        (dir, lake, ctx)
+    }
+
     async fn count(ctx: &SessionContext, provider: Arc<dyn TableProvider>) -> usize {
         ctx.read_table(provider).unwrap().count().await.unwrap()
     }
@@ -730,10 +764,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn overwrite_replaces_keeps_history_and_old_versions_readable() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-        let ctx = SessionContext::new();
-        lake.register_with(&ctx).unwrap();
+        let (dir, lake, ctx) = test_lake();
         let table = TableName::new(Layer::Gold, "numbers");
         assert!(provider(&lake, &table, None).await.unwrap().is_none());
 
@@ -784,10 +815,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn an_empty_table_exists_with_its_schema() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-        let ctx = SessionContext::new();
-        lake.register_with(&ctx).unwrap();
+        let (_dir, lake, ctx) = test_lake();
         let table = TableName::new(Layer::Silver, "empty");
         let frame = ctx
             .sql("SELECT CAST(1 AS BIGINT) AS n, 'x' AS label WHERE false")
@@ -810,10 +838,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_second_writer_staged_on_the_same_version_fails_cleanly() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-        let ctx = SessionContext::new();
-        lake.register_with(&ctx).unwrap();
+        let (_dir, lake, ctx) = test_lake();
         let table = TableName::new(Layer::Gold, "contested");
         let base = stage_rows(&lake, &ctx, &table, 2, "r0").await;
         commit_overwrite(&lake, &base, &facts("r0")).await.unwrap();
@@ -847,11 +872,8 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn appends_with_a_transaction_id_happen_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
-        let ctx = SessionContext::new();
-        lake.register_with(&ctx).unwrap();
+    async fn appends_record_their_transaction_ids() {
+        let (_dir, lake, ctx) = test_lake();
         let table = TableName::new(Layer::Bronze, "things");
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, true)]));
         let batch = RecordBatch::try_new(
@@ -870,29 +892,18 @@ mod tests {
             path: "f1.parquet".into(),
             size,
             rows,
+            txn: Some("sha-1".into()),
         };
-        let first = append_objects(
-            &lake,
-            &table,
-            &schema,
-            std::slice::from_ref(&written),
-            Some("sha-1"),
-            &facts("b1"),
-        )
-        .await
-        .unwrap();
-        assert!(first.is_some());
-        let again = append_objects(
-            &lake,
-            &table,
-            &schema,
-            &[written],
-            Some("sha-1"),
-            &facts("b2"),
-        )
-        .await
-        .unwrap();
-        assert_eq!(again, None, "the same transaction id adds nothing");
+        assert!(!has_transaction(&lake, &table, "sha-1").await.unwrap());
+        append_objects(&lake, &table, &schema, &[written], &facts("b1"))
+            .await
+            .unwrap();
+        assert!(has_transaction(&lake, &table, "sha-1").await.unwrap());
+        assert!(!has_transaction(&lake, &table, "sha-2").await.unwrap());
+        assert_eq!(
+            active_files(&lake, &table).await.unwrap(),
+            vec!["f1.parquet"]
+        );
         append_batches(&lake, &table, &schema, &[batch], &facts("b3"))
             .await
             .unwrap();

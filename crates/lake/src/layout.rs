@@ -3,8 +3,8 @@
 //! ```text
 //! <layer>/<table>/                                  one Delta table (its log in _delta_log/)
 //!   bronze/<source>/                                raw rows of every landing file (append-only)
-//!   bronze/<source>/<sha256>-<batch>.parquet        the rows of one landing file
-//!   bronze/_dead_letter/<sha256>-<batch>.parquet    lines of that file that could not be used
+//!   bronze/<source>/<sha256>-<batch>-<n>.parquet    the rows of one landing file
+//!   bronze/_dead_letter/<sha256>-<batch>-<n>.parquet lines of that file that could not be used
 //!   bronze/_file_log/                               one entry per landing file seen by a run
 //!   silver/<table>/, gold/<table>/                  rebuilt tables; a build writes stage-<run>/…
 //!   quality/results/                                every rule evaluation (append-only)
@@ -100,9 +100,16 @@ pub fn quality_results_table() -> TableName {
 }
 
 /// The object holding one landing file's rows in a Bronze table (source or dead letter),
-/// relative to the table root.
-pub fn bronze_object_name(file_sha256: &str, batch_id: &str) -> String {
-    format!("{file_sha256}-{batch_id}.parquet")
+/// relative to the table root: the file's hash, the run, and the file's place in the run.
+pub fn bronze_object_name(file_sha256: &str, batch_id: &str, sequence: usize) -> String {
+    format!("{file_sha256}-{batch_id}-{sequence:06}.parquet")
+}
+
+/// The landing-file hash a Bronze object is named by; `None` for other files (compacted).
+pub fn hash_of_bronze_object(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next()?;
+    let hash = name.split('-').next()?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
 /// The gate verdict of the latest run of a layer, read by the next layer.
@@ -139,7 +146,11 @@ mod tests {
             table_root(&bronze_table("payments")).as_ref(),
             "bronze/payments"
         );
-        assert_eq!(bronze_object_name("ab", "b1"), "ab-b1.parquet");
+        let hash = "a".repeat(64);
+        let name = bronze_object_name(&hash, "b1", 7);
+        assert_eq!(name, format!("{hash}-b1-000007.parquet"));
+        assert_eq!(hash_of_bronze_object(&name), Some(hash.as_str()));
+        assert_eq!(hash_of_bronze_object("part-00001-c000.zstd.parquet"), None);
         assert_eq!(
             table_root(&dead_letter_table()).as_ref(),
             "bronze/_dead_letter"

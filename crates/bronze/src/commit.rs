@@ -1,0 +1,133 @@
+//! Bronze commits in groups: the objects of many landing files become one commit per table, then
+//! their file-log entries one more. A commit per file would make a run of thousands of
+//! 15-minute batches spend its time replaying Delta logs.
+//!
+//! Exactly once: every object is committed with its file's hash as Delta transaction id, and a
+//! file is committed only if its table has no object of that hash yet. The check is a set
+//! lookup over the table's file names (`<sha256>-…`); only when the hash is there, or the table
+//! was compacted (`optimize` renames files), is the transaction id itself looked up.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use paylake_lake::delta::{self, CommitFacts, WrittenObject};
+use paylake_lake::layout::{self, TableName};
+use paylake_lake::Lake;
+
+use crate::filelog::{self, FileLogEntry};
+use crate::BronzeError;
+
+/// How many landing files share one commit: bounds what a crash makes the next run redo.
+pub(crate) const FILES_PER_COMMIT: usize = 256;
+
+/// What a table already holds, by landing-file hash.
+struct Committed {
+    hashes: HashSet<String>,
+    /// Some files are not named by hash (compacted): fall back to transaction ids.
+    compacted: bool,
+}
+
+/// Objects and file-log entries waiting for their commits.
+pub(crate) struct PendingCommits {
+    objects: BTreeMap<TableName, (SchemaRef, Vec<WrittenObject>)>,
+    entries: Vec<FileLogEntry>,
+    committed: HashMap<TableName, Committed>,
+    batch_id: String,
+    abort_before_file_log: bool,
+}
+
+impl PendingCommits {
+    pub(crate) fn new(batch_id: &str, abort_before_file_log: bool) -> Self {
+        Self {
+            objects: BTreeMap::new(),
+            entries: Vec::new(),
+            committed: HashMap::new(),
+            batch_id: batch_id.to_string(),
+            abort_before_file_log,
+        }
+    }
+
+    async fn committed(
+        &mut self,
+        lake: &Lake,
+        table: &TableName,
+    ) -> Result<&Committed, BronzeError> {
+        if !self.committed.contains_key(table) {
+            let mut hashes = HashSet::new();
+            let mut compacted = false;
+            for path in delta::active_files(lake, table).await? {
+                match layout::hash_of_bronze_object(&path) {
+                    Some(hash) => {
+                        hashes.insert(hash.to_string());
+                    }
+                    None => compacted = true,
+                }
+            }
+            self.committed
+                .insert(table.clone(), Committed { hashes, compacted });
+        }
+        self.committed
+            .get(table)
+            .ok_or_else(|| BronzeError::Internal("committed set vanished".into()))
+    }
+
+    /// Queues a written object, unless its table already holds this file's rows (a run that
+    /// crashed after committing them); such a duplicate object is deleted.
+    pub(crate) async fn add_object(
+        &mut self,
+        lake: &Lake,
+        table: TableName,
+        schema: SchemaRef,
+        object: WrittenObject,
+        file_sha256: &str,
+    ) -> Result<bool, BronzeError> {
+        let committed = self.committed(lake, &table).await?;
+        let suspicious = committed.compacted || committed.hashes.contains(file_sha256);
+        let txn = object.txn.clone().unwrap_or_default();
+        if suspicious && delta::has_transaction(lake, &table, &txn).await? {
+            tracing::info!("{table}: {} was committed by an earlier run", object.path);
+            lake.delete(&layout::table_root(&table).join(object.path.as_str()))
+                .await?;
+            return Ok(false);
+        }
+        self.objects
+            .entry(table)
+            .or_insert_with(|| (schema, Vec::new()))
+            .1
+            .push(object);
+        Ok(true)
+    }
+
+    pub(crate) fn add_entry(&mut self, entry: FileLogEntry) {
+        self.entries.push(entry);
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.entries.len() >= FILES_PER_COMMIT
+    }
+
+    /// Commits the queued objects table by table, then their file-log entries.
+    pub(crate) async fn flush(&mut self, lake: &Lake) -> Result<(), BronzeError> {
+        let mut facts = CommitFacts::new();
+        facts.insert(delta::INFO_RUN_ID.into(), self.batch_id.clone().into());
+        for (table, (schema, objects)) in std::mem::take(&mut self.objects) {
+            delta::append_objects(lake, &table, &schema, &objects, &facts).await?;
+            if let Some(committed) = self.committed.get_mut(&table) {
+                committed.hashes.extend(
+                    objects
+                        .iter()
+                        .filter_map(|o| layout::hash_of_bronze_object(&o.path))
+                        .map(str::to_string),
+                );
+            }
+        }
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        if self.abort_before_file_log {
+            tracing::error!("PAYLAKE_ABORT_BEFORE_FILE_LOG: aborting as a crash test");
+            std::process::abort();
+        }
+        filelog::append(lake, &std::mem::take(&mut self.entries), &facts).await
+    }
+}
