@@ -304,10 +304,11 @@ pub async fn stage(
         .table_config()
         .num_indexed_cols();
     let stage = format!("stage-{stage_id}");
-    let store = Arc::new(object_store::prefix::PrefixStore::new(
-        lake.store_at(&layout::table_root(table)),
-        Path::from(stage.as_str()),
-    ));
+    let store: Arc<dyn object_store::ObjectStore> =
+        Arc::new(object_store::prefix::PrefixStore::new(
+            lake.store_at(&layout::table_root(table)),
+            Path::from(stage.as_str()),
+        ));
     let config = WriterConfig::new(
         Arc::clone(&schema),
         partition_by.to_vec(),
@@ -317,30 +318,50 @@ pub async fn stage(
         num_indexed_cols,
         None,
     );
-    let mut writer = DeltaWriter::new(store, config);
-    let mut stream = frame
-        .execute_stream()
+    // One writer per output partition, each in its own task: encoding and compressing
+    // Parquet is the expensive part of a build, and it then uses every core.
+    let streams = frame
+        .execute_stream_partitioned()
         .await
         .map_err(|source| LakeError::Engine {
             doing: format!("building {table}"),
             source,
         })?;
-    let mut rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| LakeError::Engine {
-            doing: format!("building {table}"),
-            source,
-        })?;
-        rows += batch.num_rows() as u64;
-        writer
-            .write(&to_delta_batch(&batch, &schema)?)
-            .await
-            .map_err(delta_error(table, "writing"))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        let mut writer = DeltaWriter::new(Arc::clone(&store), config.clone());
+        let schema = Arc::clone(&schema);
+        let table = table.clone();
+        tasks.spawn(async move {
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(|source| LakeError::Engine {
+                    doing: format!("building {table}"),
+                    source,
+                })?;
+                rows += batch.num_rows() as u64;
+                writer
+                    .write(&to_delta_batch(&batch, &schema)?)
+                    .await
+                    .map_err(delta_error(&table, "writing"))?;
+            }
+            let adds = writer
+                .close()
+                .await
+                .map_err(delta_error(&table, "writing"))?;
+            Ok::<_, LakeError>((rows, adds))
+        });
     }
-    let mut adds = writer
-        .close()
-        .await
-        .map_err(delta_error(table, "writing"))?;
+    let mut rows = 0u64;
+    let mut adds = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (written, files) = joined.map_err(|e| LakeError::Corrupt {
+            path: table.to_string(),
+            reason: format!("a writer task failed: {e}"),
+        })??;
+        rows += written;
+        adds.extend(files);
+    }
     for add in &mut adds {
         add.path = format!("{stage}/{}", add.path);
     }
