@@ -279,14 +279,52 @@ pub struct StagedVersion {
     pub partition_by: Vec<String>,
 }
 
-fn commit_builder(facts: &CommitFacts, txn: Option<Transaction>) -> CommitBuilder {
-    let mut properties = CommitProperties::default()
-        .with_metadata(facts.iter().map(|(k, v)| (k.clone(), v.clone())));
-    if let Some(txn) = txn {
-        properties = properties.with_application_transaction(txn);
-    }
-    CommitBuilder::from(properties)
+fn commit_builder(facts: &CommitFacts, txns: Vec<Transaction>) -> CommitBuilder {
+    CommitBuilder::from(
+        CommitProperties::default()
+            .with_metadata(facts.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .with_application_transactions(txns),
+    )
 }
+
+/// Commits `actions` on top of the version `delta` holds: one atomic log entry recording
+/// `facts` and `txns`. Appends that raced another writer are retried (they commute); an
+/// overwrite that lost a race fails, with the table named.
+async fn commit(
+    delta: &DeltaTable,
+    table: &TableName,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    facts: &CommitFacts,
+    txns: Vec<Transaction>,
+) -> Result<u64> {
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    let appends = matches!(
+        operation,
+        DeltaOperation::Write {
+            mode: SaveMode::Append,
+            ..
+        }
+    );
+    let committed = commit_builder(facts, txns)
+        .with_actions(actions)
+        .with_max_retries(if appends { APPEND_RETRIES } else { 0 })
+        .build(Some(snapshot), delta.log_store(), operation)
+        .await
+        .map_err(|e| LakeError::CommitConflict {
+            table: table.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(committed.version())
+}
+
+const APPEND_RETRIES: usize = 15;
+
+const APPEND: DeltaOperation = DeltaOperation::Write {
+    mode: SaveMode::Append,
+    partition_by: None,
+    predicate: None,
+};
 
 /// Writes `frame` as the files of a new version of `table`, under `stage-<stage_id>/`.
 pub async fn stage(
@@ -459,16 +497,7 @@ pub async fn commit_overwrite(
     };
     let mut facts = facts.clone();
     facts.insert(INFO_ROWS.into(), staged.rows.into());
-    let committed = commit_builder(&facts, None)
-        .with_actions(actions)
-        .with_max_retries(0)
-        .build(Some(snapshot), delta.log_store(), operation)
-        .await
-        .map_err(|e| LakeError::CommitConflict {
-            table: table.to_string(),
-            reason: e.to_string(),
-        })?;
-    Ok(committed.version())
+    commit(&delta, table, actions, operation, &facts, vec![]).await
 }
 
 /// Deletes the files of a version that must not be committed.
@@ -527,7 +556,6 @@ pub async fn append_objects(
     facts: &CommitFacts,
 ) -> Result<u64> {
     let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
-    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
     let now = chrono::Utc::now().timestamp_millis();
     let actions = objects
         .iter()
@@ -547,29 +575,12 @@ pub async fn append_objects(
             })
         })
         .collect();
-    let operation = DeltaOperation::Write {
-        mode: SaveMode::Append,
-        partition_by: None,
-        predicate: None,
-    };
     let txns = objects
         .iter()
         .filter_map(|o| o.txn.as_ref())
         .map(|id| Transaction::new(id, 1))
         .collect();
-    let committed = CommitBuilder::from(
-        CommitProperties::default()
-            .with_metadata(facts.iter().map(|(k, v)| (k.clone(), v.clone())))
-            .with_application_transactions(txns),
-    )
-    .with_actions(actions)
-    .build(Some(snapshot), delta.log_store(), operation)
-    .await
-    .map_err(|e| LakeError::CommitConflict {
-        table: table.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(committed.version())
+    commit(&delta, table, actions, APPEND, facts, txns).await
 }
 
 /// Appends rows to an append-only table in one commit.
@@ -606,21 +617,8 @@ pub async fn append_batches(
         .close()
         .await
         .map_err(delta_error(table, "writing"))?;
-    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
-    let operation = DeltaOperation::Write {
-        mode: SaveMode::Append,
-        partition_by: None,
-        predicate: None,
-    };
-    let committed = commit_builder(facts, None)
-        .with_actions(adds.into_iter().map(Action::Add).collect())
-        .build(Some(snapshot), delta.log_store(), operation)
-        .await
-        .map_err(|e| LakeError::CommitConflict {
-            table: table.to_string(),
-            reason: e.to_string(),
-        })?;
-    Ok(committed.version())
+    let actions = adds.into_iter().map(Action::Add).collect();
+    commit(&delta, table, actions, APPEND, facts, vec![]).await
 }
 
 /// One commit of a table, as `paylake history` shows it.
@@ -880,7 +878,7 @@ mod tests {
             partition_by: None,
             predicate: None,
         };
-        let late = commit_builder(&facts("ra"), None)
+        let late = commit_builder(&facts("ra"), vec![])
             .with_actions(removes)
             .with_max_retries(0)
             .build(Some(snapshot), delta_at_1.log_store(), operation)
