@@ -14,7 +14,7 @@ use datafusion::prelude::SessionContext;
 use paylake_lake::delta::{self, CommitFacts};
 use paylake_lake::layout::{Layer, TableName};
 use paylake_lake::Lake;
-use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult};
+use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult, Suite};
 use serde::Serialize;
 
 use crate::runner::{build_layer, commit_layer, discard_all, BuiltLayer, RunOptions};
@@ -70,13 +70,11 @@ fn event_column(table: &TableName) -> &'static str {
 async fn audit(
     lake: &Lake,
     ctx: &SessionContext,
-    layer: Layer,
+    suites: &[Suite],
     options: &RunOptions,
-    expectations_dir: Option<&Path>,
 ) -> Result<(Vec<RuleResult>, String), JobError> {
-    let suites = load_suites(layer.name(), expectations_dir)?;
     let mut results = Vec::new();
-    for suite in &suites {
+    for suite in suites {
         results.extend(evaluate_suite(ctx, suite, options.effective_as_of()).await?);
     }
     paylake_quality::results::append_results(lake, &options.run_id, options.now, &results).await?;
@@ -88,15 +86,22 @@ async fn audit(
 async fn audit_or_discard(
     lake: &Lake,
     built: &BuiltLayer,
-    layer: Layer,
+    suites: &[Suite],
     options: &RunOptions,
-    expectations_dir: Option<&Path>,
 ) -> Result<(Vec<RuleResult>, String), JobError> {
-    let audited = audit(lake, &built.ctx, layer, options, expectations_dir).await;
+    let audited = audit(lake, &built.ctx, suites, options).await;
     if audited.is_err() {
         discard_all(lake, &built.staged).await;
     }
     audited
+}
+
+/// Table → Delta version of what a run committed.
+fn versions_of(tables: &[PublishedTable]) -> BTreeMap<String, u64> {
+    tables
+        .iter()
+        .map(|t| (t.table.clone(), t.version))
+        .collect()
 }
 
 fn verdict(layer: Layer, options: &RunOptions, results: &[RuleResult]) -> GateVerdict {
@@ -146,11 +151,12 @@ fn commit_facts(
     facts
 }
 
-async fn freshness(ctx: &SessionContext, built: &BuiltLayer) -> BTreeMap<String, f64> {
+async fn freshness(built: &BuiltLayer) -> BTreeMap<String, f64> {
     let mut newest = BTreeMap::new();
     for version in &built.staged {
         let table = version.table.to_string();
-        if let Some(seconds) = newest_event(ctx, &table, event_column(&version.table)).await {
+        let column = event_column(&version.table);
+        if let Some(seconds) = newest_event(&built.ctx, &table, column).await {
             newest.insert(table, seconds);
         }
     }
@@ -166,19 +172,15 @@ pub async fn run_silver(
     expectations_dir: Option<&Path>,
 ) -> Result<StepReport, JobError> {
     // Unreadable expectations are a configuration error: find out before building anything.
-    load_suites(Layer::Silver.name(), expectations_dir)?;
+    let suites = load_suites(Layer::Silver.name(), expectations_dir)?;
     let built = build_layer(lake, Layer::Silver, options, &HashMap::new()).await?;
-    let (results, report) =
-        audit_or_discard(lake, &built, Layer::Silver, options, expectations_dir).await?;
+    let (results, report) = audit_or_discard(lake, &built, &suites, options).await?;
     let mut verdict = verdict(Layer::Silver, options, &results);
-    let newest_event_seconds = freshness(&built.ctx, &built).await;
+    let newest_event_seconds = freshness(&built).await;
     let facts = commit_facts(options, verdict.passed, &BTreeMap::new());
     let tables = commit_layer(lake, &built.staged, &facts).await?;
     if verdict.passed {
-        verdict.versions = tables
-            .iter()
-            .map(|t| (t.table.clone(), t.version))
-            .collect();
+        verdict.versions = versions_of(&tables);
     }
     paylake_quality::write_gate(lake, Layer::Silver, &verdict).await?;
     Ok(StepReport {
@@ -231,23 +233,19 @@ pub async fn run_gold(
     options: &RunOptions,
     expectations_dir: Option<&Path>,
 ) -> Result<StepReport, JobError> {
-    load_suites(Layer::Gold.name(), expectations_dir)?;
+    let suites = load_suites(Layer::Gold.name(), expectations_dir)?;
     let silver = audited_silver(lake).await?;
     let read_versions: BTreeMap<String, u64> =
         silver.iter().map(|(t, v)| (t.to_string(), *v)).collect();
     tracing::info!("gold reads silver versions {read_versions:?}");
     let built = build_layer(lake, Layer::Gold, options, &silver).await?;
-    let (results, report) =
-        audit_or_discard(lake, &built, Layer::Gold, options, expectations_dir).await?;
+    let (results, report) = audit_or_discard(lake, &built, &suites, options).await?;
     let mut verdict = verdict(Layer::Gold, options, &results);
-    let newest_event_seconds = freshness(&built.ctx, &built).await;
+    let newest_event_seconds = freshness(&built).await;
     let tables = if verdict.passed {
         let facts = commit_facts(options, true, &read_versions);
         let tables = commit_layer(lake, &built.staged, &facts).await?;
-        verdict.versions = tables
-            .iter()
-            .map(|t| (t.table.clone(), t.version))
-            .collect();
+        verdict.versions = versions_of(&tables);
         tables
     } else {
         discard_all(lake, &built.staged).await;

@@ -228,14 +228,10 @@ pub async fn ensure(
     match created {
         Ok(table) => Ok(table),
         // Another writer created it at the same moment: use theirs.
-        Err(_) if open(lake, table).await?.is_some() => {
-            open(lake, table)
-                .await?
-                .ok_or_else(|| LakeError::NoSuchTable {
-                    table: table.to_string(),
-                })
-        }
-        Err(e) => Err(delta_error(table, "creating")(e)),
+        Err(e) => match open(lake, table).await? {
+            Some(theirs) => Ok(theirs),
+            None => Err(delta_error(table, "creating")(e)),
+        },
     }
 }
 
@@ -326,6 +322,30 @@ const APPEND: DeltaOperation = DeltaOperation::Write {
     predicate: None,
 };
 
+/// How data files of `delta` are written: zstd Parquet, files of at most 256 MiB, statistics
+/// for the columns the table indexes.
+fn writer_config(
+    delta: &DeltaTable,
+    table: &TableName,
+    schema: &SchemaRef,
+    partition_by: &[String],
+) -> Result<WriterConfig> {
+    let num_indexed_cols = delta
+        .snapshot()
+        .map_err(delta_error(table, "reading"))?
+        .table_config()
+        .num_indexed_cols();
+    Ok(WriterConfig::new(
+        Arc::clone(schema),
+        partition_by.to_vec(),
+        Some(writer_properties()),
+        NonZeroU64::new(256 * 1024 * 1024),
+        None,
+        num_indexed_cols,
+        None,
+    ))
+}
+
 /// Writes `frame` as the files of a new version of `table`, under `stage-<stage_id>/`.
 pub async fn stage(
     lake: &Lake,
@@ -336,26 +356,13 @@ pub async fn stage(
 ) -> Result<StagedVersion> {
     let schema = delta_schema(frame.schema().as_arrow());
     let delta = ensure(lake, table, &schema, partition_by, TableKind::Rebuilt).await?;
-    let num_indexed_cols = delta
-        .snapshot()
-        .map_err(delta_error(table, "reading"))?
-        .table_config()
-        .num_indexed_cols();
     let stage = format!("stage-{stage_id}");
     let store: Arc<dyn object_store::ObjectStore> =
         Arc::new(object_store::prefix::PrefixStore::new(
             lake.store_at(&layout::table_root(table)),
             Path::from(stage.as_str()),
         ));
-    let config = WriterConfig::new(
-        Arc::clone(&schema),
-        partition_by.to_vec(),
-        Some(writer_properties()),
-        NonZeroU64::new(256 * 1024 * 1024),
-        None,
-        num_indexed_cols,
-        None,
-    );
+    let config = writer_config(&delta, table, &schema, partition_by)?;
     // One writer per output partition, each in its own task: encoding and compressing
     // Parquet is the expensive part of a build, and it then uses every core.
     let streams = frame
@@ -593,19 +600,7 @@ pub async fn append_batches(
 ) -> Result<u64> {
     let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
     let target = delta_schema(schema);
-    let config = WriterConfig::new(
-        Arc::clone(&target),
-        vec![],
-        Some(writer_properties()),
-        None,
-        None,
-        delta
-            .snapshot()
-            .map_err(delta_error(table, "reading"))?
-            .table_config()
-            .num_indexed_cols(),
-        None,
-    );
+    let config = writer_config(&delta, table, &target, &[])?;
     let mut writer = DeltaWriter::new(lake.store_at(&layout::table_root(table)), config);
     for batch in batches {
         writer
