@@ -61,7 +61,10 @@ lint:
 clean:
 	rm -rf $(LAKE) unified_table.csv
 
-# Speed and memory of each stage on generated data (BENCH_PAYMENTS rows, default 1,000,000).
+# Speed and peak memory of each stage against DuckDB's one-shot unified query, in one run on
+# the same generated input (BENCH_PAYMENTS payments, default 1,000,000; both landing layouts).
+# BENCH_PAYLAKE_FLAGS go to paylake silver and gold; BENCH_VERIFY=1 also compares the tables.
 BENCH_PAYMENTS ?= 1000000
-bench: build
-	bench/run.sh $(BENCH_PAYMENTS)
+bench: build $(VENV)/.installed
+	PAYLAKE_BIN=$(BIN) VENV=$(VENV) BENCH_PAYLAKE_FLAGS="$(BENCH_PAYLAKE_FLAGS)" \
+	  BENCH_VERIFY="$(BENCH_VERIFY)" bench/run.sh $(BENCH_PAYMENTS)

@@ -1,25 +1,109 @@
 #!/usr/bin/env bash
-# Benchmark: generate a synthetic landing zone, run bronze, silver and gold on it, and report
-# wall time and peak memory of each stage. usage: bench/run.sh [PAYMENTS] (default 1000000)
+# Benchmark against a peer, in one run: generate the input once (the original four-CSV layout and
+# the folder layout of micro-batches, same data), then time DuckDB building the unified table in
+# one query from the four CSVs, paylake bronze+silver+gold on the four CSVs, and paylake
+# bronze+silver+gold on the folder layout. Prints seconds, peak RSS, the ratio to DuckDB and
+# whether each stage stayed within 1 GiB (issue 8's budget).
+#
+# usage: bench/run.sh [PAYMENTS]   (default 1000000; `make bench BENCH_PAYMENTS=N`)
+# environment:
+#   PAYLAKE_BIN          the binary (default ${CARGO_TARGET_DIR:-target}/release/paylake)
+#   VENV                 a venv with duckdb and deltalake (default $HOME/.cache/paylake/venv)
+#   BENCH_PAYLAKE_FLAGS  extra flags for paylake silver and gold, e.g. "--memory-limit 1GiB"
+#   BENCH_VERIFY=1       afterwards, check that both lakes' gold.unified_payments equal DuckDB's
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 payments="${1:-1000000}"
-bin="${CARGO_TARGET_DIR:-target}/release/paylake"
-work="$(mktemp -d)"
+bin="${PAYLAKE_BIN:-${CARGO_TARGET_DIR:-target}/release/paylake}"
+venv="${VENV:-$HOME/.cache/paylake/venv}"
+read -r -a flags <<< "${BENCH_PAYLAKE_FLAGS:-}"
+budget_kib=$((1024 * 1024))
+
+[ -x "$bin" ] || { echo "bench: no paylake binary at $bin (make build)" >&2; exit 2; }
+[ -x "$venv/bin/python" ] || { echo "bench: no Python venv at $venv (make venv)" >&2; exit 2; }
+# GNU time, not the shell keyword: it reports the peak RSS of the process tree's largest child.
+[ -x /usr/bin/time ] || { echo "bench: /usr/bin/time missing (apt-get install time)" >&2; exit 2; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/paylake-bench.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-python3 bench/generate.py "$work/landing" "$payments"
-echo "stage   seconds  peak_rss_mib"
-for stage in bronze silver gold; do
-  args=("--lake" "$work/lake" "$stage")
-  [ "$stage" = bronze ] && args+=("--landing" "$work/landing")
-  if [ -x /usr/bin/time ]; then
-    /usr/bin/time -f "%e %M" -o "$work/time" "$bin" "${args[@]}" > "$work/$stage.out"
-    read -r seconds kib < "$work/time"
-    printf '%-7s %8s %13s\n' "$stage" "$seconds" "$((kib / 1024))"
-  else
-    start=$(date +%s.%N)
-    "$bin" "${args[@]}" > "$work/$stage.out"
-    printf '%-7s %8.2f %13s\n' "$stage" "$(echo "$(date +%s.%N) - $start" | bc)" "n/a"
+# A private copy, so every stage runs the same binary even if a build replaces it meanwhile.
+cp "$bin" "$work/paylake"
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# measure NAME COMMAND...: runs COMMAND under GNU time, keeping "seconds peak_kib" in
+# $work/NAME.time and its output in $work/NAME.out and .err; a failure stops the benchmark.
+measure() {
+  local name="$1"
+  shift
+  echo "bench: $name ..." >&2
+  if ! /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err"; then
+    echo "bench: $name failed ($(head -n 1 "$work/$name.time")): $*" >&2
+    echo "--- last lines of its stderr:" >&2
+    tail -n 25 "$work/$name.err" >&2
+    exit 1
   fi
-done
-tail -n 2 "$work/gold.out"
+}
+
+# run_paylake LAYOUT: bronze, silver and gold into a fresh lake from $work/LAYOUT.
+run_paylake() {
+  local layout="$1" lake="$work/lake-$1"
+  measure "$layout-bronze" "$work/paylake" --lake "$lake" bronze --landing "$work/$layout"
+  measure "$layout-silver" "$work/paylake" --lake "$lake" silver ${flags[@]+"${flags[@]}"}
+  measure "$layout-gold" "$work/paylake" --lake "$lake" gold ${flags[@]+"${flags[@]}"}
+}
+
+measure generate "$venv/bin/python" bench/generate.py "$payments" --flat "$work/flat" --folder "$work/folder"
+# The yardstick first, then the original layout, then the live one; the input is in the page
+# cache for all three after generation.
+measure duckdb "$venv/bin/python" bench/unified_duckdb.py "$work/flat" "$work/duckdb_unified.parquet"
+run_paylake flat
+run_paylake folder
+
+# The report. Stage lines are "engine layout stage seconds peak_kib" for awk.
+seconds() { cut -d' ' -f1 < "$work/$1.time"; }
+# rows_of STEP TABLE: the row count STEP printed for TABLE ("<step> TABLE N rows ...").
+rows_of() {
+  awk -v table="$2" '$2 == table && $4 == "rows" { n = $3 } END { print (n == "" ? "?" : n) }' "$work/$1.out"
+}
+files_in() { find "$work/$1" -type f | wc -l; }
+mib_in() { du -sm "$work/$1" | cut -f1; }
+{
+  echo "duckdb flat unified $(tail -n 1 "$work/duckdb.time")"
+  for layout in flat folder; do
+    for stage in bronze silver gold; do
+      echo "paylake $layout $stage $(tail -n 1 "$work/$layout-$stage.time")"
+    done
+  done
+} > "$work/stages"
+
+echo
+echo "paylake bench   $(date -u '+%Y-%m-%d %H:%M UTC')"
+# The load average tells a quiet machine from a shared one: the seconds mean little on the latter.
+echo "machine         $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM"
+echo "load average    $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after"
+echo "paylake         $bin ($(date -u -r "$bin" '+built %Y-%m-%d %H:%M UTC')), source HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+echo "paylake flags   silver and gold: ${BENCH_PAYLAKE_FLAGS:-(none)}"
+echo "input           $(tail -n 1 "$work/generate.err" | sed 's/^generated //; s/ in [0-9.]* s$//'), generated in $(seconds generate) s"
+echo "                four CSVs $(mib_in flat) MiB; folder layout $(files_in folder) files, $(mib_in folder) MiB"
+echo
+awk -v budget="$budget_kib" '
+  function line(engine, layout, stage, s, kib) {
+    printf "%-8s %-7s %-8s %9.2f %9d %9.2f  %s\n", engine, layout, stage, s, kib / 1024, s / base,
+      (kib <= budget ? "yes" : "NO")
+  }
+  BEGIN { printf "%-8s %-7s %-8s %9s %9s %9s  %s\n", "engine", "layout", "stage", "seconds", "peak MiB", "x DuckDB", "<= 1 GiB" }
+  $1 == "duckdb" { base = ($4 > 0 ? $4 : 0.01); line($1, $2, $3, $4, $5); next }
+  {
+    line($1, $2, $3, $4, $5)
+    total[$2] += $4
+    if ($5 > peak[$2]) peak[$2] = $5
+    if ($3 == "gold") line($1, $2, "total", total[$2], peak[$2])
+  }' "$work/stages"
+echo
+echo "unified rows    duckdb $(rows_of duckdb unified_payments), paylake flat $(rows_of flat-gold gold.unified_payments), paylake folder $(rows_of folder-gold gold.unified_payments)"
+
+if [ "${BENCH_VERIFY:-0}" = 1 ]; then
+  "$venv/bin/python" bench/compare_unified.py "$work/duckdb_unified.parquet" "$work/lake-flat" "$work/lake-folder" |
+    sed "s|$work/||; s/^/verify          /"
+fi

@@ -145,6 +145,43 @@ pub struct JobArgs {
     /// Days after which a payment with no known fraud label counts as legitimate.
     #[arg(long, default_value_t = 60)]
     label_maturity_days: u32,
+    /// Memory the query engine may hold (e.g. 1GiB, 512MiB, or unlimited); sorts and
+    /// aggregations spill to --spill-dir beyond it.
+    #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
+    memory_limit: MemoryLimit,
+    /// Folder for spill files and temporary models (default: the system temp folder).
+    #[arg(long, env = "PAYLAKE_SPILL_DIR")]
+    spill_dir: Option<PathBuf>,
+    /// Print what each model cost: seconds, rows in and out, peak engine memory, spilled bytes.
+    #[arg(long)]
+    profile: bool,
+    /// Run one model under EXPLAIN ANALYZE (after the models it reads) and print the plan with
+    /// its metrics; nothing is committed.
+    #[arg(long, value_name = "MODEL")]
+    explain: Option<String>,
+}
+
+impl JobArgs {
+    /// A run with the defaults of every flag but the models folder.
+    pub fn with_sql_dir(sql_dir: Option<PathBuf>) -> Self {
+        Self {
+            as_of: None,
+            sql_dir,
+            label_maturity_days: 60,
+            memory_limit: MemoryLimit(Some(paylake_jobs::engine::DEFAULT_MEMORY_LIMIT)),
+            spill_dir: None,
+            profile: false,
+            explain: None,
+        }
+    }
+}
+
+/// `--memory-limit`: bytes, or `None` for unlimited.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimit(pub Option<u64>);
+
+fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
+    paylake_jobs::engine::parse_memory_limit(text).map(MemoryLimit)
 }
 
 fn parse_retention(text: &str) -> Result<chrono::Duration, String> {
@@ -255,6 +292,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let metrics_file = cli.metrics_file.clone();
     let step = match &cli.command {
         Command::Bronze { .. } => Some("bronze"),
+        Command::Silver { job, .. } | Command::Gold { job, .. } if job.explain.is_some() => None,
         Command::Silver { .. } | Command::Quarantine { .. } => Some("silver"),
         Command::Gold { .. } => Some("gold"),
         _ => None,

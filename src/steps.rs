@@ -10,8 +10,10 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use paylake_bronze::{run_bronze, BronzeOptions, BronzeSummary};
+use paylake_jobs::engine::format_bytes;
 use paylake_jobs::{
-    export_table, run_gold, run_silver, ExportFormat, RunOptions, SourceOutcome, StepReport,
+    export_table, run_gold, run_silver, EngineSettings, ExportFormat, ModelProfile, RunOptions,
+    SourceOutcome, StepReport,
 };
 use paylake_lake::delta;
 use paylake_lake::layout::{Layer, TableName};
@@ -160,13 +162,67 @@ pub async fn bronze(
     })
 }
 
-fn run_options(job: JobArgs, now: DateTime<Utc>) -> RunOptions {
+fn run_options(job: &JobArgs, now: DateTime<Utc>) -> RunOptions {
     RunOptions {
         as_of: job.as_of,
-        sql_dir: job.sql_dir,
+        sql_dir: job.sql_dir.clone(),
         label_maturity_days: job.label_maturity_days,
+        engine: EngineSettings {
+            memory_limit: job.memory_limit.0,
+            spill_dir: job.spill_dir.clone(),
+            target_partitions: None,
+        },
         ..RunOptions::new(run_id(now), now)
     }
+}
+
+/// The per-model cost table of `--profile`, like dbt's timing summary.
+fn print_profile(profile: &[ModelProfile]) {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header([
+            "model",
+            "kind",
+            "seconds",
+            "rows in",
+            "rows out",
+            "peak memory",
+            "spilled",
+        ]);
+    for p in profile {
+        table.add_row([
+            p.model.clone(),
+            p.materialization.clone(),
+            format!("{:.2}", p.seconds),
+            p.rows_in.to_string(),
+            p.rows_out.to_string(),
+            format_bytes(p.peak_memory_bytes),
+            format_bytes(p.spilled_bytes),
+        ]);
+    }
+    for index in 2..7 {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    let total: f64 = profile.iter().map(|p| p.seconds).sum();
+    eprintln!("{table}\ntotal {total:.2}s");
+}
+
+/// `--explain MODEL`: the model's plan with metrics on stdout; nothing is committed.
+async fn explain(
+    lake: &Lake,
+    layer: Layer,
+    job: &JobArgs,
+    model: &str,
+    now: DateTime<Utc>,
+) -> Result<StepMetrics, Failure> {
+    let plan = paylake_jobs::explain(lake, layer, &run_options(job, now), model)
+        .await
+        .map_err(job_failure)?;
+    print!("{plan}");
+    Ok(StepMetrics::none())
 }
 
 fn print_report(report: &StepReport) {
@@ -251,7 +307,10 @@ pub async fn silver(
     now: DateTime<Utc>,
     json: bool,
 ) -> Result<StepMetrics, Failure> {
-    let options = run_options(job, now);
+    if let Some(model) = &job.explain {
+        return explain(lake, Layer::Silver, &job, model, now).await;
+    }
+    let options = run_options(&job, now);
     let report = run_silver(lake, &options, expectations_dir.as_deref())
         .await
         .map_err(job_failure)?;
@@ -259,6 +318,9 @@ pub async fn silver(
         print_json(&report)?;
     } else {
         print_report(&report);
+    }
+    if job.profile {
+        print_profile(&report.profile);
     }
     Ok(step_metrics(&report))
 }
@@ -270,7 +332,10 @@ pub async fn gold(
     now: DateTime<Utc>,
     json: bool,
 ) -> Result<StepMetrics, Failure> {
-    let options = run_options(job, now);
+    if let Some(model) = &job.explain {
+        return explain(lake, Layer::Gold, &job, model, now).await;
+    }
+    let options = run_options(&job, now);
     let report = run_gold(lake, &options, expectations_dir.as_deref())
         .await
         .map_err(job_failure)?;
@@ -278,6 +343,9 @@ pub async fn gold(
         print_json(&report)?;
     } else {
         print_report(&report);
+    }
+    if job.profile {
+        print_profile(&report.profile);
     }
     Ok(step_metrics(&report))
 }
@@ -406,11 +474,7 @@ pub async fn replay(
         }
         rows
     };
-    let job = JobArgs {
-        as_of: None,
-        sql_dir,
-        label_maturity_days: 60,
-    };
+    let job = JobArgs::with_sql_dir(sql_dir);
     let metrics = silver(lake, job, None, now, json).await?;
     let ctx = paylake_jobs::lake_session(lake)
         .await

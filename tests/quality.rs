@@ -383,7 +383,7 @@ fn replay_moves_rows_fixed_by_a_rule_change_exactly_once() {
     // The rule fix: thousands separators are accepted.
     let sql_dir: PathBuf = ws.dir.path().join("sql");
     common::copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"), &sql_dir);
-    let model = sql_dir.join("silver/stg_payments.sql");
+    let model = sql_dir.join("silver/int_payments_checked.sql");
     let text = std::fs::read_to_string(&model).unwrap();
     let fixed = text.replace(
         "THEN TRY_CAST(TRIM(amount) AS DECIMAL(18, 2))",

@@ -1,4 +1,4 @@
--- paylake: materialized=view
+-- paylake: materialized=temporary
 -- Every bronze account row, typed and classified: kept | superseded | quarantined.
 -- A snapshot is one landing file; within it a repeated account's last row wins.
 WITH typed AS (

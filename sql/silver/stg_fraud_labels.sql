@@ -1,4 +1,4 @@
--- paylake: materialized=view
+-- paylake: materialized=temporary
 -- Every bronze label row, typed and classified: kept | quarantined.
 WITH typed AS (
     SELECT

@@ -1,71 +1,37 @@
--- paylake: materialized=view
--- Every bronze payment row, typed, checked and classified exactly once by `outcome`:
+-- paylake: materialized=temporary
+-- Every bronze payment row classified exactly once by `outcome`:
 -- kept | identical_duplicate | conflicting_duplicate | quarantined.
-WITH typed AS (
-    SELECT
-        payment_id AS raw_payment_id,
-        src_account_id AS raw_src_account_id,
-        dest_account_id AS raw_dest_account_id,
-        payment_reference AS raw_payment_reference,
-        amount AS raw_amount,
-        "timestamp" AS raw_timestamp,
-        NULLIF(TRIM(payment_id), '') AS payment_id,
-        NULLIF(TRIM(src_account_id), '') AS src_account_id,
-        NULLIF(TRIM(dest_account_id), '') AS dest_account_id,
-        NULLIF(TRIM(payment_reference), '') AS payment_reference,
-        NULLIF(TRIM(amount), '') AS amount_text,
-        -- Plain decimals with at most two significant decimals; no exponents or separators.
-        CASE
-            WHEN regexp_like(TRIM(amount), '^[+-]?[0-9]{1,16}(\.[0-9]{0,2}0*)?$')
-            THEN TRY_CAST(TRIM(amount) AS DECIMAL(18, 2))
-        END AS amount,
-        NULLIF(TRIM("timestamp"), '') AS timestamp_text,
-        -- ISO-8601 only: date, space or T, time, optional fraction, optional Z or offset.
-        CASE
-            WHEN regexp_like(
-                TRIM("timestamp"),
-                '^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:?[0-9]{2})?$'
-            )
-            THEN arrow_cast(TRY_CAST(TRIM("timestamp") AS TIMESTAMP), 'Timestamp(Microsecond, Some("UTC"))')
-        END AS payment_timestamp,
-        _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at,
-        _schema_fingerprint
-    FROM bronze.payments
+-- Most payment ids occur once: only the rows of repeated ids are ranked (first known wins), so
+-- the window sorts the few duplicates instead of one partition per payment.
+WITH valid AS (
+    SELECT * FROM silver.int_payments_checked WHERE rule_failures = ''
 ),
-checked AS (
-    SELECT
-        *,
-        concat_ws(',',
-            CASE WHEN payment_id IS NULL THEN 'payment_id_required' END,
-            CASE WHEN src_account_id IS NULL THEN 'src_account_id_required' END,
-            CASE WHEN dest_account_id IS NULL THEN 'dest_account_id_required' END,
-            CASE WHEN amount_text IS NULL THEN 'amount_required' END,
-            CASE WHEN amount_text IS NOT NULL AND amount IS NULL THEN 'amount_is_decimal_18_2' END,
-            CASE WHEN amount <= 0 THEN 'amount_positive' END,
-            CASE WHEN timestamp_text IS NULL THEN 'timestamp_required' END,
-            CASE WHEN timestamp_text IS NOT NULL AND payment_timestamp IS NULL THEN 'timestamp_is_iso8601' END
-        ) AS rule_failures
-    FROM typed
+repeated_ids AS (
+    SELECT payment_id FROM valid GROUP BY payment_id HAVING count(*) > 1
 ),
-valid AS (
-    SELECT
-        *,
-        concat_ws('|', src_account_id, dest_account_id, COALESCE(payment_reference, '<null>'),
-            CAST(amount AS VARCHAR), CAST(payment_timestamp AS VARCHAR)) AS content
-    FROM checked
-    WHERE rule_failures = ''
-),
-ranked AS (
+ranked_repeats AS (
     SELECT
         *,
         row_number() OVER (
-            PARTITION BY payment_id ORDER BY _known_at, _source_file, _source_line
+            PARTITION BY payment_id ORDER BY _known_at, _source_file, _source_line, _file_sha256
         ) AS occurrence,
         first_value(content) OVER (
-            PARTITION BY payment_id ORDER BY _known_at, _source_file, _source_line
+            PARTITION BY payment_id ORDER BY _known_at, _source_file, _source_line, _file_sha256
         ) AS first_content
     FROM valid
+    WHERE payment_id IN (SELECT payment_id FROM repeated_ids)
 )
+SELECT
+    raw_payment_id, raw_src_account_id, raw_dest_account_id, raw_payment_reference, raw_amount,
+    raw_timestamp, payment_id, src_account_id, dest_account_id, payment_reference, amount,
+    payment_timestamp,
+    'kept' AS outcome,
+    '' AS rule_failures,
+    _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at,
+    _schema_fingerprint
+FROM valid
+WHERE NOT EXISTS (SELECT 1 FROM repeated_ids WHERE repeated_ids.payment_id = valid.payment_id)
+UNION ALL
 SELECT
     raw_payment_id, raw_src_account_id, raw_dest_account_id, raw_payment_reference, raw_amount,
     raw_timestamp, payment_id, src_account_id, dest_account_id, payment_reference, amount,
@@ -81,7 +47,7 @@ SELECT
     END AS rule_failures,
     _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at,
     _schema_fingerprint
-FROM ranked
+FROM ranked_repeats
 UNION ALL
 SELECT
     raw_payment_id, raw_src_account_id, raw_dest_account_id, raw_payment_reference, raw_amount,
@@ -91,5 +57,5 @@ SELECT
     rule_failures,
     _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at,
     _schema_fingerprint
-FROM checked
+FROM silver.int_payments_checked
 WHERE rule_failures <> ''

@@ -1,4 +1,4 @@
--- paylake: materialized=view
+-- paylake: materialized=temporary
 -- Every bronze risk row, typed and classified: kept | superseded | quarantined.
 -- A batch is one landing file; within it the highest flag wins for an account.
 WITH typed AS (

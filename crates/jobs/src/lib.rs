@@ -1,12 +1,14 @@
 //! The SQL job runner: Silver and Gold models over the lake, and exports of published tables.
 
+pub mod engine;
 pub mod export;
 pub mod models;
 pub mod pipeline;
 pub mod runner;
 
+pub use engine::{EngineSettings, ModelProfile};
 pub use export::{export_table, ExportFormat, UNIFIED_COLUMNS};
-pub use pipeline::{run_gold, run_silver, StepReport};
+pub use pipeline::{explain, run_gold, run_silver, StepReport};
 pub use runner::{lake_session, PublishedTable, RunOptions, SourceOutcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,23 @@ pub enum JobError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{model} needs more memory than the engine's limit of {limit} allows: raise --memory-limit \
+         (or PAYLAKE_MEMORY_LIMIT), e.g. --memory-limit 4GiB, or free disk for spilling under \
+         --spill-dir\n  engine said: {source}"
+    )]
+    OutOfMemory {
+        model: String,
+        limit: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
     },
     #[error(transparent)]
     Lake(#[from] paylake_lake::LakeError),

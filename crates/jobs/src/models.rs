@@ -1,8 +1,10 @@
 //! SQL models: one `SELECT` per file, named after the table it builds, dbt-style.
 //!
 //! A model may start with a config comment: `-- paylake: materialized=view` (planned inline by
-//! the models that use it, never written) or `-- paylake: partition_by=col`. Models reference
-//! each other as `silver.name` / `gold.name`; the runner orders them by those references.
+//! the models that use it, never written), `-- paylake: materialized=temporary` (computed once
+//! per run into scratch Parquet that every later model and check reads, never published) or
+//! `-- paylake: partition_by=col`. Models reference each other as `silver.name` / `gold.name`;
+//! the runner orders them by those references.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -13,6 +15,18 @@ use regex::Regex;
 
 use crate::JobError;
 
+/// How a model's result exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Materialization {
+    /// Planned inline by every model that reads it; never written.
+    View,
+    /// Computed once per run into scratch files that later models and checks read; deleted
+    /// after the run, never published. For staging models several tables read.
+    Temporary,
+    /// A published Delta table.
+    Table,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Model {
     pub layer: Layer,
@@ -20,7 +34,7 @@ pub struct Model {
     pub sql: String,
     /// Where the SQL came from, for messages.
     pub origin: String,
-    pub materialized: bool,
+    pub materialization: Materialization,
     pub partition_by: Vec<String>,
     /// Invariants checked on the staged result before it is published.
     pub checks: Vec<Check>,
@@ -60,6 +74,10 @@ pub fn parse_checks(text: &str, origin: &str) -> Result<Vec<Check>, JobError> {
 }
 
 const EMBEDDED_SILVER: &[(&str, &str)] = &[
+    (
+        "int_payments_checked",
+        include_str!("../../../sql/silver/int_payments_checked.sql"),
+    ),
     (
         "stg_payments",
         include_str!("../../../sql/silver/stg_payments.sql"),
@@ -149,7 +167,7 @@ impl Model {
             name: name.to_string(),
             sql: sql.to_string(),
             origin: origin.to_string(),
-            materialized: true,
+            materialization: Materialization::Table,
             partition_by: vec![],
             checks: vec![],
         };
@@ -159,8 +177,13 @@ impl Model {
             };
             for setting in config.split_whitespace() {
                 match setting.split_once('=') {
-                    Some(("materialized", "view")) => model.materialized = false,
-                    Some(("materialized", "table")) => model.materialized = true,
+                    Some(("materialized", "view")) => model.materialization = Materialization::View,
+                    Some(("materialized", "temporary")) => {
+                        model.materialization = Materialization::Temporary
+                    }
+                    Some(("materialized", "table")) => {
+                        model.materialization = Materialization::Table
+                    }
                     Some(("partition_by", columns)) => {
                         model.partition_by = columns.split(',').map(str::to_string).collect()
                     }
@@ -308,8 +331,14 @@ mod tests {
         assert!(position("stg_payments") < position("payments"));
         assert!(position("payments") < position("fraud_labels_history"));
         assert!(position("accounts_history") < position("accounts"));
-        assert!(!models[position("stg_payments")].materialized);
-        assert!(models[position("payments")].materialized);
+        assert_eq!(
+            models[position("stg_payments")].materialization,
+            Materialization::Temporary
+        );
+        assert_eq!(
+            models[position("payments")].materialization,
+            Materialization::Table
+        );
         let gold = load_models(Layer::Gold, None).unwrap();
         assert_eq!(gold[0].partition_by, vec!["payment_date".to_string()]);
         let training = gold.iter().find(|m| m.name == "payment_training").unwrap();

@@ -17,7 +17,10 @@ use paylake_lake::Lake;
 use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult, Suite};
 use serde::Serialize;
 
-use crate::runner::{build_layer, commit_layer, discard_all, BuiltLayer, RunOptions};
+use crate::engine::ModelProfile;
+use crate::runner::{
+    build_layer, commit_layer, discard_all, explain_model, BuiltLayer, RunOptions,
+};
 use crate::{JobError, PublishedTable, SourceOutcome};
 
 /// What one Silver or Gold run did: the typed result the command line renders.
@@ -39,6 +42,8 @@ pub struct StepReport {
     pub report: String,
     /// Newest event time per table built, as Unix seconds, for freshness monitoring.
     pub newest_event_seconds: BTreeMap<String, f64>,
+    /// What each model, check and the audit cost, in run order.
+    pub profile: Vec<ModelProfile>,
 }
 
 impl StepReport {
@@ -85,14 +90,26 @@ async fn audit(
 /// Audits a built layer; an audit that cannot run discards everything staged.
 async fn audit_or_discard(
     lake: &Lake,
-    built: &BuiltLayer,
+    built: &mut BuiltLayer,
     suites: &[Suite],
     options: &RunOptions,
 ) -> Result<(Vec<RuleResult>, String), JobError> {
+    let started = std::time::Instant::now();
+    built.engine.pool.take_peak();
     let audited = audit(lake, &built.ctx, suites, options).await;
     if audited.is_err() {
         discard_all(lake, &built.staged).await;
     }
+    let rules = audited.as_ref().map(|(r, _)| r.len()).unwrap_or(0);
+    built.profile.push(ModelProfile {
+        model: "expectations".into(),
+        materialization: "audit".into(),
+        seconds: started.elapsed().as_secs_f64(),
+        rows_in: 0,
+        rows_out: rules as u64,
+        peak_memory_bytes: built.engine.pool.take_peak() as u64,
+        spilled_bytes: 0,
+    });
     audited
 }
 
@@ -173,8 +190,8 @@ pub async fn run_silver(
 ) -> Result<StepReport, JobError> {
     // Unreadable expectations are a configuration error: find out before building anything.
     let suites = load_suites(Layer::Silver.name(), expectations_dir)?;
-    let built = build_layer(lake, Layer::Silver, options, &HashMap::new()).await?;
-    let (results, report) = audit_or_discard(lake, &built, &suites, options).await?;
+    let mut built = build_layer(lake, Layer::Silver, options, &HashMap::new()).await?;
+    let (results, report) = audit_or_discard(lake, &mut built, &suites, options).await?;
     let mut verdict = verdict(Layer::Silver, options, &results);
     let newest_event_seconds = freshness(&built).await;
     let facts = commit_facts(options, verdict.passed, &BTreeMap::new());
@@ -194,6 +211,7 @@ pub async fn run_silver(
         read_versions: BTreeMap::new(),
         report,
         newest_event_seconds,
+        profile: built.profile,
     })
 }
 
@@ -238,8 +256,8 @@ pub async fn run_gold(
     let read_versions: BTreeMap<String, u64> =
         silver.iter().map(|(t, v)| (t.to_string(), *v)).collect();
     tracing::info!("gold reads silver versions {read_versions:?}");
-    let built = build_layer(lake, Layer::Gold, options, &silver).await?;
-    let (results, report) = audit_or_discard(lake, &built, &suites, options).await?;
+    let mut built = build_layer(lake, Layer::Gold, options, &silver).await?;
+    let (results, report) = audit_or_discard(lake, &mut built, &suites, options).await?;
     let mut verdict = verdict(Layer::Gold, options, &results);
     let newest_event_seconds = freshness(&built).await;
     let tables = if verdict.passed {
@@ -263,5 +281,21 @@ pub async fn run_gold(
         read_versions,
         report,
         newest_event_seconds,
+        profile: built.profile,
     })
+}
+
+/// `EXPLAIN ANALYZE` of one model of `layer`, built on what a real run would read (Gold: the
+/// audited Silver versions); nothing is committed.
+pub async fn explain(
+    lake: &Lake,
+    layer: Layer,
+    options: &RunOptions,
+    model: &str,
+) -> Result<String, JobError> {
+    let pinned = match layer {
+        Layer::Gold => audited_silver(lake).await?,
+        _ => HashMap::new(),
+    };
+    explain_model(lake, layer, options, &pinned, model).await
 }

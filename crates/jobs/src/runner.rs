@@ -6,18 +6,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
 use datafusion::common::{ScalarValue, TableReference};
-use datafusion::prelude::{col, lit, SessionConfig, SessionContext};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionContext};
 use paylake_lake::delta::{self, StagedVersion};
 use paylake_lake::layout::{self, Layer, TableName};
 use paylake_lake::{catalog, Lake};
 use serde::Serialize;
 
-use crate::models::load_models;
+use crate::engine::{
+    format_bytes, is_out_of_memory, plan_totals, Engine, EngineSettings, ModelProfile,
+};
+use crate::models::{load_models, Materialization, Model};
 use crate::JobError;
 
 #[derive(Debug, Clone)]
@@ -31,6 +37,8 @@ pub struct RunOptions {
     pub now: DateTime<Utc>,
     /// A payment older than this (at the as-of time) without a known fraud label is legit.
     pub label_maturity_days: u32,
+    /// Memory limit, spill folder and parallelism of the query engine.
+    pub engine: EngineSettings,
 }
 
 impl RunOptions {
@@ -41,6 +49,7 @@ impl RunOptions {
             run_id: run_id.into(),
             now,
             label_maturity_days: 60,
+            engine: EngineSettings::default(),
         }
     }
 
@@ -71,21 +80,30 @@ pub struct SourceOutcome {
 }
 
 /// A session over the lake's catalog (`bronze`, `silver`, `gold`, `quality`) with the
-/// `params` schema; `pinned` names table versions to read instead of the latest.
+/// `params` schema, on the run's engine; `pinned` names table versions to read instead of the
+/// latest.
 pub async fn new_session(
     lake: &Lake,
     pinned: &HashMap<TableName, u64>,
+    engine: &Engine,
 ) -> Result<SessionContext, JobError> {
-    let config = SessionConfig::new()
-        .with_information_schema(true)
-        .set_str("datafusion.sql_parser.enable_ident_normalization", "true");
-    let ctx = SessionContext::new_with_config(config);
-    catalog::register_lake(&ctx, lake, pinned).await?;
+    let ctx =
+        SessionContext::new_with_config_rt(engine.session_config(), Arc::clone(&engine.runtime));
+    register_catalog(&ctx, lake, pinned).await?;
+    Ok(ctx)
+}
+
+async fn register_catalog(
+    ctx: &SessionContext,
+    lake: &Lake,
+    pinned: &HashMap<TableName, u64>,
+) -> Result<(), JobError> {
+    catalog::register_lake(ctx, lake, pinned).await?;
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| JobError::Internal("the default catalog is missing".into()))?;
     catalog.register_schema(PARAMS_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
-    Ok(ctx)
+    Ok(())
 }
 
 /// Models read the run's parameters from `params.run`, a one-row table, so that the SQL stays
@@ -174,40 +192,126 @@ pub struct BuiltLayer {
     pub ctx: SessionContext,
     pub staged: Vec<StagedVersion>,
     pub sources: Vec<SourceOutcome>,
-    pub models: Vec<crate::models::Model>,
+    pub models: Vec<Model>,
+    /// What each model and check cost, in build order.
+    pub profile: Vec<ModelProfile>,
+    /// Holds the run's scratch folder (temporary models, spills) until the layer is dropped.
+    pub engine: Engine,
 }
 
-/// Builds every model of `layer`: views are planned inline, materialized models are staged
-/// (written, not committed) and registered in the session so later models, invariant checks
-/// and expectations read the new versions. A broken invariant discards everything staged.
+/// Builds every model of `layer`: views are planned inline, temporary models are computed once
+/// into scratch files, materialized models are staged (written, not committed); each is
+/// registered in the session so later models, invariant checks and expectations read it. A
+/// broken invariant discards everything staged.
 pub async fn build_layer(
     lake: &Lake,
     layer: Layer,
     options: &RunOptions,
     pinned: &HashMap<TableName, u64>,
 ) -> Result<BuiltLayer, JobError> {
-    let models = load_models(layer, options.sql_dir.as_deref())?;
-    let ctx = new_session(lake, pinned).await?;
-    register_params(&ctx, options)?;
-    restrict_bronze(&ctx, options.as_of).await?;
-
-    let mut staged: Vec<StagedVersion> = Vec::new();
-    let result = stage_models(lake, &ctx, layer, options, &models, &mut staged).await;
+    let mut built = start_layer(lake, layer, options, pinned).await?;
+    let models = std::mem::take(&mut built.models);
+    let result = stage_models(lake, &mut built, layer, options, &models, None).await;
+    built.models = models;
     if let Err(failure) = result {
-        discard_all(lake, &staged).await;
+        discard_all(lake, &built.staged).await;
         return Err(failure);
     }
-    let sources = if layer == Layer::Silver {
-        source_outcomes(&ctx, &models).await?
-    } else {
-        vec![]
-    };
+    if layer == Layer::Silver {
+        let started = std::time::Instant::now();
+        built.engine.pool.take_peak();
+        built.sources = source_outcomes(&built.ctx, &built.models).await?;
+        built.profile.push(ModelProfile {
+            model: "silver classification counts".into(),
+            materialization: "query".into(),
+            seconds: started.elapsed().as_secs_f64(),
+            rows_in: 0,
+            rows_out: built.sources.len() as u64,
+            peak_memory_bytes: built.engine.pool.take_peak() as u64,
+            spilled_bytes: 0,
+        });
+    }
+    Ok(built)
+}
+
+async fn start_layer(
+    lake: &Lake,
+    layer: Layer,
+    options: &RunOptions,
+    pinned: &HashMap<TableName, u64>,
+) -> Result<BuiltLayer, JobError> {
+    let models = load_models(layer, options.sql_dir.as_deref())?;
+    let engine = Engine::new(&options.engine)?;
+    let ctx = new_session(lake, pinned, &engine).await?;
+    register_params(&ctx, options)?;
+    restrict_bronze(&ctx, options.as_of).await?;
     Ok(BuiltLayer {
         ctx,
-        staged,
-        sources,
+        staged: vec![],
+        sources: vec![],
         models,
+        profile: vec![],
+        engine,
     })
+}
+
+/// Builds the models `model` depends on, then runs it under `EXPLAIN ANALYZE` and returns
+/// DataFusion's plan with metrics; nothing is committed.
+pub async fn explain_model(
+    lake: &Lake,
+    layer: Layer,
+    options: &RunOptions,
+    pinned: &HashMap<TableName, u64>,
+    model: &str,
+) -> Result<String, JobError> {
+    let mut built = start_layer(lake, layer, options, pinned).await?;
+    let models = std::mem::take(&mut built.models);
+    let name = model
+        .strip_prefix(&format!("{}.", layer.name()))
+        .unwrap_or(model);
+    let Some(target) = models.iter().find(|m| m.name == name) else {
+        let known: Vec<String> = models.iter().map(Model::qualified).collect();
+        return Err(JobError::Model {
+            model: model.to_string(),
+            message: format!(
+                "no such {} model; known: {}",
+                layer.name(),
+                known.join(", ")
+            ),
+        });
+    };
+    let result = async {
+        stage_models(lake, &mut built, layer, options, &models, Some(name)).await?;
+        let sql = format!("EXPLAIN ANALYZE {}", strip_comments(&target.sql));
+        let batches = built
+            .ctx
+            .sql(&sql)
+            .await
+            .map_err(|source| engine_error(target, &options.engine, source))?
+            .collect()
+            .await
+            .map_err(|source| engine_error(target, &options.engine, source))?;
+        let mut text = String::new();
+        for batch in &batches {
+            let plans = batch.column(1).as_string::<i32>();
+            for plan in plans.iter().flatten() {
+                text.push_str(plan);
+                text.push('\n');
+            }
+        }
+        Ok(text)
+    }
+    .await;
+    discard_all(lake, &built.staged).await;
+    result
+}
+
+/// A model's SQL without its `--` comment lines (so it can follow `EXPLAIN ANALYZE`).
+fn strip_comments(sql: &str) -> String {
+    sql.lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Deletes the files of staged versions that will not be committed (best effort: `vacuum`
@@ -223,50 +327,177 @@ pub async fn discard_all(lake: &Lake, staged: &[StagedVersion]) {
     }
 }
 
-async fn stage_models(
-    lake: &Lake,
-    ctx: &SessionContext,
-    layer: Layer,
-    options: &RunOptions,
-    models: &[crate::models::Model],
-    staged: &mut Vec<StagedVersion>,
-) -> Result<(), JobError> {
-    for model in models {
-        let started = std::time::Instant::now();
-        let frame = ctx.sql(&model.sql).await.map_err(|source| JobError::Sql {
+/// An engine failure while running `model`; running out of memory names the setting to raise.
+fn engine_error(
+    model: &Model,
+    settings: &EngineSettings,
+    source: datafusion::error::DataFusionError,
+) -> JobError {
+    if is_out_of_memory(&source) {
+        JobError::OutOfMemory {
+            model: model.qualified(),
+            limit: settings
+                .memory_limit
+                .map(format_bytes)
+                .unwrap_or_else(|| "unlimited".into()),
+            source,
+        }
+    } else {
+        JobError::Sql {
             model: model.origin.clone(),
             source,
-        })?;
-        if !model.materialized {
+        }
+    }
+}
+
+/// Builds `models` in order into `built`; with `stop_before`, stops when that model is next.
+async fn stage_models(
+    lake: &Lake,
+    built: &mut BuiltLayer,
+    layer: Layer,
+    options: &RunOptions,
+    models: &[Model],
+    stop_before: Option<&str>,
+) -> Result<(), JobError> {
+    for model in models {
+        if stop_before == Some(model.name.as_str()) {
+            return Ok(());
+        }
+        let ctx = &built.ctx;
+        let started = std::time::Instant::now();
+        let failed = |source| engine_error(model, &options.engine, source);
+        let frame = ctx.sql(&model.sql).await.map_err(failed)?;
+        if model.materialization == Materialization::View {
             register(ctx, layer, &model.name, frame.into_view())?;
             continue;
         }
-        let name = TableName::new(layer, model.name.clone());
-        let sql_error = |e: paylake_lake::LakeError| match e {
-            paylake_lake::LakeError::Engine { source, .. } => JobError::Sql {
-                model: model.origin.clone(),
-                source,
-            },
-            other => JobError::Lake(other),
+        built.engine.pool.take_peak();
+        let task = Arc::new(frame.task_ctx());
+        let plan = frame.create_physical_plan().await.map_err(failed)?;
+        let rows_out = match model.materialization {
+            Materialization::Temporary => {
+                let dir = built.engine.temporary_model_dir(&model.qualified());
+                let rows = write_temporary(Arc::clone(&plan), task, &dir)
+                    .await
+                    .map_err(failed)?;
+                let location = format!("{}/", dir.display());
+                let table = ctx
+                    .read_parquet(location, ParquetReadOptions::default())
+                    .await
+                    .map_err(failed)?;
+                register(ctx, layer, &model.name, table.into_view())?;
+                rows
+            }
+            Materialization::Table | Materialization::View => {
+                let name = TableName::new(layer, model.name.clone());
+                let version = delta::stage_plan(
+                    lake,
+                    &name,
+                    Arc::clone(&plan),
+                    task,
+                    &model.partition_by,
+                    &options.run_id,
+                )
+                .await
+                .map_err(|e| match e {
+                    paylake_lake::LakeError::Engine { source, .. } => failed(source),
+                    other => JobError::Lake(other),
+                })?;
+                register(
+                    ctx,
+                    layer,
+                    &model.name,
+                    delta::staged_provider(lake, &version)?,
+                )?;
+                let rows = version.rows;
+                built.staged.push(version);
+                rows
+            }
         };
-        let version = delta::stage(lake, &name, frame, &model.partition_by, &options.run_id)
-            .await
-            .map_err(sql_error)?;
+        let (rows_in, spilled_bytes) = plan_totals(&plan);
+        let profile = ModelProfile {
+            model: model.qualified(),
+            materialization: match model.materialization {
+                Materialization::Temporary => "temporary",
+                _ => "table",
+            }
+            .into(),
+            seconds: started.elapsed().as_secs_f64(),
+            rows_in,
+            rows_out,
+            peak_memory_bytes: built.engine.pool.take_peak() as u64,
+            spilled_bytes,
+        };
         tracing::info!(
-            "staged {name}: {} rows in {:.2}s",
-            version.rows,
-            started.elapsed().as_secs_f64()
+            "built {} ({}): {} rows in {:.2}s, peak {} , spilled {}",
+            profile.model,
+            profile.materialization,
+            profile.rows_out,
+            profile.seconds,
+            format_bytes(profile.peak_memory_bytes),
+            format_bytes(profile.spilled_bytes)
         );
-        register(
-            ctx,
-            layer,
-            &model.name,
-            delta::staged_provider(lake, &version)?,
-        )?;
-        staged.push(version);
-        run_checks(ctx, model).await?;
+        built.profile.push(profile);
+        if !model.checks.is_empty() {
+            let started = std::time::Instant::now();
+            run_checks(&built.ctx, model, &options.engine).await?;
+            built.profile.push(ModelProfile {
+                model: format!("{} checks", model.qualified()),
+                materialization: "query".into(),
+                seconds: started.elapsed().as_secs_f64(),
+                rows_in: 0,
+                rows_out: 0,
+                peak_memory_bytes: built.engine.pool.take_peak() as u64,
+                spilled_bytes: 0,
+            });
+        }
     }
     Ok(())
+}
+
+/// Writes a temporary model's result as one Parquet file per output partition, each in its
+/// own task; small row groups keep the writers' buffers (outside the memory pool) small.
+async fn write_temporary(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    dir: &std::path::Path,
+) -> datafusion::error::Result<u64> {
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::basic::Compression;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use futures::StreamExt;
+
+    std::fs::create_dir_all(dir)?;
+    let schema = plan.schema();
+    let streams = datafusion::physical_plan::execute_stream_partitioned(plan, task)?;
+    let mut writers = tokio::task::JoinSet::new();
+    for (index, mut stream) in streams.into_iter().enumerate() {
+        let path = dir.join(format!("part-{index:04}.parquet"));
+        let schema = Arc::clone(&schema);
+        writers.spawn(async move {
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::LZ4_RAW)
+                .set_max_row_group_row_count(Some(64 * 1024))
+                .build();
+            let file = std::fs::File::create(&path)?;
+            let mut writer = ArrowWriter::try_new(file, schema, Some(properties))?;
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                writer.write(&batch)?;
+            }
+            writer.close()?;
+            Ok::<_, datafusion::error::DataFusionError>(rows)
+        });
+    }
+    let mut rows = 0u64;
+    while let Some(joined) = writers.join_next().await {
+        rows += joined.map_err(|e| {
+            datafusion::error::DataFusionError::Execution(format!("a writer task failed: {e}"))
+        })??;
+    }
+    Ok(rows)
 }
 
 /// Commits every staged version of a layer, each with the run's facts; returns what was
@@ -289,11 +520,18 @@ pub async fn commit_layer(
 }
 
 /// Runs a model's invariants against its staged result; the first broken one fails the build.
-async fn run_checks(ctx: &SessionContext, model: &crate::models::Model) -> Result<(), JobError> {
+async fn run_checks(
+    ctx: &SessionContext,
+    model: &Model,
+    settings: &EngineSettings,
+) -> Result<(), JobError> {
     for check in &model.checks {
-        let sql_error = |source| JobError::Sql {
-            model: format!("{} check {}", model.origin, check.name),
-            source,
+        let sql_error = |source| match engine_error(model, settings, source) {
+            JobError::Sql { source, .. } => JobError::Sql {
+                model: format!("{} check {}", model.origin, check.name),
+                source,
+            },
+            other => other,
         };
         let frame = ctx.sql(&check.sql).await.map_err(sql_error)?;
         let batches = frame.collect().await.map_err(sql_error)?;
@@ -318,7 +556,7 @@ async fn run_checks(ctx: &SessionContext, model: &crate::models::Model) -> Resul
 /// Counts how each staging model classified its Bronze rows.
 async fn source_outcomes(
     ctx: &SessionContext,
-    models: &[crate::models::Model],
+    models: &[Model],
 ) -> Result<Vec<SourceOutcome>, JobError> {
     let mut outcomes = Vec::new();
     for model in models {
@@ -388,7 +626,11 @@ pub async fn grouped_counts(
 
 /// A session over the lake's latest versions, for ad-hoc reads.
 pub async fn lake_session(lake: &Lake) -> Result<SessionContext, JobError> {
-    let ctx = new_session(lake, &HashMap::new()).await?;
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .set_str("datafusion.sql_parser.enable_ident_normalization", "true");
+    let ctx = SessionContext::new_with_config(config);
+    register_catalog(&ctx, lake, &HashMap::new()).await?;
     register_params(&ctx, &RunOptions::new("ad-hoc", Utc::now()))?;
     Ok(ctx)
 }

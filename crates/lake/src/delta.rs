@@ -27,8 +27,10 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::MemTable;
+use datafusion::execution::TaskContext;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -354,7 +356,27 @@ pub async fn stage(
     partition_by: &[String],
     stage_id: &str,
 ) -> Result<StagedVersion> {
-    let schema = delta_schema(frame.schema().as_arrow());
+    let task = Arc::new(frame.task_ctx());
+    let plan = frame
+        .create_physical_plan()
+        .await
+        .map_err(|source| LakeError::Engine {
+            doing: format!("planning {table}"),
+            source,
+        })?;
+    stage_plan(lake, table, plan, task, partition_by, stage_id).await
+}
+
+/// [`stage`] for a plan the caller made, so it can read the plan's metrics afterwards.
+pub async fn stage_plan(
+    lake: &Lake,
+    table: &TableName,
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    partition_by: &[String],
+    stage_id: &str,
+) -> Result<StagedVersion> {
+    let schema = delta_schema(&plan.schema());
     let delta = ensure(lake, table, &schema, partition_by, TableKind::Rebuilt).await?;
     let stage = format!("stage-{stage_id}");
     let store: Arc<dyn object_store::ObjectStore> =
@@ -365,12 +387,12 @@ pub async fn stage(
     let config = writer_config(&delta, table, &schema, partition_by)?;
     // One writer per output partition, each in its own task: encoding and compressing
     // Parquet is the expensive part of a build, and it then uses every core.
-    let streams = frame
-        .execute_stream_partitioned()
-        .await
-        .map_err(|source| LakeError::Engine {
-            doing: format!("building {table}"),
-            source,
+    let streams =
+        datafusion::physical_plan::execute_stream_partitioned(plan, task).map_err(|source| {
+            LakeError::Engine {
+                doing: format!("building {table}"),
+                source,
+            }
         })?;
     let mut tasks = tokio::task::JoinSet::new();
     for mut stream in streams {

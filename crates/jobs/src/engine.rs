@@ -1,0 +1,327 @@
+//! The query engine a run plans its models on: a memory pool with a limit, a scratch folder
+//! for spills and temporary models, and what each model's execution cost (time, rows, peak
+//! pool memory, spilled bytes).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use datafusion::common::Result as EngineResult;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, UnboundedMemoryPool,
+};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use serde::Serialize;
+
+use crate::JobError;
+
+/// The memory pool's default size: what a laptop can give a run next to everything else.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
+
+/// Engine settings of a run (`--memory-limit`, `--spill-dir`, `--target-partitions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// Bytes the engine's operators may hold at once; `None` is unbounded. Sorts,
+    /// aggregations and sort-merge joins spill to disk beyond it.
+    pub memory_limit: Option<u64>,
+    /// Where spill files and temporary models go (default: the system temp folder).
+    pub spill_dir: Option<PathBuf>,
+    /// Parallel partitions per query (default: the number of cores).
+    pub target_partitions: Option<usize>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            memory_limit: Some(DEFAULT_MEMORY_LIMIT),
+            spill_dir: None,
+            target_partitions: None,
+        }
+    }
+}
+
+/// A memory pool that remembers the most it ever held, so a run can report each model's peak.
+#[derive(Debug)]
+pub struct PeakTrackingPool {
+    inner: Arc<dyn MemoryPool>,
+    peak: AtomicUsize,
+}
+
+impl PeakTrackingPool {
+    fn new(inner: Arc<dyn MemoryPool>) -> Self {
+        Self {
+            inner,
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    fn note(&self) {
+        self.peak
+            .fetch_max(self.inner.reserved(), Ordering::Relaxed);
+    }
+
+    /// The peak since the last reset, and a new measurement starting from what is held now.
+    pub fn take_peak(&self) -> usize {
+        let held = self.inner.reserved();
+        self.peak.swap(held, Ordering::Relaxed).max(held)
+    }
+}
+
+impl std::fmt::Display for PeakTrackingPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peak-tracking {}", self.inner)
+    }
+}
+
+impl MemoryPool for PeakTrackingPool {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+        self.note();
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink)
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
+        self.inner.try_grow(reservation, additional)?;
+        self.note();
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
+
+/// The engine of one run: settings, the runtime every session of the run shares, and the
+/// run's scratch folder (spills and temporary models), removed when the engine is dropped.
+pub struct Engine {
+    pub settings: EngineSettings,
+    pub runtime: Arc<RuntimeEnv>,
+    pub pool: Arc<PeakTrackingPool>,
+    scratch: tempfile::TempDir,
+}
+
+impl Engine {
+    pub fn new(settings: &EngineSettings) -> Result<Self, JobError> {
+        let root = settings
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&root).map_err(|source| JobError::Write {
+            path: root.display().to_string(),
+            source,
+        })?;
+        let scratch = tempfile::Builder::new()
+            .prefix("paylake-run-")
+            .tempdir_in(&root)
+            .map_err(|source| JobError::Write {
+                path: root.display().to_string(),
+                source,
+            })?;
+        let inner: Arc<dyn MemoryPool> = match settings.memory_limit {
+            Some(bytes) => Arc::new(FairSpillPool::new(
+                usize::try_from(bytes).unwrap_or(usize::MAX),
+            )),
+            None => Arc::new(UnboundedMemoryPool::default()),
+        };
+        let pool = Arc::new(PeakTrackingPool::new(inner));
+        let spill = scratch.path().join("spill");
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill])),
+            )
+            .build_arc()?;
+        Ok(Self {
+            settings: settings.clone(),
+            runtime,
+            pool,
+            scratch,
+        })
+    }
+
+    /// Session settings for this engine. Joins stay hash joins even under a limit: their build
+    /// sides are the small tables (accounts, risk flags, labels, duplicate keys); the large
+    /// inputs stream through, and sorts and aggregations spill.
+    pub fn session_config(&self) -> SessionConfig {
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .set_str("datafusion.sql_parser.enable_ident_normalization", "true");
+        if let Some(partitions) = self.settings.target_partitions {
+            config = config.with_target_partitions(partitions.max(1));
+        }
+        config
+    }
+
+    /// The folder a temporary model of this run is written to.
+    pub fn temporary_model_dir(&self, qualified_name: &str) -> PathBuf {
+        self.scratch.path().join("models").join(qualified_name)
+    }
+
+    pub fn scratch_dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// Bytes spilled so far by this run.
+    pub fn spilled_now(&self) -> u64 {
+        self.runtime.disk_manager.spilling_progress().current_bytes
+    }
+}
+
+/// What building one model cost.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelProfile {
+    /// `layer.name`, or `layer.name check NAME` / `audit` for the work around models.
+    pub model: String,
+    pub materialization: String,
+    pub seconds: f64,
+    /// Rows the model's scans read (of lake tables, temporary models and staged tables).
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// The most the engine's memory pool held while the model ran.
+    pub peak_memory_bytes: u64,
+    pub spilled_bytes: u64,
+}
+
+/// Rows read by the leaves of an executed plan and bytes spilled by any of its operators.
+pub fn plan_totals(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
+    let mut rows_in = 0u64;
+    let mut spilled = 0u64;
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        let metrics = node.metrics();
+        if let Some(metrics) = &metrics {
+            spilled += metrics.spilled_bytes().unwrap_or(0) as u64;
+        }
+        let children = node.children();
+        if children.is_empty() {
+            rows_in += metrics.and_then(|m| m.output_rows()).unwrap_or(0) as u64;
+        }
+        stack.extend(children.into_iter().cloned());
+    }
+    (rows_in, spilled)
+}
+
+/// Whether an engine error means the memory limit was too small.
+pub fn is_out_of_memory(error: &DataFusionError) -> bool {
+    matches!(error.find_root(), DataFusionError::ResourcesExhausted(_))
+        || error.to_string().contains("Resources exhausted")
+}
+
+/// Human-readable bytes for messages and profiles (binary units).
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses a size like `1GiB`, `512MiB`, `64M`, `2g`, `1000000` (bytes), or `unlimited`.
+pub fn parse_memory_limit(text: &str) -> Result<Option<u64>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("unlimited") || text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (use e.g. 1GiB, 512MiB or unlimited)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "'{text}': unknown unit '{other}' (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let bytes = number * scale as f64;
+    if !bytes.is_finite() || bytes < (1 << 20) as f64 {
+        return Err(format!(
+            "'{text}' is too small: the engine needs at least 1MiB"
+        ));
+    }
+    if bytes > u64::MAX as f64 {
+        return Err(format!("'{text}' is too large"));
+    }
+    Ok(Some(bytes as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limits_parse_with_binary_units() {
+        assert_eq!(parse_memory_limit("1GiB"), Ok(Some(1 << 30)));
+        assert_eq!(parse_memory_limit("64M"), Ok(Some(64 << 20)));
+        assert_eq!(parse_memory_limit("1.5g"), Ok(Some(3 << 29)));
+        assert_eq!(parse_memory_limit("unlimited"), Ok(None));
+        assert!(parse_memory_limit("12 parsecs").is_err());
+        assert!(parse_memory_limit("10").is_err());
+        assert!(parse_memory_limit("").is_err());
+        assert_eq!(format_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(format_bytes(12), "12 B");
+    }
+
+    #[test]
+    fn the_pool_reports_its_peak_and_starts_again() {
+        let engine = Engine::new(&EngineSettings {
+            memory_limit: Some(8 << 20),
+            ..EngineSettings::default()
+        })
+        .unwrap();
+        let pool: Arc<dyn MemoryPool> = engine.pool.clone();
+        let reservation = MemoryConsumer::new("test").register(&pool);
+        reservation.try_grow(3 << 20).unwrap();
+        reservation.shrink(2 << 20);
+        assert_eq!(engine.pool.take_peak(), 3 << 20);
+        assert_eq!(engine.pool.take_peak(), 1 << 20);
+        let too_much = reservation.try_grow(64 << 20).unwrap_err();
+        assert!(is_out_of_memory(&too_much), "{too_much}");
+        let scratch = engine.scratch_dir().to_path_buf();
+        assert!(scratch.is_dir());
+        drop(reservation);
+        drop(engine);
+        assert!(
+            !scratch.exists(),
+            "the scratch folder is removed with the engine"
+        );
+    }
+}
