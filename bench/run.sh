@@ -22,7 +22,7 @@ budget_kib=$((1024 * 1024))
 
 [ -x "$bin" ] || { echo "bench: no paylake binary at $bin (make build)" >&2; exit 2; }
 [ -x "$venv/bin/python" ] || { echo "bench: no Python venv at $venv (make venv)" >&2; exit 2; }
-# GNU time, not the shell keyword: it reports the peak RSS of the process tree's largest child.
+# GNU time, not the shell keyword: it reports the command's peak RSS (ru_maxrss).
 [ -x /usr/bin/time ] || { echo "bench: /usr/bin/time missing (apt-get install time)" >&2; exit 2; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/paylake-bench.XXXXXX")"
@@ -68,6 +68,12 @@ rows_of() {
 }
 files_in() { find "$work/$1" -type f | wc -l; }
 mib_in() { du -sm "$work/$1" | cut -f1; }
+# The commit the benchmark's sources are at (the binary may be built from elsewhere: see its time).
+source_state() {
+  local head
+  head="$(git rev-parse --short HEAD 2>/dev/null)" || { echo "not a git checkout"; return; }
+  git diff --quiet HEAD 2>/dev/null && echo "$head" || echo "$head + uncommitted changes"
+}
 {
   echo "duckdb flat unified $(tail -n 1 "$work/duckdb.time")"
   for layout in flat folder; do
@@ -82,7 +88,7 @@ echo "paylake bench   $(date -u '+%Y-%m-%d %H:%M UTC')"
 # The load average tells a quiet machine from a shared one: the seconds mean little on the latter.
 echo "machine         $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM"
 echo "load average    $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after"
-echo "paylake         $bin ($(date -u -r "$bin" '+built %Y-%m-%d %H:%M UTC')), source HEAD $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+echo "paylake         $bin ($(date -u -r "$bin" '+built %Y-%m-%d %H:%M UTC')), source $(source_state)"
 echo "paylake flags   silver and gold: ${BENCH_PAYLAKE_FLAGS:-(none)}"
 echo "input           $(tail -n 1 "$work/generate.err" | sed 's/^generated //; s/ in [0-9.]* s$//'), generated in $(seconds generate) s"
 echo "                four CSVs $(mib_in flat) MiB; folder layout $(files_in folder) files, $(mib_in folder) MiB"

@@ -59,6 +59,9 @@ enum Command {
         /// Rows per Parquet record batch (bounds memory).
         #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
         batch_rows: u64,
+        /// Compact a source's Bronze table once it holds more objects than this (0: never).
+        #[arg(long, default_value_t = paylake_bronze::compact::DEFAULT_COMPACTION_THRESHOLD)]
+        compact_after_files: usize,
     },
     /// Rebuild Silver from Bronze with sql/silver, then evaluate its expectations (the gate).
     Silver {
@@ -322,7 +325,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bronze {
             landing,
             batch_rows,
-        } => steps::bronze(&lake, landing, batch_rows, now, json).await,
+            compact_after_files,
+        } => steps::bronze(&lake, landing, batch_rows, compact_after_files, now, json).await,
         Command::Silver {
             job,
             expectations_dir,

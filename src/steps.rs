@@ -110,6 +110,7 @@ pub async fn bronze(
     lake: &Lake,
     landing: PathBuf,
     batch_rows: u64,
+    compact_after_files: usize,
     now: DateTime<Utc>,
     json: bool,
 ) -> Result<StepMetrics, Failure> {
@@ -138,10 +139,19 @@ pub async fn bronze(
     let summary = run_bronze(lake, &options)
         .await
         .with_context(|| format!("bronze run into {}", lake.display()))?;
+    let compacted = paylake_bronze::compact::compact_fragmented_tables(lake, compact_after_files)
+        .await
+        .with_context(|| format!("compacting Bronze in {}", lake.display()))?;
     if json {
         print_json(&summary)?;
     } else {
         print_bronze(&summary);
+    }
+    for compaction in &compacted {
+        eprintln!(
+            "bronze  compacted {}: files {} -> {}",
+            compaction.table, compaction.files_before, compaction.files_after
+        );
     }
     let tables = summary
         .sources

@@ -4,13 +4,15 @@
 -- labels count only when known by T. Bounds are documented in docs/point-in-time.md.
 -- As-of lookups are forward fills over one sorted stream per account (no ASOF JOIN, no
 -- quadratic IGNORE NULLS frames): they scale as sorts do and plan the same on a cluster.
+-- The one-row `params` comes first in every cross join: the engine buffers the left side and
+-- emits one batch per buffered row, so a large left side would stream one-row batches.
 WITH params AS (
     SELECT as_of, label_maturity_days, maturity_cutoff FROM params.run
 ),
 payments AS (
     SELECT p.payment_id, p.src_account_id, p.dest_account_id, p.amount, p."timestamp" AS ts,
         p.known_at
-    FROM silver.payments AS p CROSS JOIN params
+    FROM params CROSS JOIN silver.payments AS p
     WHERE p.known_at <= params.as_of AND p."timestamp" <= params.as_of
 ),
 -- Each payment looks its source and its destination account up once.
@@ -29,7 +31,7 @@ account_stream AS (
     SELECT h.account_id, h.known_at AS at, 0 AS kind, h.snapshot_file AS tiebreak,
         CAST(NULL AS VARCHAR) AS payment_id, CAST(NULL AS VARCHAR) AS role, h.opening_date,
         CAST(h.known_at AS TIMESTAMP) AS known_at
-    FROM silver.accounts_history AS h CROSS JOIN params
+    FROM params CROSS JOIN silver.accounts_history AS h
     WHERE h.known_at <= params.as_of
 ),
 account_grouped AS (
@@ -65,7 +67,7 @@ risk_stream AS (
     SELECT r.account_id, r.known_at AS at, 0 AS kind, r.batch_file AS tiebreak,
         CAST(NULL AS VARCHAR) AS payment_id, CAST(NULL AS VARCHAR) AS role, r.risk_flag,
         CAST(r.known_at AS TIMESTAMP) AS known_at
-    FROM silver.risk_feed_history AS r CROSS JOIN params
+    FROM params CROSS JOIN silver.risk_feed_history AS r
     WHERE r.known_at <= params.as_of
 ),
 risk_grouped AS (
@@ -91,30 +93,65 @@ risk_pit AS (
     WHERE kind = 1
     GROUP BY payment_id
 ),
--- Source behaviour over [t - window, t): the frame [t - window, t] minus the payments at t
--- itself, so p and any payment at the same instant are excluded.
-behaviour AS (
+-- Source behaviour over [t - window, t): one stream per source account holding each payment's
+-- lookup, its entry (+1, +amount at ts) and its expiries (-1, -amount at ts + window). A lookup
+-- sorts before every event at the same instant, so the running sums at a lookup count exactly
+-- the payments q with t - window <= t_q < t (p and payments at the same instant excluded).
+-- Running sums over ROWS frames stream; RANGE frames evaluated per row were the slowest part.
+behaviour_stream AS (
+    SELECT src_account_id, ts AS at, 0 AS kind, payment_id,
+        0 AS n_1h, 0 AS n_24h, 0 AS n_7d, CAST(0 AS DECIMAL(18, 2)) AS s_1h,
+        CAST(0 AS DECIMAL(18, 2)) AS s_24h, CAST(0 AS DECIMAL(18, 2)) AS s_7d
+    FROM payments
+    UNION ALL
+    SELECT src_account_id, ts AS at, 1 AS kind, CAST(NULL AS VARCHAR) AS payment_id,
+        1 AS n_1h, 1 AS n_24h, 1 AS n_7d, amount AS s_1h, amount AS s_24h, amount AS s_7d
+    FROM payments
+    UNION ALL
+    SELECT src_account_id, ts + INTERVAL '1 hour' AS at, 1 AS kind,
+        CAST(NULL AS VARCHAR) AS payment_id, -1 AS n_1h, 0 AS n_24h, 0 AS n_7d, -amount AS s_1h,
+        CAST(0 AS DECIMAL(18, 2)) AS s_24h, CAST(0 AS DECIMAL(18, 2)) AS s_7d
+    FROM payments
+    UNION ALL
+    SELECT src_account_id, ts + INTERVAL '24 hours' AS at, 1 AS kind,
+        CAST(NULL AS VARCHAR) AS payment_id, 0 AS n_1h, -1 AS n_24h, 0 AS n_7d,
+        CAST(0 AS DECIMAL(18, 2)) AS s_1h, -amount AS s_24h, CAST(0 AS DECIMAL(18, 2)) AS s_7d
+    FROM payments
+    UNION ALL
+    SELECT src_account_id, ts + INTERVAL '7 days' AS at, 1 AS kind,
+        CAST(NULL AS VARCHAR) AS payment_id, 0 AS n_1h, 0 AS n_24h, -1 AS n_7d,
+        CAST(0 AS DECIMAL(18, 2)) AS s_1h, CAST(0 AS DECIMAL(18, 2)) AS s_24h, -amount AS s_7d
+    FROM payments
+),
+behaviour_sums AS (
+    SELECT payment_id, kind,
+        sum(n_1h) OVER running AS src_count_1h,
+        sum(s_1h) OVER running AS src_amount_1h,
+        sum(n_24h) OVER running AS src_count_24h,
+        sum(s_24h) OVER running AS src_amount_24h,
+        sum(n_7d) OVER running AS src_count_7d,
+        sum(s_7d) OVER running AS src_amount_7d
+    FROM behaviour_stream
+    WINDOW running AS (
+        PARTITION BY src_account_id ORDER BY at, kind ROWS UNBOUNDED PRECEDING
+    )
+),
+pair_history AS (
     SELECT payment_id,
-        count(*) OVER (PARTITION BY src_account_id ORDER BY ts
-            RANGE BETWEEN INTERVAL '1 hour' PRECEDING AND CURRENT ROW)
-          - count(*) OVER (PARTITION BY src_account_id, ts) AS src_count_1h,
-        sum(amount) OVER (PARTITION BY src_account_id ORDER BY ts
-            RANGE BETWEEN INTERVAL '1 hour' PRECEDING AND CURRENT ROW)
-          - sum(amount) OVER (PARTITION BY src_account_id, ts) AS src_amount_1h,
-        count(*) OVER (PARTITION BY src_account_id ORDER BY ts
-            RANGE BETWEEN INTERVAL '24 hours' PRECEDING AND CURRENT ROW)
-          - count(*) OVER (PARTITION BY src_account_id, ts) AS src_count_24h,
-        sum(amount) OVER (PARTITION BY src_account_id ORDER BY ts
-            RANGE BETWEEN INTERVAL '24 hours' PRECEDING AND CURRENT ROW)
-          - sum(amount) OVER (PARTITION BY src_account_id, ts) AS src_amount_24h,
-        count(*) OVER (PARTITION BY src_account_id ORDER BY ts
-            RANGE BETWEEN INTERVAL '7 days' PRECEDING AND CURRENT ROW)
-          - count(*) OVER (PARTITION BY src_account_id, ts) AS src_count_7d,
-        sum(amount) OVER (PARTITION BY src_account_id ORDER BY ts
-            RANGE BETWEEN INTERVAL '7 days' PRECEDING AND CURRENT ROW)
-          - sum(amount) OVER (PARTITION BY src_account_id, ts) AS src_amount_7d,
         min(ts) OVER (PARTITION BY src_account_id, dest_account_id) < ts AS pair_seen_before
     FROM payments
+),
+behaviour AS (
+    SELECT s.payment_id, s.src_count_1h,
+        CAST(s.src_amount_1h AS DECIMAL(29, 2)) AS src_amount_1h,
+        s.src_count_24h,
+        CAST(s.src_amount_24h AS DECIMAL(29, 2)) AS src_amount_24h,
+        s.src_count_7d,
+        CAST(s.src_amount_7d AS DECIMAL(29, 2)) AS src_amount_7d,
+        h.pair_seen_before
+    FROM behaviour_sums AS s
+    JOIN pair_history AS h ON h.payment_id = s.payment_id
+    WHERE s.kind = 0
 ),
 -- Distinct senders into the destination over [t - 24h, t): a sender is active on
 -- (first payment of a run, last payment of the run + 24h]; +1 / -1 events at those bounds,
@@ -154,7 +191,7 @@ labels AS (
                 ORDER BY l.fraud_reported_date DESC, l.known_at DESC, l._source_file DESC,
                     l._source_line DESC
             ) AS recency
-        FROM silver.fraud_labels_history AS l CROSS JOIN params
+        FROM params CROSS JOIN silver.fraud_labels_history AS l
         WHERE l.known_at <= params.as_of
     ) AS ranked
     WHERE recency = 1
@@ -208,8 +245,8 @@ SELECT
     params.as_of,
     params.label_maturity_days,
     to_char(p.ts, '%Y-%m-%d') AS payment_date
-FROM payments AS p
-CROSS JOIN params
+FROM params
+CROSS JOIN payments AS p
 LEFT JOIN account_pit AS a ON a.payment_id = p.payment_id
 LEFT JOIN risk_pit AS r ON r.payment_id = p.payment_id
 LEFT JOIN behaviour AS b ON b.payment_id = p.payment_id

@@ -18,8 +18,8 @@ ranked_repeats AS (
         first_value(content) OVER (
             PARTITION BY payment_id ORDER BY _known_at, _source_file, _source_line, _file_sha256
         ) AS first_content
-    FROM valid
-    WHERE payment_id IN (SELECT payment_id FROM repeated_ids)
+    -- The small side of a join is its left (build) side: repeated ids, never all payments.
+    FROM repeated_ids RIGHT SEMI JOIN valid ON valid.payment_id = repeated_ids.payment_id
 )
 SELECT
     raw_payment_id, raw_src_account_id, raw_dest_account_id, raw_payment_reference, raw_amount,
@@ -29,8 +29,7 @@ SELECT
     '' AS rule_failures,
     _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at,
     _schema_fingerprint
-FROM valid
-WHERE NOT EXISTS (SELECT 1 FROM repeated_ids WHERE repeated_ids.payment_id = valid.payment_id)
+FROM repeated_ids RIGHT ANTI JOIN valid ON valid.payment_id = repeated_ids.payment_id
 UNION ALL
 SELECT
     raw_payment_id, raw_src_account_id, raw_dest_account_id, raw_payment_reference, raw_amount,

@@ -2,6 +2,7 @@
 //! cannot be used goes to the dead-letter table with its raw bytes and a reason.
 
 mod commit;
+pub mod compact;
 pub mod filelog;
 mod ingest;
 pub mod reader;

@@ -22,6 +22,9 @@ use crate::JobError;
 /// The memory pool's default size: what a laptop can give a run next to everything else.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 
+/// Below this limit joins are sort-merge joins, which can spill (hash joins cannot).
+pub const SMALL_MEMORY_LIMIT: u64 = 256 << 20;
+
 /// Engine settings of a run (`--memory-limit`, `--spill-dir`, `--target-partitions`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
@@ -162,15 +165,25 @@ impl Engine {
         })
     }
 
-    /// Session settings for this engine. Joins stay hash joins even under a limit: their build
-    /// sides are the small tables (accounts, risk flags, labels, duplicate keys); the large
-    /// inputs stream through, and sorts and aggregations spill.
+    /// Session settings for this engine. Under the default limit joins stay hash joins (faster;
+    /// their build sides are the smaller inputs) while sorts and aggregations spill; under a
+    /// small limit, joins become sort-merge joins so that they can spill too.
     pub fn session_config(&self) -> SessionConfig {
         let mut config = SessionConfig::new()
             .with_information_schema(true)
             .set_str("datafusion.sql_parser.enable_ident_normalization", "true");
         if let Some(partitions) = self.settings.target_partitions {
             config = config.with_target_partitions(partitions.max(1));
+        }
+        if let Some(limit) = self.settings.memory_limit {
+            // Each sort sets this much aside for merging its spills (10 MiB by default): under
+            // a small limit, many concurrent sorts would reserve more than the pool holds.
+            let reservation = (limit / 256).clamp(64 << 10, 10 << 20);
+            config = config.with_sort_spill_reservation_bytes(reservation as usize);
+            if limit < SMALL_MEMORY_LIMIT {
+                // A hash join cannot spill its build side; a sort-merge join spills its sorts.
+                config = config.set_bool("datafusion.optimizer.prefer_hash_join", false);
+            }
         }
         config
     }

@@ -52,13 +52,12 @@ pub enum JobError {
     #[error(
         "{model} needs more memory than the engine's limit of {limit} allows: raise --memory-limit \
          (or PAYLAKE_MEMORY_LIMIT), e.g. --memory-limit 4GiB, or free disk for spilling under \
-         --spill-dir\n  engine said: {source}"
+         --spill-dir\n  engine said: {reason}"
     )]
     OutOfMemory {
         model: String,
         limit: String,
-        #[source]
-        source: datafusion::error::DataFusionError,
+        reason: String,
     },
     #[error(transparent)]
     Lake(#[from] paylake_lake::LakeError),

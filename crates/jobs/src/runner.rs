@@ -340,7 +340,7 @@ fn engine_error(
                 .memory_limit
                 .map(format_bytes)
                 .unwrap_or_else(|| "unlimited".into()),
-            source,
+            reason: source.find_root().to_string(),
         }
     } else {
         JobError::Sql {

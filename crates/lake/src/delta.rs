@@ -176,8 +176,11 @@ pub fn to_delta_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
 /// Parquet as every lake table writes it: zstd-compressed.
 pub fn writer_properties() -> WriterProperties {
     let level = ZstdLevel::try_new(3).unwrap_or_default();
+    // Row groups of 64k rows: an open file holds at most one row group in memory, so a build
+    // writing many date partitions at once stays bounded instead of buffering whole files.
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(64 * 1024))
         .build()
 }
 

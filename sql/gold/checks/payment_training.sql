@@ -5,7 +5,7 @@
 SELECT expected.n AS expected_rows, built.n AS built_rows, built.distinct_ids
 FROM (
     SELECT count(*) AS n
-    FROM silver.payments AS p CROSS JOIN params.run AS r
+    FROM params.run AS r CROSS JOIN silver.payments AS p
     WHERE p.known_at <= r.as_of AND p."timestamp" <= r.as_of
 ) AS expected
 CROSS JOIN (
@@ -19,7 +19,7 @@ WHERE src_account_known_at > "timestamp" OR dest_account_known_at > "timestamp"
     OR src_risk_known_at > "timestamp" OR dest_risk_known_at > "timestamp"
 
 -- check: labels_known_by_as_of
-SELECT t.payment_id FROM gold.payment_training AS t CROSS JOIN params.run AS r
+SELECT t.payment_id FROM params.run AS r CROSS JOIN gold.payment_training AS t
 WHERE t.label_known_at > r.as_of
 
 -- check: fraud_flag_follows_label_status
