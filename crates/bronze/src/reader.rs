@@ -237,6 +237,13 @@ impl<R: BufRead> LineReader<R> {
     }
 
     pub fn next_line(&mut self) -> io::Result<Option<Line>> {
+        if self.strip_bom && self.offset == 0 {
+            self.strip_bom = false;
+            if self.input.fill_buf()?.starts_with(BOM) {
+                self.input.consume(BOM.len());
+                self.offset = BOM.len() as u64;
+            }
+        }
         let mut bytes = Vec::new();
         let mut len = 0u64;
         let mut oversized = false;
@@ -270,13 +277,8 @@ impl<R: BufRead> LineReader<R> {
                 break;
             }
         }
-        let mut offset = self.offset;
+        let offset = self.offset;
         self.offset += len;
-        if self.strip_bom && offset == 0 && bytes.starts_with(BOM) {
-            bytes.drain(..BOM.len());
-            offset += BOM.len() as u64;
-            len -= BOM.len() as u64;
-        }
         if len == 0 {
             return Ok(None);
         }
@@ -523,11 +525,13 @@ impl<R: BufRead> CsvRecords<R> {
         for (index, field) in fields.iter().enumerate() {
             match std::str::from_utf8(field) {
                 Ok(name) => header.push(name.to_string()),
-                Err(e) => return Ok(Err(FileProblem::plain(format!(
+                Err(e) => {
+                    return Ok(Err(FileProblem::plain(format!(
                     "header line {header_line}: column {} is not valid UTF-8 (byte {} of its name)",
                     index + 1,
                     e.valid_up_to()
-                )))),
+                ))))
+                }
             }
         }
         let mapping = contract.map_header(&header);
