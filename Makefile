@@ -9,7 +9,7 @@ SEED ?= ../shared/seed-sample
 VENV ?= $(HOME)/.cache/paylake/venv
 PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarrow pytest
 
-.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv
+.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv fuzz
 
 all: bronze silver gold
 
@@ -53,6 +53,12 @@ venv: $(VENV)/.installed
 # The lake read as Delta by other engines, concurrent readers and killed writers.
 interop-test: build venv
 	PAYLAKE_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/interop
+
+# Property tests of the Bronze readers (random bytes, quotes, BOMs, CRLF, blank lines, long
+# lines) with many more cases than the 256 each gets in `make test`.
+FUZZ_CASES ?= 20000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --workspace -- fuzz_
 
 lint:
 	$(CARGO) fmt --all -- --check

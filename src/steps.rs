@@ -69,15 +69,17 @@ pub async fn record_run(
 fn print_bronze(summary: &BronzeSummary) {
     for s in &summary.sources {
         println!(
-            "bronze  {:<13} files {:>3} (landed {}, rejected {}, skipped {})  lines read {:>6}  landed {:>6}  dead-lettered {:>4}  schema changes {}",
+            "bronze  {:<13} files {:>3} (landed {}, rejected {}, refused {}, skipped {})  lines read {:>6}  landed {:>6}  dead-lettered {:>4}  blank {:>3}  schema changes {}",
             s.source,
             s.files_seen,
             s.files_landed,
             s.files_rejected,
+            s.files_refused,
             s.files_skipped,
             s.lines_read,
             s.rows_landed,
             s.rows_dead_lettered,
+            s.blank_lines,
             s.schema_changes
         );
     }
@@ -161,7 +163,7 @@ pub async fn bronze(
             rows_read: s.lines_read,
             rows_written: s.rows_landed,
             rows_dead_lettered: s.rows_dead_lettered,
-            files_processed: s.files_landed + s.files_rejected,
+            files_processed: s.files_landed + s.files_rejected + s.files_refused,
             files_skipped: s.files_skipped,
             ..Default::default()
         })

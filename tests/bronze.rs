@@ -82,6 +82,7 @@ fn missing_required_column_dead_letters_the_whole_file_and_others_go_on() {
     assert_eq!(dead.len(), 3, "header and both records are kept: {dead:?}");
     assert_eq!(dead[0]["is_header"], true);
     assert_eq!(dead[2]["raw_text"], "P2,A1,A2,6.00,2024-11-15 09:01:00\n");
+    assert_lines_add_up(&ws);
 }
 
 #[test]
@@ -136,6 +137,7 @@ fn malformed_lines_are_dead_lettered_with_line_number_and_raw_bytes() {
     // Binary columns come back hex-encoded: the invalid byte is kept as sent.
     let raw = dead[1]["raw_bytes"].as_str().unwrap();
     assert!(raw.contains("52ff34"), "raw bytes kept losslessly: {raw}");
+    assert_lines_add_up(&ws);
 }
 
 #[test]
@@ -144,14 +146,15 @@ fn per_file_counts_add_up_on_the_sample() {
     common::copy_tree(&common::sample_data(), &ws.landing());
     ws.bronze();
     let files = ws.query(
-        "SELECT source_file, lines_read, rows_landed, rows_dead_lettered FROM bronze._file_log",
+        "SELECT source_file, lines_read, rows_landed, rows_dead_lettered, blank_lines FROM bronze._file_log",
     );
     assert!(files.len() >= 10);
     for file in &files {
         let read = file["lines_read"].as_i64().unwrap();
         let landed = file["rows_landed"].as_i64().unwrap();
         let dead = file["rows_dead_lettered"].as_i64().unwrap();
-        assert_eq!(read, landed + dead, "{file}");
+        let blank = file["blank_lines"].as_i64().unwrap();
+        assert_eq!(read, landed + dead + blank, "{file}");
         let name = file["source_file"].as_str().unwrap();
         let in_bronze = ws.query(&format!(
             "SELECT (SELECT count(*) FROM bronze.payments WHERE _source_file = '{name}') + \
@@ -237,6 +240,7 @@ fn flat_layout_and_json_lines_labels_route_to_their_sources() {
         .unwrap()
         .contains("matches no source"));
     assert_eq!(dead[0]["raw_text"], "not a feed\n");
+    assert_lines_add_up(&ws);
 }
 
 #[test]
@@ -315,4 +319,327 @@ fn run_killed_between_the_rows_commit_and_the_file_log_adds_nothing_twice() {
     assert_eq!(ws.count("bronze.payments"), 2, "no row twice");
     assert_eq!(ws.count("bronze._file_log"), 1);
     assert_eq!(ws.bronze()["files"].as_array().unwrap().len(), 0);
+}
+
+/// Every line of every file in the log is a landed row, a dead-lettered line or a blank line.
+fn assert_lines_add_up(ws: &Workspace) {
+    for file in ws.query(
+        "SELECT source_file, lines_read, rows_landed, rows_dead_lettered, blank_lines FROM bronze._file_log",
+    ) {
+        let n = |k: &str| file[k].as_i64().unwrap_or_else(|| panic!("{k} in {file}"));
+        assert_eq!(
+            n("lines_read"),
+            n("rows_landed") + n("rows_dead_lettered") + n("blank_lines"),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn an_unclosed_quote_dead_letters_one_line_and_the_good_lines_after_it_land() {
+    let ws = Workspace::new();
+    ws.land(
+        "payments/open_quote.csv",
+        payments(&[
+            "PAY5042,ACC101,ACC201,\"REF open,10.00,2024-11-18 10:00:00",
+            "PAY5043,ACC101,ACC201,R1,11.00,2024-11-18 10:01:00",
+            "PAY5044,ACC101,ACC201,R2,12.00,2024-11-18 10:02:00",
+            "PAY5045,ACC101,ACC201,R3,13.00,2024-11-18 10:03:00",
+            "PAY5046,ACC101,ACC201,R4,14.00,2024-11-18 10:04:00",
+            "PAY5047,ACC101,ACC201,R5,15.00,2024-11-18 10:05:00",
+        ]),
+    );
+    ws.bronze();
+    let log = ws.query(
+        "SELECT lines_read, rows_landed, rows_dead_lettered, blank_lines FROM bronze._file_log",
+    );
+    assert_eq!(log[0]["lines_read"], 6, "{log:?}");
+    assert_eq!(log[0]["rows_landed"], 5, "{log:?}");
+    assert_eq!(log[0]["rows_dead_lettered"], 1, "{log:?}");
+    let dead = ws.query("SELECT _source_line, reason, raw_text FROM bronze._dead_letter");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["_source_line"], 2);
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("unclosed quote starting at line 2, column 23"),
+        "{reason}"
+    );
+    assert_eq!(
+        dead[0]["raw_text"],
+        "PAY5042,ACC101,ACC201,\"REF open,10.00,2024-11-18 10:00:00\n"
+    );
+    assert_eq!(ws.count("bronze.payments"), 5);
+}
+
+#[test]
+fn blank_lines_are_counted_in_the_file_log() {
+    let ws = Workspace::new();
+    ws.land(
+        "payments/blanks.csv",
+        format!(
+            "{}\r\nP1,A1,A2,R,1.00,2024-11-15 09:00:00\r\n\r\n   \nP2,A1,A2,R,2.00,2024-11-15 09:01:00\n\n",
+            common::PAYMENT_HEADER.trim_end()
+        ),
+    );
+    ws.land(
+        "fraud_labels/labels.jsonl",
+        "\n{\"payment_id\":\"P1\",\"fraud_type\":\"mule\",\"fraud_reported_date\":\"2025-01-01\"}\n\n",
+    );
+    let summary = ws.bronze();
+    assert_eq!(source(&summary, "payments")["blank_lines"], 3, "{summary}");
+    assert_eq!(source(&summary, "payments")["lines_read"], 5, "{summary}");
+    let log = ws.query(
+        "SELECT source_file, lines_read, rows_landed, blank_lines FROM bronze._file_log ORDER BY source_file",
+    );
+    assert_eq!(log[0]["source_file"], "fraud_labels/labels.jsonl");
+    assert_eq!(log[0]["blank_lines"], 2);
+    assert_eq!(log[0]["lines_read"], 3);
+    assert_eq!(log[1]["blank_lines"], 3);
+    assert_eq!(log[1]["rows_landed"], 2);
+    assert_lines_add_up(&ws);
+}
+
+#[test]
+fn a_50_mb_line_is_capped_in_logs_and_kept_as_a_pointer_in_the_dead_letter() {
+    let ws = Workspace::new();
+    let huge = 50 * 1024 * 1024;
+    let mut header_only = vec![b'x'; huge];
+    header_only[..8].copy_from_slice(b"payment,");
+    ws.land("payments/one_line.csv", &header_only);
+    drop(header_only);
+    let mut body = common::PAYMENT_HEADER.as_bytes().to_vec();
+    body.extend_from_slice(b"P1,A1,A2,R,1.00,2024-11-15 09:00:00\n");
+    let start = body.len();
+    body.resize(start + huge, b'y');
+    ws.land("payments/long_row.csv", &body);
+    drop(body);
+
+    let landing = ws.landing();
+    let output = ws.run(&["bronze", "--landing", landing.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        output.stderr.len() < 16 * 1024,
+        "stderr is capped: {} bytes",
+        output.stderr.len()
+    );
+    let log = ws.query(
+        "SELECT source_file, outcome, length(reason) AS reason_len, reason, \
+         coalesce(length(added_columns), 0) AS added_len FROM bronze._file_log ORDER BY source_file",
+    );
+    for entry in &log {
+        assert!(entry["reason_len"].as_i64().unwrap() <= 4096, "{entry}");
+        assert!(entry["added_len"].as_i64().unwrap() <= 4096, "{entry}");
+    }
+    assert_eq!(log[1]["source_file"], "payments/one_line.csv");
+    assert_eq!(log[1]["outcome"], "rejected");
+    let dead = ws.query(
+        "SELECT _source_file, _source_line, reason, raw_bytes, \
+         length(raw_text) AS text_len FROM bronze._dead_letter ORDER BY _source_file",
+    );
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for row in &dead {
+        // Hex-encoded: the first KiB of each line is kept.
+        assert_eq!(
+            row["raw_bytes"].as_str().unwrap().len(),
+            2 * 1024,
+            "{}",
+            row["reason"]
+        );
+        assert!(
+            row["text_len"].as_i64().unwrap() <= 1024,
+            "{}",
+            row["reason"]
+        );
+    }
+    let reason = dead[0]["reason"].as_str().unwrap();
+    assert_eq!(dead[0]["_source_line"], 3);
+    assert!(
+        reason.contains(&format!("bytes {start}..{}", start + huge)),
+        "{reason}"
+    );
+    assert_eq!(ws.count("bronze.payments"), 1);
+    let schema = ws.ok(&["schema"]);
+    assert!(
+        schema.len() < 64 * 1024,
+        "schema prints {} bytes",
+        schema.len()
+    );
+    assert_lines_add_up(&ws);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_special_files_and_hidden_names_are_followed_or_refused_and_logged() {
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, Instant};
+
+    let ws = Workspace::new();
+    let landing = ws.landing();
+    let row = |id: &str| payments(&[&format!("{id},A1,A2,R,1.00,2024-11-15 09:00:00")]);
+    ws.land("payments/a_target.csv", row("P1"));
+    // Inside the landing folder: followed (same content: a duplicate of its target).
+    symlink("a_target.csv", landing.join("payments/b_link.csv")).unwrap();
+    // A folder symlink inside the root: its files land under the link's name.
+    ws.land("staging/batch/c.csv", row("P2"));
+    symlink("../staging/batch", landing.join("payments/c_dir")).unwrap();
+    // Leaving the root: refused.
+    let outside = ws.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.csv"), row("P3")).unwrap();
+    symlink(
+        outside.join("secret.csv"),
+        landing.join("payments/d_out.csv"),
+    )
+    .unwrap();
+    symlink(&outside, landing.join("payments/e_out_dir")).unwrap();
+    // Dangling, a loop, a folder loop.
+    symlink("nowhere.csv", landing.join("payments/f_dangling.csv")).unwrap();
+    symlink("g_loop.csv", landing.join("payments/g_loop.csv")).unwrap();
+    symlink("..", landing.join("payments/h_up")).unwrap();
+    // A FIFO and a socket: never opened.
+    let fifo = landing.join("payments/i_pipe.csv");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let _socket =
+        std::os::unix::net::UnixListener::bind(landing.join("payments/j_socket.csv")).unwrap();
+    // Hidden names.
+    ws.land("payments/..evil.csv", row("P4"));
+    ws.land("payments/.hidden.csv", row("P5"));
+    ws.land(".DS_Store", "\0\0\0\x01Bud1");
+    ws.land("payments/.git/objects/x.csv", row("P6"));
+
+    // Run with a deadline: opening the FIFO would block for ever.
+    let run = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paylake"))
+            .args([
+                "--lake",
+                ws.lake().to_str().unwrap(),
+                "--json",
+                "bronze",
+                "--landing",
+            ])
+            .arg(&landing)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("bronze hung (it opened the FIFO?)");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        common::json(&String::from_utf8(output.stdout).unwrap())
+    };
+    let first = run();
+    let log =
+        ws.query("SELECT source_file, outcome, reason FROM bronze._file_log ORDER BY source_file");
+    let outcome = |name: &str| {
+        log.iter()
+            .find(|e| e["source_file"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in the file log: {log:?}"))
+            .clone()
+    };
+    assert_eq!(outcome("payments/a_target.csv")["outcome"], "landed");
+    assert_eq!(
+        outcome("payments/b_link.csv")["outcome"],
+        "skipped_duplicate"
+    );
+    assert_eq!(outcome("payments/c_dir/c.csv")["outcome"], "landed");
+    let refused = [
+        ("payments/d_out.csv", "leaves the landing folder"),
+        ("payments/e_out_dir", "leaves the landing folder"),
+        ("payments/f_dangling.csv", "dangling symlink"),
+        ("payments/g_loop.csv", "symlink loop"),
+        ("payments/h_up", "symlink loop"),
+        ("payments/i_pipe.csv", "FIFO"),
+        ("payments/j_socket.csv", "socket"),
+        ("payments/..evil.csv", "hidden file"),
+        ("payments/.hidden.csv", "hidden file"),
+        ("payments/.git", "hidden folder"),
+        (".DS_Store", "hidden file"),
+    ];
+    for (name, why) in refused {
+        let entry = outcome(name);
+        assert_eq!(entry["outcome"], "refused", "{entry}");
+        let reason = entry["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{name}: {reason}");
+    }
+    assert_eq!(source(&first, "payments")["files_refused"], 10, "{first}");
+    assert_eq!(source(&first, "(unrouted)")["files_refused"], 1, "{first}");
+    let rows = ws.query("SELECT payment_id FROM bronze.payments ORDER BY payment_id");
+    assert_eq!(rows.len(), 2, "only P1 and P2 land: {rows:?}");
+
+    // A second run refuses them again but does not log them again.
+    let entries = ws.count("bronze._file_log");
+    let second = run();
+    assert_eq!(ws.count("bronze._file_log"), entries, "no re-logging");
+    assert_eq!(source(&second, "payments")["files_refused"], 10, "{second}");
+    // A dangling link whose target appears lands on the next run.
+    std::fs::write(landing.join("payments/nowhere.csv"), row("P7")).unwrap();
+    run();
+    assert_eq!(
+        ws.count(
+            "bronze._file_log WHERE source_file = 'payments/f_dangling.csv' AND outcome = 'landed'"
+        ) + ws.count(
+            "bronze._file_log WHERE source_file = 'payments/nowhere.csv' AND outcome = 'landed'"
+        ),
+        1
+    );
+    assert_eq!(ws.count("bronze.payments WHERE payment_id = 'P7'"), 1);
+}
+
+#[test]
+fn two_bronze_runs_at_once_keep_one_file_log_entry_per_file() {
+    let ws = Workspace::new();
+    for i in 0..300 {
+        ws.land(
+            &format!("payments/2024-11-15/p_{i:03}.csv"),
+            payments(&[&format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:00:00")]),
+        );
+    }
+    let landing = ws.landing();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_paylake"))
+            .args(["--lake", ws.lake().to_str().unwrap(), "bronze", "--landing"])
+            .arg(&landing)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for output in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            Some(0) => {}
+            // The other run holds the writer lease: a clear refusal naming it.
+            Some(1) => assert!(stderr.contains("is being written by run"), "{stderr}"),
+            other => panic!("exit {other:?}: {stderr}"),
+        }
+    }
+    // Whatever happened, a further run completes the landing.
+    ws.bronze();
+    assert_eq!(ws.count("bronze._file_log"), 300);
+    assert_eq!(
+        ws.count("(SELECT DISTINCT source_file, file_sha256 FROM bronze._file_log)"),
+        300
+    );
+    assert_eq!(ws.count("bronze.payments"), 300);
+    assert_eq!(
+        ws.count("(SELECT DISTINCT payment_id FROM bronze.payments)"),
+        300
+    );
+    assert_lines_add_up(&ws);
 }

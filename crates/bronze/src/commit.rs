@@ -128,6 +128,7 @@ impl PendingCommits {
             tracing::error!("PAYLAKE_ABORT_BEFORE_FILE_LOG: aborting as a crash test");
             std::process::abort();
         }
-        filelog::append(lake, &std::mem::take(&mut self.entries), &facts).await
+        filelog::append(lake, &std::mem::take(&mut self.entries), &facts).await?;
+        Ok(())
     }
 }

@@ -4,10 +4,17 @@
 //! into one Parquet object named by the hash (good rows) and one dead-letter object (bad lines),
 //! then append one file-log entry. Objects appear only when complete, and a re-run after a crash
 //! rewrites the same objects, so each file's rows exist exactly once.
+//!
+//! Only regular files are opened. A symlink is followed when it resolves inside the landing
+//! folder; one that leaves it, a dangling one, a loop, a FIFO, socket or device, and a name
+//! starting with `.` (hidden and editor files such as `.DS_Store`, `.~lock.x.csv#`) are refused
+//! unopened: each gets one file-log entry (outcome `refused`, with the reason) the first time it
+//! is seen with that reason, and is counted as refused in every run's summary.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::path::Component;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,7 +38,10 @@ use sha2::{Digest, Sha256};
 
 use crate::commit::PendingCommits;
 use crate::filelog::{self, FileLogEntry};
-use crate::reader::{CsvRecords, Drift, FileProblem, JsonRecords, Parsed};
+use crate::reader::{
+    clip, CsvRecords, Drift, FileProblem, JsonRecords, LineReader, Parsed, MAX_LINE_BYTES,
+    MAX_REASON_BYTES,
+};
 use crate::schema::{bronze_schema, dead_letter_schema};
 use crate::BronzeError;
 
@@ -59,10 +69,15 @@ pub struct SourceSummary {
     pub files_seen: u64,
     pub files_landed: u64,
     pub files_rejected: u64,
+    /// Never opened: hidden names, symlinks that leave the landing folder or lead nowhere,
+    /// FIFOs, sockets, devices.
+    pub files_refused: u64,
     pub files_skipped: u64,
+    /// Lines after the header: `rows_landed + rows_dead_lettered + blank_lines`.
     pub lines_read: u64,
     pub rows_landed: u64,
     pub rows_dead_lettered: u64,
+    pub blank_lines: u64,
     pub schema_changes: u64,
 }
 
@@ -81,43 +96,199 @@ impl BronzeSummary {
     }
 }
 
-/// A file found under the landing directory.
+/// A regular file found under the landing directory (directly or through a symlink that
+/// stays inside it).
 #[derive(Debug, Clone)]
 struct LandingFile {
+    /// What is opened: the file itself, or the resolved target of a symlink.
     absolute: PathBuf,
+    /// The name it has in the landing folder (a symlink's own name).
     relative: PathBuf,
     size: u64,
 }
 
-fn discover(landing: &Path) -> Result<Vec<LandingFile>, BronzeError> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<LandingFile>) -> Result<(), BronzeError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| BronzeError::Landing {
-            path: dir.display().to_string(),
-            source: e,
-        })?;
+/// What discovery found at one path of the landing folder.
+#[derive(Debug, Clone)]
+enum Found {
+    File(LandingFile),
+    /// Not opened, with the reason.
+    Refused {
+        relative: PathBuf,
+        reason: String,
+    },
+}
+
+impl Found {
+    fn relative(&self) -> &Path {
+        match self {
+            Found::File(f) => &f.relative,
+            Found::Refused { relative, .. } => relative,
+        }
+    }
+}
+
+fn special_kind(file_type: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+    }
+    let _ = file_type;
+    "not a regular file"
+}
+
+fn is_loop_error(error: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        error.raw_os_error() == Some(libc::ELOOP)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
+}
+
+/// Opens a landing file for reading only if it is a regular file: opening never blocks (a FIFO
+/// swapped in after discovery) and what was opened is checked, not the name.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file any more (it changed after the landing folder was listed)",
+        ));
+    }
+    Ok(file)
+}
+
+fn discover(landing: &Path) -> Result<Vec<Found>, BronzeError> {
+    let io_error = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| BronzeError::Landing { path, source }
+    };
+    /// `dir` is the real (resolved) folder read; `chain` the real folders from the root down
+    /// to it, to recognise a symlink back up as a loop.
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        relative_dir: &Path,
+        chain: &mut Vec<PathBuf>,
+        out: &mut Vec<Found>,
+    ) -> Result<(), BronzeError> {
+        let landing_error = |path: &Path, source| BronzeError::Landing {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| landing_error(dir, e))? {
+            entries.push(entry.map_err(|e| landing_error(dir, e))?);
+        }
+        entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            let entry = entry.map_err(|e| BronzeError::Landing {
-                path: dir.display().to_string(),
-                source: e,
-            })?;
             let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            let meta = entry.metadata().map_err(|e| BronzeError::Landing {
-                path: path.display().to_string(),
-                source: e,
-            })?;
-            if hidden {
+            let name = entry.file_name();
+            let relative = relative_dir.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| landing_error(&path, e))?;
+            let refuse = |reason: String| Found::Refused {
+                relative: relative.clone(),
+                reason,
+            };
+            if name.to_string_lossy().starts_with('.') {
+                let what = if meta.is_dir() {
+                    "hidden folder (name starts with '.'): not read, nor anything in it"
+                } else {
+                    "hidden file (name starts with '.', as editor and system files do): not read"
+                };
+                out.push(refuse(what.to_string()));
                 continue;
             }
-            if meta.is_dir() {
-                walk(root, &path, out)?;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                let real = match std::fs::canonicalize(&path) {
+                    Ok(real) => real,
+                    Err(e) if is_loop_error(&e) => {
+                        out.push(refuse(format!(
+                            "symlink loop: '{target}' never resolves to a file"
+                        )));
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        out.push(refuse(format!(
+                            "dangling symlink: its target '{target}' does not exist"
+                        )));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.push(refuse(format!(
+                            "symlink to '{target}' cannot be resolved: {e}"
+                        )));
+                        continue;
+                    }
+                };
+                if !real.starts_with(root) {
+                    out.push(refuse(format!(
+                        "symlink to '{target}' leaves the landing folder: not followed"
+                    )));
+                    continue;
+                }
+                let target_meta = std::fs::metadata(&real).map_err(|e| landing_error(&real, e))?;
+                if target_meta.is_dir() {
+                    if chain.iter().any(|c| c == &real) {
+                        out.push(refuse(format!(
+                            "symlink loop: '{target}' is a folder that contains this link"
+                        )));
+                        continue;
+                    }
+                    chain.push(real.clone());
+                    walk(root, &real, &relative, chain, out)?;
+                    chain.pop();
+                } else if target_meta.is_file() {
+                    out.push(Found::File(LandingFile {
+                        absolute: real,
+                        relative,
+                        size: target_meta.len(),
+                    }));
+                } else {
+                    let kind = special_kind(&target_meta.file_type());
+                    out.push(refuse(format!(
+                        "symlink to '{target}', which is {kind}: never opened"
+                    )));
+                }
+            } else if meta.is_dir() {
+                let real = std::fs::canonicalize(&path).map_err(|e| landing_error(&path, e))?;
+                chain.push(real.clone());
+                walk(root, &real, &relative, chain, out)?;
+                chain.pop();
             } else if meta.is_file() {
-                let relative = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
-                out.push(LandingFile {
+                out.push(Found::File(LandingFile {
                     absolute: path,
                     relative,
                     size: meta.len(),
-                });
+                }));
+            } else {
+                let kind = special_kind(&meta.file_type());
+                out.push(refuse(format!("{kind}: never opened")));
             }
         }
         Ok(())
@@ -128,10 +299,24 @@ fn discover(landing: &Path) -> Result<Vec<LandingFile>, BronzeError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
         });
     }
-    let mut files = Vec::new();
-    walk(landing, landing, &mut files)?;
-    files.sort_by(|a, b| a.relative.cmp(&b.relative));
-    Ok(files)
+    let root = std::fs::canonicalize(landing).map_err(io_error(landing))?;
+    let mut found = Vec::new();
+    let mut chain = vec![root.clone()];
+    walk(&root, &root, Path::new(""), &mut chain, &mut found)?;
+    found.sort_by(|a, b| a.relative().cmp(b.relative()));
+    Ok(found)
+}
+
+/// A landing path as the lake records it: `/`-separated, relative to the landing folder.
+fn relative_text(relative: &Path) -> String {
+    let parts: Vec<String> = relative
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    parts.join("/")
 }
 
 fn sha256_of(path: &Path) -> Result<String, BronzeError> {
@@ -139,11 +324,15 @@ fn sha256_of(path: &Path) -> Result<String, BronzeError> {
         path: path.display().to_string(),
         source: e,
     };
-    let mut file = File::open(path).map_err(io_error)?;
+    let mut file = open_regular(path).map_err(io_error)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 16];
     loop {
-        let n = file.read(&mut buffer).map_err(io_error)?;
+        let n = match file.read(&mut buffer) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error(e)),
+        };
         if n == 0 {
             break;
         }
@@ -321,6 +510,8 @@ struct FileWriter<'a> {
     dead_sink: Option<ParquetObjectSink>,
     /// Records taken from the file (a used header excluded), counted apart from what is written.
     records_read: u64,
+    /// Lines with nothing but spaces, tabs or a line end: counted, not stored.
+    blank_lines: u64,
     headers_dead_lettered: u64,
     rows_buffered_in_run: &'a mut u64,
 }
@@ -352,10 +543,11 @@ impl FileWriter<'_> {
         reason: &str,
         raw: &[u8],
     ) -> Result<(), BronzeError> {
+        let reason = clip(reason, MAX_REASON_BYTES);
         if self.records_read <= BAD_LINES_LOGGED_PER_FILE && !is_header {
             tracing::warn!("{}:{}: {}", self.lineage.relative, line, reason);
         }
-        self.dead.push(line, is_header, reason, raw);
+        self.dead.push(line, is_header, &reason, raw);
         if is_header {
             self.headers_dead_lettered += 1;
         }
@@ -423,6 +615,7 @@ impl FileWriter<'_> {
         self.flush_dead().await?;
         let mut finished = FinishedFile {
             records_read: self.records_read,
+            blank_lines: self.blank_lines,
             ..Default::default()
         };
         if let Some(sink) = self.rows_sink.take() {
@@ -461,6 +654,7 @@ impl FileWriter<'_> {
 #[derive(Default)]
 struct FinishedFile {
     records_read: u64,
+    blank_lines: u64,
     rows_landed: u64,
     dead_lettered: u64,
     objects: Vec<(TableName, SchemaRef, WrittenObject)>,
@@ -472,7 +666,7 @@ pub async fn run_bronze(
     options: &BronzeOptions,
 ) -> Result<BronzeSummary, BronzeError> {
     let contracts = all_contracts()?;
-    let files = discover(&options.landing)?;
+    let found = discover(&options.landing)?;
     crate::tables::ensure_tables(lake).await?;
     let mut pending = PendingCommits::new(&options.batch_id, options.abort_before_file_log);
     let logged = filelog::read_logged_files(lake).await?;
@@ -483,12 +677,26 @@ pub async fn run_bronze(
         .filter(|f| filelog::outcome_landed_rows(&f.outcome))
         .map(|f| (f.file_sha256.clone(), f.source_file.clone()))
         .collect();
+    // A refused file is logged once per path and reason, not on every run.
+    let mut refused_logged: HashSet<(String, String)> = logged
+        .iter()
+        .filter(|f| f.outcome == filelog::OUTCOME_REFUSED)
+        .map(|f| (f.source_file.clone(), f.reason.clone().unwrap_or_default()))
+        .collect();
     let mut logged_pairs: HashSet<(String, String)> = logged
         .into_iter()
+        .filter(|f| f.outcome != filelog::OUTCOME_REFUSED)
         .map(|f| (f.source_file, f.file_sha256))
         .collect();
 
-    let progress = progress_bar(options.progress, files.iter().map(|f| f.size).sum());
+    let total_bytes = found
+        .iter()
+        .map(|f| match f {
+            Found::File(file) => file.size,
+            Found::Refused { .. } => 0,
+        })
+        .sum();
+    let progress = progress_bar(options.progress, total_bytes);
     let mut summaries: BTreeMap<String, SourceSummary> = contracts
         .iter()
         .map(|c| {
@@ -504,11 +712,10 @@ pub async fn run_bronze(
     let mut entries = Vec::new();
     let mut rows_buffered_in_run = 0u64;
 
-    for file in &files {
-        progress.set_message(file.relative.display().to_string());
-        let relative = file.relative.to_string_lossy().replace('\\', "/");
-        let routed = route_landing_file(&file.relative, &contracts);
-        let sha256 = sha256_of(&file.absolute)?;
+    for item in &found {
+        let relative = relative_text(item.relative());
+        progress.set_message(relative.clone());
+        let routed = route_landing_file(item.relative(), &contracts);
         let summary_key = routed
             .source
             .clone()
@@ -520,6 +727,28 @@ pub async fn run_bronze(
                 ..Default::default()
             });
         summary.files_seen += 1;
+
+        let file = match item {
+            Found::File(file) => file,
+            Found::Refused { reason, .. } => {
+                summary.files_refused += 1;
+                let key = (relative.clone(), reason.clone());
+                if refused_logged.contains(&key) {
+                    tracing::debug!("{relative}: refused again: {reason}");
+                    continue;
+                }
+                tracing::warn!("{relative}: refused: {reason}");
+                let entry = FileLogEntry::refused(&relative, &routed, reason, options);
+                refused_logged.insert(key);
+                entries.push(entry.clone());
+                pending.add_entry(entry);
+                if pending.is_full() {
+                    pending.flush(lake).await?;
+                }
+                continue;
+            }
+        };
+        let sha256 = sha256_of(&file.absolute)?;
 
         let pair = (relative.clone(), sha256.clone());
         if logged_pairs.contains(&pair) {
@@ -564,6 +793,7 @@ pub async fn run_bronze(
             dead: DeadLetterBuffer::new(),
             dead_sink: None,
             records_read: 0,
+            blank_lines: 0,
             headers_dead_lettered: 0,
             rows_buffered_in_run: &mut rows_buffered_in_run,
         };
@@ -587,35 +817,27 @@ pub async fn run_bronze(
             }
         };
         let finished = writer.finish().await?;
-        let (lines_read, rows_landed, rows_dead_lettered) = (
-            finished.records_read,
-            finished.rows_landed,
-            finished.dead_lettered,
-        );
+        let counts = filelog::LineCounts {
+            lines_read: finished.records_read + finished.blank_lines,
+            rows_landed: finished.rows_landed,
+            rows_dead_lettered: finished.dead_lettered,
+            blank_lines: finished.blank_lines,
+        };
         for (table, schema, object) in finished.objects {
             pending
                 .add_object(lake, table, schema, object, &sha256)
                 .await?;
         }
         let entry = FileLogEntry::processed(
-            &relative,
-            &routed,
-            contract,
-            &sha256,
-            file.size,
-            &outcome,
-            lines_read,
-            rows_landed,
-            rows_dead_lettered,
-            known_at,
-            options,
+            &relative, &routed, contract, &sha256, file.size, &outcome, counts, known_at, options,
         );
         if let Landed::Rejected(problem) = &outcome {
             tracing::warn!("{relative}: rejected whole: {}", problem.reason);
         }
-        summary.lines_read += lines_read;
-        summary.rows_landed += rows_landed;
-        summary.rows_dead_lettered += rows_dead_lettered;
+        summary.lines_read += counts.lines_read;
+        summary.rows_landed += counts.rows_landed;
+        summary.rows_dead_lettered += counts.rows_dead_lettered;
+        summary.blank_lines += counts.blank_lines;
         summary.schema_changes += u64::from(entry.schema_change);
         if matches!(outcome, Landed::Rejected(_)) {
             summary.files_rejected += 1;
@@ -663,7 +885,7 @@ async fn land_records(
         path: path.display().to_string(),
         source: e,
     };
-    let file = BufReader::new(File::open(path).map_err(io_error)?);
+    let file = BufReader::new(open_regular(path).map_err(io_error)?);
     match format {
         FileFormat::Csv => {
             let mut records = match CsvRecords::open(file, contract).map_err(io_error)? {
@@ -676,6 +898,7 @@ async fn land_records(
             while let Some(parsed) = records.next_record().map_err(io_error)? {
                 push_parsed(writer, parsed).await?;
             }
+            writer.blank_lines += records.counts.blank;
             Ok(Landed::Records {
                 fingerprint: records.fingerprint().to_string(),
                 drift: records.drift,
@@ -686,6 +909,7 @@ async fn land_records(
             while let Some(parsed) = records.next_record().map_err(io_error)? {
                 push_parsed(writer, parsed).await?;
             }
+            writer.blank_lines += records.blank_lines;
             let fingerprint =
                 paylake_contracts::schema_fingerprint(records.keys_seen.iter().map(String::as_str));
             Ok(Landed::Records {
@@ -713,33 +937,41 @@ async fn push_parsed(writer: &mut FileWriter<'_>, parsed: Parsed) -> Result<(), 
     }
 }
 
-/// Dead-letters every line of a file, byte for byte, with the file-level reason.
+/// Dead-letters every line of a file, byte for byte, with the file-level reason (blank lines are
+/// counted, a line over [`MAX_LINE_BYTES`] is kept as its first bytes and its byte range).
 async fn reject_whole_file(
     writer: &mut FileWriter<'_>,
     path: &Path,
     problem: &FileProblem,
     first_line_is_header: bool,
 ) -> Result<(), BronzeError> {
-    use std::io::BufRead;
     let io_error = |e| BronzeError::Landing {
         path: path.display().to_string(),
         source: e,
     };
-    let mut input = BufReader::new(File::open(path).map_err(io_error)?);
-    let mut line = Vec::new();
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line).map_err(io_error)? == 0 {
-            break;
+    let input = BufReader::new(open_regular(path).map_err(io_error)?);
+    let mut lines = LineReader::new(input, MAX_LINE_BYTES, false);
+    let mut header_pending = first_line_is_header;
+    while let Some(line) = lines.next_line().map_err(io_error)? {
+        if line.is_blank() {
+            writer.blank_lines += 1;
+            continue;
         }
-        number += 1;
-        let is_header = first_line_is_header && number == 1;
+        let is_header = std::mem::take(&mut header_pending);
         if !is_header {
             writer.records_read += 1;
         }
+        let reason = if line.oversized {
+            format!(
+                "{}; {}",
+                problem.reason,
+                line.oversized_reason(MAX_LINE_BYTES)
+            )
+        } else {
+            problem.reason.clone()
+        };
         writer
-            .push_dead(number, is_header, &problem.reason, &line)
+            .push_dead(line.number, is_header, &reason, &line.bytes)
             .await?;
     }
     Ok(())

@@ -61,7 +61,7 @@ pub fn dead_letter_schema() -> SchemaRef {
     ]))
 }
 
-/// One entry per landing file a run looked at.
+/// One entry per landing file a run looked at. New columns go at the end, nullable.
 pub fn file_log_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("source_file", DataType::Utf8, false),
@@ -83,5 +83,8 @@ pub fn file_log_schema() -> SchemaRef {
         Field::new("batch_id", DataType::Utf8, false),
         Field::new("ingested_at", utc_timestamp(), false),
         Field::new("known_at", utc_timestamp(), false),
+        // Added after the first release: NULL in older entries, added to an existing lake by
+        // `tables::ensure_tables`.
+        Field::new("blank_lines", DataType::Int64, true),
     ]))
 }

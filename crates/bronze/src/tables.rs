@@ -25,6 +25,17 @@ pub async fn ensure_tables(lake: &Lake) -> Result<(), BronzeError> {
     for (table, schema) in tables {
         delta::ensure(lake, &table, &schema, &[], TableKind::AppendOnly).await?;
     }
+    // A lake created by an older paylake has a file log without the newer columns: add them
+    // (nullable; the old entries read them as NULL).
+    let added =
+        delta::add_missing_columns(lake, &layout::file_log_table(), &file_log_schema()).await?;
+    if !added.is_empty() {
+        tracing::info!(
+            "{}: added column(s) {} (the lake was created by an older paylake)",
+            layout::file_log_table(),
+            added.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -623,6 +623,20 @@ pub async fn append_batches(
     batches: &[RecordBatch],
     facts: &CommitFacts,
 ) -> Result<u64> {
+    append_batches_with_txns(lake, table, schema, batches, facts, &[]).await
+}
+
+/// Appends rows in one commit that also records application transaction ids: a concurrent
+/// commit that recorded one of the same ids makes this one fail with
+/// [`LakeError::CommitConflict`] instead of adding the rows a second time.
+pub async fn append_batches_with_txns(
+    lake: &Lake,
+    table: &TableName,
+    schema: &Schema,
+    batches: &[RecordBatch],
+    facts: &CommitFacts,
+    txn_ids: &[String],
+) -> Result<u64> {
     let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
     let target = delta_schema(schema);
     let config = writer_config(&delta, table, &target, &[])?;
@@ -638,7 +652,66 @@ pub async fn append_batches(
         .await
         .map_err(delta_error(table, "writing"))?;
     let actions = adds.into_iter().map(Action::Add).collect();
-    commit(&delta, table, actions, APPEND, facts, vec![]).await
+    let txns = txn_ids.iter().map(|id| Transaction::new(id, 1)).collect();
+    commit(&delta, table, actions, APPEND, facts, txns).await
+}
+
+/// Adds the columns of `schema` that an existing table lacks (it was created by an older
+/// paylake), in one metadata commit, and returns their names. Only nullable columns can be
+/// added: the rows already in the table have no value for them.
+pub async fn add_missing_columns(
+    lake: &Lake,
+    table: &TableName,
+    schema: &Schema,
+) -> Result<Vec<String>> {
+    let Some(delta) = open(lake, table).await? else {
+        return Ok(vec![]);
+    };
+    let missing = {
+        let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+        let current = snapshot.schema();
+        delta_schema(schema)
+            .fields()
+            .iter()
+            .filter(|f| current.field(f.name()).is_none())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    if missing.is_empty() {
+        return Ok(vec![]);
+    }
+    let names: Vec<String> = missing.iter().map(|f| f.name().clone()).collect();
+    if let Some(required) = missing.iter().find(|f| !f.is_nullable()) {
+        return Err(LakeError::Corrupt {
+            path: table.to_string(),
+            reason: format!(
+                "column {} is missing and cannot be added to existing rows (not nullable)",
+                required.name()
+            ),
+        });
+    }
+    let added = kernel_schema(table, &Schema::new(missing))?;
+    let fields: Vec<_> = added.fields().cloned().collect();
+    match delta.add_columns().with_fields(fields).await {
+        Ok(_) => Ok(names),
+        // Another writer may have added them at the same moment: fine if they are there now.
+        Err(e) => {
+            let now = open(lake, table).await?;
+            let present = match &now {
+                Some(d) => {
+                    let snapshot = d.snapshot().map_err(delta_error(table, "reading"))?;
+                    let schema = snapshot.schema();
+                    names.iter().all(|n| schema.field(n).is_some())
+                }
+                None => false,
+            };
+            if present {
+                Ok(names)
+            } else {
+                Err(delta_error(table, "adding columns to")(e))
+            }
+        }
+    }
 }
 
 /// One commit of a table, as `paylake history` shows it.
