@@ -307,7 +307,12 @@ async fn commit(
             ..
         }
     );
-    let committed = commit_builder(facts, txns)
+    // Transactions go in as actions, not commit properties: the conflict checker only treats
+    // app ids found among the actions as read, so only then two commits carrying the same
+    // txn id conflict instead of both landing.
+    let mut actions = actions;
+    actions.extend(txns.into_iter().map(Action::Txn));
+    let committed = commit_builder(facts, vec![])
         .with_actions(actions)
         .with_max_retries(if appends { APPEND_RETRIES } else { 0 })
         .build(Some(snapshot), delta.log_store(), operation)
