@@ -145,8 +145,8 @@ pub struct JobArgs {
     /// Read models from DIR/<layer>/*.sql instead of the built-in ones.
     #[arg(long)]
     sql_dir: Option<PathBuf>,
-    /// Days after which a payment with no known fraud label counts as legitimate.
-    #[arg(long, default_value_t = 60)]
+    /// Days after which a payment with no known fraud label counts as legitimate (0-36500).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=36_500))]
     label_maturity_days: u32,
     /// Memory the query engine may hold (e.g. 1GiB, 512MiB, or unlimited); sorts and
     /// aggregations spill to --spill-dir beyond it.
@@ -248,6 +248,8 @@ pub fn job_failure(error: JobError) -> Failure {
     let code = match error {
         JobError::NotBuilt { .. }
         | JobError::Model { .. }
+        | JobError::Io { .. }
+        | JobError::Write { .. }
         | JobError::Quality(QualityError::Expectations { .. })
         | JobError::Lake(paylake_lake::LakeError::NoSuchTable { .. }) => 2,
         JobError::GateClosed { .. } => EXIT_GATE_FAILED,
@@ -288,7 +290,38 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Checks before a step runs that its metrics file can be written, so that a bad path is a
+/// configuration error and not a failure after the step already published.
+fn check_metrics_path(path: &std::path::Path) -> Result<(), Failure> {
+    let cannot = |reason: String| {
+        usage(anyhow::anyhow!(
+            "cannot write the metrics file {}: {reason}",
+            path.display()
+        ))
+    };
+    if path.is_dir() {
+        return Err(cannot("it is a folder".into()));
+    }
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !folder.is_dir() {
+        return Err(cannot(format!(
+            "the folder {} does not exist",
+            folder.display()
+        )));
+    }
+    let probe = folder.join(format!(".paylake-metrics-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| cannot(e.to_string()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Some(path) = &cli.metrics_file {
+        check_metrics_path(path)?;
+    }
     let lake = Lake::open(&cli.lake).map_err(usage)?;
     let now = Utc::now();
     let json = cli.json;

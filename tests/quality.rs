@@ -631,38 +631,125 @@ fn gold_expectations_stop_the_commit_and_readers_keep_the_previous_version() {
 }
 
 #[test]
-fn a_failing_metrics_file_keeps_the_exit_code_of_the_run() {
+fn a_metrics_file_that_cannot_be_written_is_refused_before_the_step_runs() {
     let ws = Workspace::new();
     let unwritable = ws.dir.path().join("no/such/dir/metrics.prom");
     let unwritable = unwritable.to_str().unwrap();
-    // Gold before Silver is exit 2 on its own; a gate failure stays exit 3; a failed run 1.
-    let gold = ws.run(&["--metrics-file", unwritable, "gold"]);
-    assert_eq!(gold.status.code(), Some(2));
-    let mut bad = PAYMENT_HEADER.to_string();
-    for i in 0..10 {
-        bad.push_str(&format!("B{i},ACC101,ACC201,R,n/a,2024-11-18 09:00:00\n"));
-    }
-    ws.land("payments/2024-11-18/payments_2024-11-18T09-15.csv", bad);
+    ws.land(
+        "payments/2024-11-15/payments_2024-11-15T09-15.csv",
+        clean_payments(30),
+    );
     ws.bronze();
-    let silver = ws.run(&["--metrics-file", unwritable, "silver"]);
-    assert_eq!(silver.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&silver.stderr).contains("metrics file"));
-    let broken = ws.dir.path().join("sql");
-    write(
-        &broken.join("silver/payments.sql"),
-        "SELECT no_such_column FROM bronze.payments",
+    // Before: Silver ran and published, then the run exited 2 on the metrics file.
+    for step in ["silver", "gold"] {
+        let output = ws.run(&["--metrics-file", unwritable, step]);
+        assert_eq!(output.status.code(), Some(2), "{step}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("cannot write the metrics file") && stderr.contains("does not exist"),
+            "{stderr}"
+        );
+    }
+    let tables =
+        ws.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'silver'");
+    let built: Vec<&str> = tables
+        .iter()
+        .filter_map(|t| t["table_name"].as_str())
+        .collect();
+    assert!(!built.contains(&"payments"), "silver ran: {built:?}");
+    let folder = ws.dir.path().join("metrics-is-a-folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    let output = ws.run(&["--metrics-file", folder.to_str().unwrap(), "silver"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn single_bad_rows_are_quarantined_by_named_rules_and_never_block_gold() {
+    let ws = Workspace::new();
+    let mut payments = clean_payments(100);
+    // Before: this payment failed the error rule amount_positive (max 10,000,000) and Gold
+    // exited 3; year 0001 was called not ISO 8601; control characters reached Gold.
+    payments.push_str(
+        "BIG1,A1,A2,R,10000000.01,2024-11-15 09:00:00
+",
     );
-    let failed = ws.run(&[
-        "--metrics-file",
-        unwritable,
-        "silver",
-        "--sql-dir",
-        broken.to_str().unwrap(),
-    ]);
+    payments.push_str(
+        "OLD1,A1,A2,R,5.00,0001-01-01 00:00:00
+",
+    );
+    payments.push_str(
+        "NUL\u{0}1,A1,A2,R,5.00,2024-11-15 09:01:00
+",
+    );
+    payments.push_str(
+        "CTL1,A1\u{7},A2,R,5.00,2024-11-15 09:02:00
+",
+    );
+    ws.land(
+        "payments/2024-11-15/payments_2024-11-15T09-15.csv",
+        payments,
+    );
+    let mut accounts = String::from("account_id,opening_date\nA\u{1b}0,2020-01-01\n");
+    for i in 1..=30 {
+        accounts.push_str(&format!("A{i},2020-01-01\n"));
+    }
+    ws.land("accounts/snap_2024-11-15T06-00.csv", accounts);
+    ws.bronze();
+    ws.ok(&["silver"]);
+    ws.ok(&["gold"]);
+    let rules = |id: &str| -> Vec<String> {
+        let rows = ws.query(&format!(
+            "SELECT array_to_string(failed_rules, ',') AS rules \
+             FROM silver.payments_quarantine WHERE payment_id LIKE '{id}%'"
+        ));
+        assert_eq!(rows.len(), 1, "{id}: {rows:?}");
+        rows[0]["rules"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(rules("BIG1"), ["amount_at_most_10_million"]);
+    assert_eq!(rules("OLD1"), ["timestamp_in_range"]);
+    assert_eq!(rules("NUL"), ["payment_id_without_control_characters"]);
+    assert_eq!(rules("CTL1"), ["src_account_id_without_control_characters"]);
+    assert_eq!(ws.count("gold.unified_payments"), 100);
+    let accounts = ws.query(
+        "SELECT array_to_string(failed_rules, ',') AS rules FROM silver.accounts_quarantine",
+    );
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
     assert_eq!(
-        failed.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&failed.stderr)
+        accounts[0]["rules"],
+        "account_id_without_control_characters"
     );
+}
+
+#[test]
+fn out_of_range_settings_are_usage_errors_not_panics() {
+    let ws = Workspace::new();
+    ws.land(
+        "payments/2024-11-15/payments_2024-11-15T09-15.csv",
+        clean_payments(30),
+    );
+    ws.land(
+        "accounts/snap_2024-11-15T06-00.csv",
+        "account_id,opening_date\nA1,2020-01-01\nA2,2020-01-01\n",
+    );
+    ws.bronze();
+    ws.ok(&["silver"]);
+    // Before: "DateTime - TimeDelta overflowed", exit 101.
+    let output = ws.run(&["gold", "--label-maturity-days", "100000000"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("100000000") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // Before: exit 1.
+    let missing = ws.dir.path().join("no-such-sql");
+    let output = ws.run(&["silver", "--sql-dir", missing.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-sql"), "{stderr}");
 }

@@ -19,6 +19,7 @@ checked AS (
         *,
         concat_ws(',',
             CASE WHEN account_id IS NULL THEN 'account_id_required' END,
+            CASE WHEN regexp_like(account_id, '\p{Cc}') THEN 'account_id_without_control_characters' END,
             CASE WHEN opening_date_text IS NULL THEN 'opening_date_required' END,
             CASE WHEN opening_date_text IS NOT NULL AND opening_date IS NULL THEN 'opening_date_is_date' END
         ) AS rule_failures

@@ -27,6 +27,7 @@ FROM (
         *,
         concat_ws(',',
             CASE WHEN payment_id IS NULL THEN 'payment_id_required' END,
+            CASE WHEN regexp_like(payment_id, '\p{Cc}') THEN 'payment_id_without_control_characters' END,
             CASE WHEN fraud_type IS NULL THEN 'fraud_type_required' END,
             CASE WHEN reported_text IS NULL THEN 'fraud_reported_date_required' END,
             CASE WHEN reported_text IS NOT NULL AND fraud_reported_date IS NULL

@@ -16,6 +16,7 @@ checked AS (
         *,
         concat_ws(',',
             CASE WHEN account_id IS NULL THEN 'account_id_required' END,
+            CASE WHEN regexp_like(account_id, '\p{Cc}') THEN 'account_id_without_control_characters' END,
             CASE WHEN risk_flag_text IS NULL THEN 'risk_flag_required' END,
             CASE WHEN risk_flag_text IS NOT NULL AND risk_flag IS NULL THEN 'risk_flag_in_0_1_2' END
         ) AS rule_failures

@@ -115,7 +115,15 @@ pub fn register_params(ctx: &SessionContext, options: &RunOptions) -> Result<(),
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
     use datafusion::arrow::record_batch::RecordBatch;
     let as_of = options.effective_as_of();
-    let cutoff = as_of - chrono::Duration::days(i64::from(options.label_maturity_days));
+    let cutoff = chrono::Duration::try_days(i64::from(options.label_maturity_days))
+        .and_then(|maturity| as_of.checked_sub_signed(maturity))
+        .ok_or_else(|| JobError::Model {
+            model: "params.run".into(),
+            message: format!(
+                "a label maturity of {} days before {as_of} is out of range",
+                options.label_maturity_days
+            ),
+        })?;
     let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let schema = Arc::new(Schema::new(vec![
         Field::new("as_of", utc.clone(), false),
