@@ -9,7 +9,7 @@ SEED ?= ../shared/seed-sample
 VENV ?= $(HOME)/.cache/paylake/venv
 PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarrow pytest
 
-.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv fuzz
+.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv fuzz chaos
 
 all: bronze silver gold
 
@@ -41,6 +41,7 @@ promtool:
 test: promtool
 	PAYLAKE_SEED_SAMPLE=$(abspath $(SEED)) $(CARGO) test --release --workspace
 	$(MAKE) interop-test
+	$(MAKE) chaos
 
 # Python readers of the lake (deltalake, Polars, DuckDB 1.5.5 with its offline delta extension).
 $(VENV)/.installed:
@@ -53,6 +54,16 @@ venv: $(VENV)/.installed
 # The lake read as Delta by other engines, concurrent readers and killed writers.
 interop-test: build venv
 	PAYLAKE_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/interop
+
+# The adversarial suite (issue 13, tests/adversarial/README.md): the bad-file corpus, kill -9 at
+# 24 points with a re-run compared to a clean run, two writers at once, a full disk (tmpfs, as
+# root), a read-only lake, hostile SQL and paths. About 2.5 minutes on 2 cores; each run of the
+# binary is bounded (CHAOS_RUN_TIMEOUT s) and the whole suite by CHAOS_TIMEOUT s. Ends with
+# "chaos: N cases, P passed, ...".
+CHAOS_TIMEOUT ?= 600
+chaos: build venv
+	PAYLAKE_BIN=$(BIN) PYTHONDONTWRITEBYTECODE=1 timeout --signal=INT --kill-after=60 $(CHAOS_TIMEOUT) \
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed tests/adversarial
 
 # Property tests of the Bronze readers (random bytes, quotes, BOMs, CRLF, blank lines, long
 # lines) with many more cases than the 256 each gets in `make test`.
@@ -72,5 +83,5 @@ clean:
 # BENCH_PAYLAKE_FLAGS go to paylake silver and gold; BENCH_VERIFY=1 also compares the tables.
 BENCH_PAYMENTS ?= 1000000
 bench: build $(VENV)/.installed
-	PAYLAKE_BIN=$(BIN) VENV=$(VENV) BENCH_PAYLAKE_FLAGS="$(BENCH_PAYLAKE_FLAGS)" \
+	PAYLAKE_BIN=$(BIN) VENV=$(VENV) BENCH_PAYLAKE_FLAGS="$(BENCH_PAYLAKE_FLAGS)" BENCH_LAYOUTS="$(BENCH_LAYOUTS)" \
 	  BENCH_VERIFY="$(BENCH_VERIFY)" bench/run.sh $(BENCH_PAYMENTS)

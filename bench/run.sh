@@ -11,6 +11,7 @@
 #   VENV                 a venv with duckdb and deltalake (default $HOME/.cache/paylake/venv)
 #   BENCH_PAYLAKE_FLAGS  extra flags for paylake silver and gold, e.g. "--memory-limit 1GiB"
 #   BENCH_VERIFY=1       afterwards, check that both lakes' gold.unified_payments equal DuckDB's
+#   BENCH_LAYOUTS        the paylake runs to time: "flat folder" (default), "flat" or "folder"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ payments="${1:-1000000}"
 bin="${PAYLAKE_BIN:-${CARGO_TARGET_DIR:-target}/release/paylake}"
 venv="${VENV:-$HOME/.cache/paylake/venv}"
 read -r -a flags <<< "${BENCH_PAYLAKE_FLAGS:-}"
+layouts="${BENCH_LAYOUTS:-flat folder}"
 budget_kib=$((1024 * 1024))
 
 [ -x "$bin" ] || { echo "bench: no paylake binary at $bin (make build)" >&2; exit 2; }
@@ -49,16 +51,17 @@ measure() {
 run_paylake() {
   local layout="$1" lake="$work/lake-$1"
   measure "$layout-bronze" "$work/paylake" --lake "$lake" bronze --landing "$work/$layout"
-  measure "$layout-silver" "$work/paylake" --lake "$lake" silver ${flags[@]+"${flags[@]}"}
-  measure "$layout-gold" "$work/paylake" --lake "$lake" gold ${flags[@]+"${flags[@]}"}
+  measure "$layout-silver" "$work/paylake" --lake "$lake" silver --profile ${flags[@]+"${flags[@]}"}
+  measure "$layout-gold" "$work/paylake" --lake "$lake" gold --profile ${flags[@]+"${flags[@]}"}
 }
 
 measure generate "$venv/bin/python" bench/generate.py "$payments" --flat "$work/flat" --folder "$work/folder"
 # The yardstick first, then the original layout, then the live one; the input is in the page
 # cache for all three after generation.
 measure duckdb "$venv/bin/python" bench/unified_duckdb.py "$work/flat" "$work/duckdb_unified.parquet"
-run_paylake flat
-run_paylake folder
+for layout in $layouts; do
+  run_paylake "$layout"
+done
 
 # The report. Stage lines are "engine layout stage seconds peak_kib" for awk.
 seconds() { cut -d' ' -f1 < "$work/$1.time"; }
@@ -76,7 +79,7 @@ source_state() {
 }
 {
   echo "duckdb flat unified $(tail -n 1 "$work/duckdb.time")"
-  for layout in flat folder; do
+  for layout in $layouts; do
     for stage in bronze silver gold; do
       echo "paylake $layout $stage $(tail -n 1 "$work/$layout-$stage.time")"
     done
@@ -107,9 +110,22 @@ awk -v budget="$budget_kib" '
     if ($3 == "gold") line($1, $2, "total", total[$2], peak[$2])
   }' "$work/stages"
 echo
-echo "unified rows    duckdb $(rows_of duckdb unified_payments), paylake flat $(rows_of flat-gold gold.unified_payments), paylake folder $(rows_of folder-gold gold.unified_payments)"
+unified="unified rows    duckdb $(rows_of duckdb unified_payments)"
+for layout in $layouts; do
+  unified="$unified, paylake $layout $(rows_of "$layout-gold" gold.unified_payments)"
+done
+echo "$unified"
 
 if [ "${BENCH_VERIFY:-0}" = 1 ]; then
-  "$venv/bin/python" bench/compare_unified.py "$work/duckdb_unified.parquet" "$work/lake-flat" "$work/lake-folder" |
+  lakes=()
+  for layout in $layouts; do lakes+=("$work/lake-$layout"); done
+  "$venv/bin/python" bench/compare_unified.py "$work/duckdb_unified.parquet" "${lakes[@]}" |
     sed "s|$work/||; s/^/verify          /"
 fi
+
+# Where the time goes: each model's profile (`--profile`) of the four-CSV run.
+for stage in silver gold; do
+  echo
+  echo "profile of flat $stage:"
+  sed -n '/^ *model  *kind/,/^total /p' "$work/flat-$stage.err"
+done

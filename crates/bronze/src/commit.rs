@@ -5,7 +5,9 @@
 //! Exactly once: every object is committed with its file's hash as Delta transaction id, and a
 //! file is committed only if its table has no object of that hash yet. The check is a set
 //! lookup over the table's file names (`<sha256>-…`); only when the hash is there, or the table
-//! was compacted (`optimize` renames files), is the transaction id itself looked up.
+//! was compacted (`optimize` renames files), is the transaction id itself looked up. Every
+//! commit is built on the version those names were read at, so a writer that landed the same
+//! file since (past the lease) makes the commit conflict rather than land it twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -25,6 +27,8 @@ struct Committed {
     hashes: HashSet<String>,
     /// Some files are not named by hash (compacted): fall back to transaction ids.
     compacted: bool,
+    /// The version these hashes were read at: commits are checked against every later one.
+    read_version: Option<u64>,
 }
 
 /// Objects and file-log entries waiting for their commits.
@@ -55,7 +59,8 @@ impl PendingCommits {
         if !self.committed.contains_key(table) {
             let mut hashes = HashSet::new();
             let mut compacted = false;
-            for path in delta::active_files(lake, table).await? {
+            let (read_version, files) = delta::versioned_active_files(lake, table).await?;
+            for path in files {
                 match layout::hash_of_bronze_object(&path) {
                     Some(hash) => {
                         hashes.insert(hash.to_string());
@@ -63,8 +68,14 @@ impl PendingCommits {
                     None => compacted = true,
                 }
             }
-            self.committed
-                .insert(table.clone(), Committed { hashes, compacted });
+            self.committed.insert(
+                table.clone(),
+                Committed {
+                    hashes,
+                    compacted,
+                    read_version,
+                },
+            );
         }
         self.committed
             .get(table)
@@ -111,7 +122,8 @@ impl PendingCommits {
         let mut facts = CommitFacts::new();
         facts.insert(delta::INFO_RUN_ID.into(), self.batch_id.clone().into());
         for (table, (schema, objects)) in std::mem::take(&mut self.objects) {
-            delta::append_objects(lake, &table, &schema, &objects, &facts).await?;
+            let read_version = self.committed.get(&table).and_then(|c| c.read_version);
+            delta::append_objects(lake, &table, &schema, &objects, &facts, read_version).await?;
             if let Some(committed) = self.committed.get_mut(&table) {
                 committed.hashes.extend(
                     objects

@@ -282,7 +282,10 @@ pub(crate) async fn append(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let logged = read_logged_files(lake).await?;
+        // The commit is built on the version the log was read at: a run that logged the same
+        // entries after it makes this commit conflict, and the next attempt skips them.
+        let read_version = delta::latest_version(lake, &layout::file_log_table()).await?;
+        let logged = read_logged_files_at(lake, read_version).await?;
         let keys: HashSet<(String, String, String)> = logged.iter().map(LoggedFile::key).collect();
         let landed: HashSet<&str> = logged
             .iter()
@@ -318,6 +321,7 @@ pub(crate) async fn append(
             &batches,
             facts,
             &txns,
+            read_version,
         )
         .await
         {
@@ -363,8 +367,16 @@ fn text_column(batch: &RecordBatch, name: &str) -> Result<StringArray, BronzeErr
 }
 
 pub(crate) async fn read_logged_files(lake: &Lake) -> Result<Vec<LoggedFile>, BronzeError> {
+    read_logged_files_at(lake, None).await
+}
+
+/// The file log as of `version` (the latest when `None`).
+async fn read_logged_files_at(
+    lake: &Lake,
+    version: Option<u64>,
+) -> Result<Vec<LoggedFile>, BronzeError> {
     let ctx = datafusion::prelude::SessionContext::new();
-    let Some(frame) = crate::tables::file_log_frame(lake, &ctx).await? else {
+    let Some(frame) = crate::tables::file_log_frame_at(lake, &ctx, version).await? else {
         return Ok(vec![]);
     };
     let batches = frame

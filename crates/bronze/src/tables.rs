@@ -44,8 +44,17 @@ pub async fn file_log_frame(
     lake: &Lake,
     ctx: &SessionContext,
 ) -> Result<Option<DataFrame>, BronzeError> {
+    file_log_frame_at(lake, ctx, None).await
+}
+
+/// The file log at `version` (the latest when `None`).
+pub async fn file_log_frame_at(
+    lake: &Lake,
+    ctx: &SessionContext,
+    version: Option<u64>,
+) -> Result<Option<DataFrame>, BronzeError> {
     lake.register_with(ctx)?;
-    match delta::provider(lake, &layout::file_log_table(), None).await? {
+    match delta::provider(lake, &layout::file_log_table(), version).await? {
         Some(provider) => Ok(Some(ctx.read_table(provider)?)),
         None => Ok(None),
     }

@@ -3,7 +3,8 @@
 //! A model may start with a config comment: `-- paylake: materialized=view` (planned inline by
 //! the models that use it, never written), `-- paylake: materialized=temporary` (computed once
 //! per run into scratch Parquet that every later model and check reads, never published) or
-//! `-- paylake: partition_by=col`. Models reference each other as `silver.name` / `gold.name`;
+//! `-- paylake: partition_by=col`, and DataFusion settings for planning this model only
+//! (`datafusion.optimizer.prefer_hash_join=false`). Models reference each other as `silver.name` / `gold.name`;
 //! the runner orders them by those references.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,8 @@ pub struct Model {
     pub origin: String,
     pub materialization: Materialization,
     pub partition_by: Vec<String>,
+    /// DataFusion settings (`datafusion.*` key, value) applied while this model is planned.
+    pub engine_settings: Vec<(String, String)>,
     /// Invariants checked on the staged result before it is published.
     pub checks: Vec<Check>,
 }
@@ -169,6 +172,7 @@ impl Model {
             origin: origin.to_string(),
             materialization: Materialization::Table,
             partition_by: vec![],
+            engine_settings: vec![],
             checks: vec![],
         };
         for line in sql.lines() {
@@ -187,6 +191,9 @@ impl Model {
                     Some(("partition_by", columns)) => {
                         model.partition_by = columns.split(',').map(str::to_string).collect()
                     }
+                    Some((key, value)) if key.starts_with("datafusion.") => model
+                        .engine_settings
+                        .push((key.to_string(), value.to_string())),
                     _ => {
                         return Err(JobError::Model {
                             model: origin.to_string(),

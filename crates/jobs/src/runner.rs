@@ -291,9 +291,7 @@ pub async fn explain_model(
     let result = async {
         stage_models(lake, &mut built, layer, options, &models, Some(name)).await?;
         let sql = format!("EXPLAIN ANALYZE {}", strip_comments(&target.sql));
-        let batches = built
-            .ctx
-            .sql(&sql)
+        let batches = plan_model(&built.ctx, target, &sql)
             .await
             .map_err(|source| engine_error(target, &options.engine, source))?
             .collect()
@@ -312,6 +310,39 @@ pub async fn explain_model(
     .await;
     discard_all(lake, &built.staged).await;
     result
+}
+
+/// Plans `sql` (a model's, or a statement about it) with the model's own DataFusion settings;
+/// the session's settings are restored afterwards (the frame keeps the state it was planned with).
+async fn plan_model(
+    ctx: &SessionContext,
+    model: &Model,
+    sql: &str,
+) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
+    let state = ctx.state_ref();
+    let mut previous = Vec::new();
+    {
+        let mut state = state.write();
+        for (key, value) in &model.engine_settings {
+            let before = state
+                .config()
+                .options()
+                .entries()
+                .into_iter()
+                .find(|entry| &entry.key == key)
+                .and_then(|entry| entry.value);
+            state.config_mut().options_mut().set(key, value)?;
+            previous.push((key.clone(), before));
+        }
+    }
+    let planned = ctx.sql(sql).await;
+    let mut state = state.write();
+    for (key, before) in previous {
+        if let Some(value) = before {
+            state.config_mut().options_mut().set(&key, &value)?;
+        }
+    }
+    planned
 }
 
 /// A model's SQL without its `--` comment lines (so it can follow `EXPLAIN ANALYZE`).
@@ -374,7 +405,7 @@ async fn stage_models(
         let ctx = &built.ctx;
         let started = std::time::Instant::now();
         let failed = |source| engine_error(model, &options.engine, source);
-        let frame = ctx.sql(&model.sql).await.map_err(failed)?;
+        let frame = plan_model(ctx, model, &model.sql).await.map_err(failed)?;
         if model.materialization == Materialization::View {
             register(ctx, layer, &model.name, frame.into_view())?;
             continue;

@@ -560,15 +560,24 @@ pub struct WrittenObject {
 
 /// The paths of the data files of a table's latest version (none when it does not exist).
 pub async fn active_files(lake: &Lake, table: &TableName) -> Result<Vec<String>> {
+    Ok(versioned_active_files(lake, table).await?.1)
+}
+
+/// The latest version of a table and its data files, from one snapshot.
+pub async fn versioned_active_files(
+    lake: &Lake,
+    table: &TableName,
+) -> Result<(Option<u64>, Vec<String>)> {
     let Some(delta) = open(lake, table).await? else {
-        return Ok(vec![]);
+        return Ok((None, vec![]));
     };
     let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
-    Ok(snapshot
+    let files = snapshot
         .log_data()
         .iter()
         .map(|f| f.path().to_string())
-        .collect())
+        .collect();
+    Ok((delta.version(), files))
 }
 
 /// Whether a commit of the table carried this application transaction id.
@@ -585,14 +594,19 @@ pub async fn has_transaction(lake: &Lake, table: &TableName, app_id: &str) -> Re
 }
 
 /// Adds whole objects to an append-only table in one commit, each with its transaction id.
+/// With `read_version` (the version whose files the caller checked for these objects), the
+/// commit is checked against every commit since then: one that recorded any of the same
+/// transaction ids (another writer landed the same file) makes this commit fail with
+/// [`LakeError::CommitConflict`] instead of adding its rows a second time.
 pub async fn append_objects(
     lake: &Lake,
     table: &TableName,
     schema: &Schema,
     objects: &[WrittenObject],
     facts: &CommitFacts,
+    read_version: Option<u64>,
 ) -> Result<u64> {
-    let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
+    let delta = open_for_append(lake, table, schema, read_version).await?;
     let now = chrono::Utc::now().timestamp_millis();
     let actions = objects
         .iter()
@@ -628,12 +642,38 @@ pub async fn append_batches(
     batches: &[RecordBatch],
     facts: &CommitFacts,
 ) -> Result<u64> {
-    append_batches_with_txns(lake, table, schema, batches, facts, &[]).await
+    append_batches_with_txns(lake, table, schema, batches, facts, &[], None).await
+}
+
+/// An append-only table (created if missing) at `read_version`, or at its latest version.
+async fn open_for_append(
+    lake: &Lake,
+    table: &TableName,
+    schema: &Schema,
+    read_version: Option<u64>,
+) -> Result<DeltaTable> {
+    let mut delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
+    if let Some(version) = read_version {
+        if delta.version() != Some(version) {
+            delta
+                .load_version(version)
+                .await
+                .map_err(delta_error(table, "reading"))?;
+        }
+    }
+    Ok(delta)
+}
+
+/// The latest version of a table; `None` when it does not exist.
+pub async fn latest_version(lake: &Lake, table: &TableName) -> Result<Option<u64>> {
+    Ok(open(lake, table).await?.and_then(|delta| delta.version()))
 }
 
 /// Appends rows in one commit that also records application transaction ids: a concurrent
 /// commit that recorded one of the same ids makes this one fail with
-/// [`LakeError::CommitConflict`] instead of adding the rows a second time.
+/// [`LakeError::CommitConflict`] instead of adding the rows a second time. With `read_version`
+/// (the version the caller based its decision on), the commit is checked against every commit
+/// made since that version, not only since this call opened the table.
 pub async fn append_batches_with_txns(
     lake: &Lake,
     table: &TableName,
@@ -641,8 +681,9 @@ pub async fn append_batches_with_txns(
     batches: &[RecordBatch],
     facts: &CommitFacts,
     txn_ids: &[String],
+    read_version: Option<u64>,
 ) -> Result<u64> {
-    let delta = ensure(lake, table, schema, &[], TableKind::AppendOnly).await?;
+    let delta = open_for_append(lake, table, schema, read_version).await?;
     let target = delta_schema(schema);
     let config = writer_config(&delta, table, &target, &[])?;
     let mut writer = DeltaWriter::new(lake.store_at(&layout::table_root(table)), config);
@@ -1012,7 +1053,7 @@ mod tests {
             txn: Some("sha-1".into()),
         };
         assert!(!has_transaction(&lake, &table, "sha-1").await.unwrap());
-        append_objects(&lake, &table, &schema, &[written], &facts("b1"))
+        append_objects(&lake, &table, &schema, &[written], &facts("b1"), None)
             .await
             .unwrap();
         assert!(has_transaction(&lake, &table, "sha-1").await.unwrap());

@@ -175,7 +175,7 @@ def cases(outside=None):
         Case(
             "blank_lines",
             f"{DAY}/blank_lines_2024-11-20T10-16.csv",
-            data=csv(payment(6101 + 100), "", "   ", "\t", payment(6202 + 100), "", "\r"),
+            data=csv(payment(6301), "", "   ", "\t", payment(6302), "", "\r"),
         ),
         Case(
             "multiline_quoted_value",
