@@ -34,7 +34,9 @@ cp "$bin" "$work/paylake"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # measure NAME COMMAND...: runs COMMAND under GNU time, keeping "seconds peak_kib" in
-# $work/NAME.time and its output in $work/NAME.out and .err; a failure stops the benchmark.
+# $work/NAME.time and its output in $work/NAME.out and .err. A failed stage is reported with its
+# stderr and marked FAILED in the table; the benchmark exits 1 after printing what it measured.
+failures=0
 measure() {
   local name="$1"
   shift
@@ -43,22 +45,26 @@ measure() {
     echo "bench: $name failed ($(head -n 1 "$work/$name.time")): $*" >&2
     echo "--- last lines of its stderr:" >&2
     tail -n 25 "$work/$name.err" >&2
-    exit 1
+    touch "$work/$name.failed"
+    failures=$((failures + 1))
+    return 1
   fi
 }
 
-# run_paylake LAYOUT: bronze, silver and gold into a fresh lake from $work/LAYOUT.
+# run_paylake LAYOUT: bronze, silver and gold into a fresh lake from $work/LAYOUT; a failed
+# stage ends the layout's run.
 run_paylake() {
   local layout="$1" lake="$work/lake-$1"
-  measure "$layout-bronze" "$work/paylake" --lake "$lake" bronze --landing "$work/$layout"
-  measure "$layout-silver" "$work/paylake" --lake "$lake" silver --profile ${flags[@]+"${flags[@]}"}
-  measure "$layout-gold" "$work/paylake" --lake "$lake" gold --profile ${flags[@]+"${flags[@]}"}
+  measure "$layout-bronze" "$work/paylake" --lake "$lake" bronze --landing "$work/$layout" &&
+    measure "$layout-silver" "$work/paylake" --lake "$lake" silver --profile ${flags[@]+"${flags[@]}"} &&
+    measure "$layout-gold" "$work/paylake" --lake "$lake" gold --profile ${flags[@]+"${flags[@]}"} ||
+    true
 }
 
-measure generate "$venv/bin/python" bench/generate.py "$payments" --flat "$work/flat" --folder "$work/folder"
+measure generate "$venv/bin/python" bench/generate.py "$payments" --flat "$work/flat" --folder "$work/folder" || exit 1
 # The yardstick first, then the original layout, then the live one; the input is in the page
 # cache for all three after generation.
-measure duckdb "$venv/bin/python" bench/unified_duckdb.py "$work/flat" "$work/duckdb_unified.parquet"
+measure duckdb "$venv/bin/python" bench/unified_duckdb.py "$work/flat" "$work/duckdb_unified.parquet" || exit 1
 for layout in $layouts; do
   run_paylake "$layout"
 done
@@ -67,6 +73,7 @@ done
 seconds() { cut -d' ' -f1 < "$work/$1.time"; }
 # rows_of STEP TABLE: the row count STEP printed for TABLE ("<step> TABLE N rows ...").
 rows_of() {
+  [ -f "$work/$1.out" ] || { echo "?"; return; }
   awk -v table="$2" '$2 == table && $4 == "rows" { n = $3 } END { print (n == "" ? "?" : n) }' "$work/$1.out"
 }
 files_in() { find "$work/$1" -type f | wc -l; }
@@ -81,7 +88,13 @@ source_state() {
   echo "duckdb flat unified $(tail -n 1 "$work/duckdb.time")"
   for layout in $layouts; do
     for stage in bronze silver gold; do
-      echo "paylake $layout $stage $(tail -n 1 "$work/$layout-$stage.time")"
+      [ -f "$work/$layout-$stage.time" ] || continue
+      if [ -f "$work/$layout-$stage.failed" ]; then
+        # GNU time's first line is "Command exited with non-zero status N": keep the numbers.
+        echo "paylake $layout $stage $(tail -n 1 "$work/$layout-$stage.time") FAILED"
+      else
+        echo "paylake $layout $stage $(tail -n 1 "$work/$layout-$stage.time")"
+      fi
     done
   done
 } > "$work/stages"
@@ -97,17 +110,17 @@ echo "input           $(tail -n 1 "$work/generate.err" | sed 's/^generated //; s
 echo "                four CSVs $(mib_in flat) MiB; folder layout $(files_in folder) files, $(mib_in folder) MiB"
 echo
 awk -v budget="$budget_kib" '
-  function line(engine, layout, stage, s, kib) {
-    printf "%-8s %-7s %-8s %9.2f %9d %9.2f  %s\n", engine, layout, stage, s, kib / 1024, s / base,
-      (kib <= budget ? "yes" : "NO")
+  function line(engine, layout, stage, s, kib, note) {
+    printf "%-8s %-7s %-8s %9.2f %9d %9.2f  %s%s\n", engine, layout, stage, s, kib / 1024, s / base,
+      (kib <= budget ? "yes" : "NO"), note
   }
   BEGIN { printf "%-8s %-7s %-8s %9s %9s %9s  %s\n", "engine", "layout", "stage", "seconds", "peak MiB", "x DuckDB", "<= 1 GiB" }
   $1 == "duckdb" { base = ($4 > 0 ? $4 : 0.01); line($1, $2, $3, $4, $5); next }
   {
-    line($1, $2, $3, $4, $5)
+    line($1, $2, $3, $4, $5, ($6 == "FAILED" ? "  FAILED" : ""))
     total[$2] += $4
     if ($5 > peak[$2]) peak[$2] = $5
-    if ($3 == "gold") line($1, $2, "total", total[$2], peak[$2])
+    if ($3 == "gold" && $6 != "FAILED") line($1, $2, "total", total[$2], peak[$2], "")
   }' "$work/stages"
 echo
 unified="unified rows    duckdb $(rows_of duckdb unified_payments)"
@@ -116,16 +129,19 @@ for layout in $layouts; do
 done
 echo "$unified"
 
-if [ "${BENCH_VERIFY:-0}" = 1 ]; then
+if [ "${BENCH_VERIFY:-0}" = 1 ] && [ "$failures" -eq 0 ]; then
   lakes=()
   for layout in $layouts; do lakes+=("$work/lake-$layout"); done
   "$venv/bin/python" bench/compare_unified.py "$work/duckdb_unified.parquet" "${lakes[@]}" |
     sed "s|$work/||; s/^/verify          /"
 fi
 
-# Where the time goes: each model's profile (`--profile`) of the four-CSV run.
+# Where the time goes: each model's profile (`--profile`) of the first layout's run.
+first="${layouts%% *}"
 for stage in silver gold; do
+  [ -f "$work/$first-$stage.err" ] || continue
   echo
-  echo "profile of flat $stage:"
-  sed -n '/^ *model  *kind/,/^total /p' "$work/flat-$stage.err"
+  echo "profile of $first $stage:"
+  sed -n '/^ *model  *kind/,/^total /p' "$work/$first-$stage.err"
 done
+[ "$failures" -eq 0 ] || { echo "bench: $failures stage(s) failed (see above)" >&2; exit 1; }
