@@ -21,7 +21,8 @@ Exit codes:
   0  success
   1  the run failed (engine or storage error, broken invariant); nothing half-published
   2  usage or configuration error (unknown flag, bad --lake, missing landing folder, bad time,
-     a table that was not built yet)
+     a table that was not built yet, a statement `paylake sql` refuses, an export target that
+     is not a regular file, is inside the lake or has no folder)
   3  data quality gate failed: an error-severity expectation failed in Silver (Gold is not
      rebuilt) or in Gold (Gold is not committed)";
 
@@ -95,9 +96,23 @@ enum Command {
         #[arg(long)]
         all_columns: bool,
     },
-    /// Run an ad-hoc SQL query over every table of the lake (bronze.*, silver.*, gold.*,
+    /// Run ad-hoc SQL queries over every table of the lake (bronze.*, silver.*, gold.*,
     /// quality.*); `table_version('gold.unified_payments', 3)` reads an older version.
-    Sql { query: String },
+    /// Read-only: only SELECT, WITH, VALUES, EXPLAIN, SHOW and DESCRIBE run (several
+    /// statements separated by `;` must all be queries); anything else exits 2.
+    Sql {
+        query: String,
+        /// Stop the query after this long (e.g. 30s, 5m, 1h; 0 = no timeout): exit 1.
+        #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+        timeout: Timeout,
+        /// Memory the query may hold (e.g. 1GiB, 512MiB, or unlimited); sorts and
+        /// aggregations spill beyond it, a query that still cannot fit exits 1.
+        #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
+        memory_limit: MemoryLimit,
+        /// Folder for spill files (default: the system temp folder).
+        #[arg(long, env = "PAYLAKE_SPILL_DIR")]
+        spill_dir: Option<PathBuf>,
+    },
     /// The versions of a table: time, operation, run, as-of, rows, audit verdict.
     History {
         /// e.g. gold.unified_payments
@@ -187,6 +202,14 @@ fn parse_memory_limit(text: &str) -> Result<MemoryLimit, String> {
     paylake_jobs::engine::parse_memory_limit(text).map(MemoryLimit)
 }
 
+/// `--timeout`: how long a query may run, `None` for no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeout(pub Option<std::time::Duration>);
+
+fn parse_timeout(text: &str) -> Result<Timeout, String> {
+    paylake_jobs::shell::parse_timeout(text).map(Timeout)
+}
+
 fn parse_retention(text: &str) -> Result<chrono::Duration, String> {
     let text = text.trim();
     let split = text.len().saturating_sub(1);
@@ -250,6 +273,9 @@ pub fn job_failure(error: JobError) -> Failure {
         | JobError::Model { .. }
         | JobError::Io { .. }
         | JobError::Write { .. }
+        | JobError::Output { .. }
+        | JobError::ReadOnly { .. }
+        | JobError::Query(_)
         | JobError::Quality(QualityError::Expectations { .. })
         | JobError::Lake(paylake_lake::LakeError::NoSuchTable { .. }) => 2,
         JobError::GateClosed { .. } => EXIT_GATE_FAILED,
@@ -377,7 +403,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => steps::export(&lake, &table, version, &format, &output, all_columns, json)
             .await
             .map(|()| steps::StepMetrics::none()),
-        Command::Sql { query } => steps::sql(&lake, &query, json)
+        Command::Sql {
+            query,
+            timeout,
+            memory_limit,
+            spill_dir,
+        } => steps::sql(&lake, &query, timeout.0, memory_limit.0, spill_dir, json)
             .await
             .map(|()| steps::StepMetrics::none()),
         Command::Status => inspect::status(&lake, now, json)
@@ -448,7 +479,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Work a stopped query left behind (e.g. after --timeout) must not keep the process alive.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
             eprintln!("error: {error:#}");

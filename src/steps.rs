@@ -1,6 +1,7 @@
 //! The pipeline steps as the command line runs them: each returns the metrics it reports.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -393,28 +394,49 @@ pub async fn export(
     Ok(())
 }
 
-pub async fn sql(lake: &Lake, query: &str, json: bool) -> Result<(), Failure> {
-    let ctx = paylake_jobs::lake_session(lake)
+/// `paylake sql`: read-only queries on an engine with a memory limit, under a timeout.
+pub async fn sql(
+    lake: &Lake,
+    query: &str,
+    timeout: Option<std::time::Duration>,
+    memory_limit: Option<u64>,
+    spill_dir: Option<PathBuf>,
+    json: bool,
+) -> Result<(), Failure> {
+    let engine = paylake_jobs::engine::Engine::new(&paylake_jobs::EngineSettings {
+        memory_limit,
+        spill_dir,
+        ..paylake_jobs::EngineSettings::default()
+    })
+    .map_err(job_failure)?;
+    let results = paylake_jobs::shell::run_queries(lake, &engine, query, timeout)
         .await
         .map_err(job_failure)?;
-    let frame = ctx
-        .sql(query)
-        .await
-        .map_err(|e| usage(anyhow::anyhow!("query: {e}")))?;
-    if json {
-        let batches = frame.collect().await?;
-        // Explicit nulls: a NULL column is still present in every object.
-        let mut writer = datafusion::arrow::json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
-        for batch in &batches {
-            writer.write(batch)?;
+    for result in &results {
+        if json {
+            // Explicit nulls: a NULL column is still present in every object.
+            let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
+            for batch in &result.batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            let text = String::from_utf8(writer.into_inner())?;
+            println!("{}", if text.is_empty() { "[]" } else { &text });
+        } else if result.batches.is_empty() {
+            let empty =
+                datafusion::arrow::record_batch::RecordBatch::new_empty(Arc::clone(&result.schema));
+            println!(
+                "{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&[empty])?
+            );
+        } else {
+            println!(
+                "{}",
+                datafusion::arrow::util::pretty::pretty_format_batches(&result.batches)?
+            );
         }
-        writer.finish()?;
-        let text = String::from_utf8(writer.into_inner())?;
-        println!("{}", if text.is_empty() { "[]" } else { &text });
-    } else {
-        frame.show().await?;
     }
     Ok(())
 }

@@ -237,6 +237,19 @@ pub fn is_out_of_memory(error: &DataFusionError) -> bool {
         || error.to_string().contains("Resources exhausted")
 }
 
+/// An engine error of `what`: out of memory names the limit and the setting to raise.
+pub fn out_of_memory_or(error: DataFusionError, what: &str, limit: Option<u64>) -> JobError {
+    if is_out_of_memory(&error) {
+        JobError::OutOfMemory {
+            model: what.to_string(),
+            limit: limit.map_or_else(|| "unlimited".into(), format_bytes),
+            reason: error.to_string(),
+        }
+    } else {
+        JobError::Engine(error)
+    }
+}
+
 /// Human-readable bytes for messages and profiles (binary units).
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -1,15 +1,19 @@
-//! `paylake export`: a published table as a CSV or Parquet file outside the lake.
+//! `paylake export`: a published table as a CSV or Parquet file outside the lake, streamed
+//! into a temporary file beside the target and renamed over it only when whole.
 
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::Path;
+use std::ffi::OsString;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::{col, Expr};
+use futures::StreamExt;
 use paylake_lake::delta;
 use paylake_lake::layout::TableName;
 use paylake_lake::Lake;
 
+use crate::engine::{Engine, EngineSettings};
 use crate::JobError;
 
 /// The columns of the original take-home's unified table, in its order.
@@ -56,7 +60,78 @@ fn primary_columns(table: &TableName) -> Option<&'static [&'static str]> {
     }
 }
 
+/// Where an export may be written: `output`'s folder exists, `output` is a regular file or
+/// nothing (never a FIFO, device, socket, folder or symlink), and it is outside the lake.
+/// Returns the folder (with symlinks resolved) and the file name.
+pub fn check_output(lake: &Lake, output: &Path) -> Result<(PathBuf, OsString), JobError> {
+    let refuse = |reason: String| JobError::Output {
+        path: output.display().to_string(),
+        reason,
+    };
+    let name = match output.file_name() {
+        Some(name) if !output.as_os_str().to_string_lossy().ends_with('/') => name.to_owned(),
+        _ => return Err(refuse("not a file name".into())),
+    };
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let folder = std::fs::canonicalize(&parent).map_err(|e| {
+        refuse(if e.kind() == std::io::ErrorKind::NotFound {
+            format!("the folder {} does not exist", parent.display())
+        } else {
+            format!("the folder {} cannot be used: {e}", parent.display())
+        })
+    })?;
+    if !folder.is_dir() {
+        return Err(refuse(format!("{} is not a folder", parent.display())));
+    }
+    let target = folder.join(&name);
+    if target.starts_with(lake.local_folder()) {
+        return Err(refuse(format!(
+            "it is inside the lake {} (exports go outside the lake)",
+            lake.display()
+        )));
+    }
+    check_replaceable(&target).map_err(refuse)?;
+    Ok((folder, name))
+}
+
+/// A path an export may rename its file over: a regular file or nothing.
+fn check_replaceable(target: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) => {
+            let kind = meta.file_type();
+            if kind.is_file() {
+                return Ok(());
+            }
+            use std::os::unix::fs::FileTypeExt;
+            let what = if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_dir() {
+                "a folder"
+            } else if kind.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if kind.is_char_device() || kind.is_block_device() {
+                "a device"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            Err(format!(
+                "it is {what}; an export replaces only a regular file or creates a new one"
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Writes a table (its latest version, or `version`) to `output`; returns the rows written.
+///
+/// The rows stream from the engine into a temporary file in `output`'s folder (sorted within
+/// the engine's memory limit, spilling beyond it), which is renamed over `output` once whole.
 pub async fn export_table(
     lake: &Lake,
     table: &TableName,
@@ -65,7 +140,9 @@ pub async fn export_table(
     output: &Path,
     all_columns: bool,
 ) -> Result<u64, JobError> {
-    let ctx = crate::runner::lake_session(lake).await?;
+    let (folder, name) = check_output(lake, output)?;
+    let engine = Engine::new(&EngineSettings::default())?;
+    let ctx = crate::runner::lake_session_on(lake, &engine).await?;
     let provider = delta::provider(lake, table, version)
         .await?
         .ok_or_else(|| JobError::NotBuilt {
@@ -110,40 +187,64 @@ pub async fn export_table(
         frame = frame.sort(ordering)?;
     }
     let output_schema = frame.schema().inner().clone();
-    let batches = frame.collect().await?;
+    let limit = engine.settings.memory_limit;
+    let engine_error = move |e| crate::engine::out_of_memory_or(e, "export", limit);
+    let mut batches = frame.execute_stream().await.map_err(engine_error)?;
 
-    let staging = output.with_extension(format!(
-        "{}.partial",
-        output.extension().and_then(|e| e.to_str()).unwrap_or("out")
-    ));
-    let io_error = |e: std::io::Error| JobError::Io {
+    let write_error = |source: std::io::Error| JobError::Write {
         path: output.display().to_string(),
-        source: e,
+        source,
     };
-    let file = BufWriter::new(File::create(&staging).map_err(io_error)?);
+    // Created new (O_EXCL) beside the target, removed on any error.
+    let mut staging = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".partial")
+        .tempfile_in(&folder)
+        .map_err(write_error)?;
     let mut rows = 0u64;
-    match format {
-        ExportFormat::Csv => {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
-                .with_timestamp_tz_format(TIMESTAMP_FORMAT.to_string())
-                .build(file);
-            for batch in &batches {
-                writer.write(batch)?;
-                rows += batch.num_rows() as u64;
+    {
+        let file = BufWriter::new(staging.as_file_mut());
+        match format {
+            ExportFormat::Csv => {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+                    .with_timestamp_tz_format(TIMESTAMP_FORMAT.to_string())
+                    .build(file);
+                while let Some(batch) = batches.next().await {
+                    let batch = batch.map_err(engine_error)?;
+                    writer.write(&batch)?;
+                    rows += batch.num_rows() as u64;
+                }
+                writer.into_inner().flush().map_err(write_error)?;
             }
-        }
-        ExportFormat::Parquet => {
-            let mut writer =
-                datafusion::parquet::arrow::ArrowWriter::try_new(file, output_schema, None)?;
-            for batch in &batches {
-                writer.write(batch)?;
-                rows += batch.num_rows() as u64;
+            ExportFormat::Parquet => {
+                let mut writer =
+                    datafusion::parquet::arrow::ArrowWriter::try_new(file, output_schema, None)?;
+                while let Some(batch) = batches.next().await {
+                    let batch = batch.map_err(engine_error)?;
+                    writer.write(&batch)?;
+                    rows += batch.num_rows() as u64;
+                }
+                writer.into_inner()?.flush().map_err(write_error)?;
             }
-            writer.close()?;
         }
     }
-    std::fs::rename(&staging, output).map_err(io_error)?;
+    staging.as_file().sync_all().map_err(write_error)?;
+    let permissions = match std::fs::symlink_metadata(folder.join(&name)) {
+        Ok(meta) if meta.file_type().is_file() => meta.permissions(),
+        _ => std::fs::Permissions::from_mode(0o644),
+    };
+    staging
+        .as_file()
+        .set_permissions(permissions)
+        .map_err(write_error)?;
+    // The target may have changed while the rows were written: check it again.
+    let target = folder.join(&name);
+    check_replaceable(&target).map_err(|reason| JobError::Output {
+        path: output.display().to_string(),
+        reason,
+    })?;
+    staging.persist(&target).map_err(|e| write_error(e.error))?;
     Ok(rows)
 }

@@ -5,11 +5,12 @@ pub mod export;
 pub mod models;
 pub mod pipeline;
 pub mod runner;
+pub mod shell;
 
 pub use engine::{EngineSettings, ModelProfile};
 pub use export::{export_table, ExportFormat, UNIFIED_COLUMNS};
 pub use pipeline::{explain, run_gold, run_silver, StepReport};
-pub use runner::{lake_session, PublishedTable, RunOptions, SourceOutcome};
+pub use runner::{lake_session, lake_session_on, PublishedTable, RunOptions, SourceOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -49,6 +50,29 @@ pub enum JobError {
         #[source]
         source: std::io::Error,
     },
+    /// An output path that must not be written (not a regular file, inside the lake, no
+    /// folder): a usage error.
+    #[error("cannot write {path}: {reason}")]
+    Output { path: String, reason: String },
+    /// `paylake sql` was given something other than queries: a usage error.
+    #[error(
+        "paylake sql is read-only: {kind} is refused (statement {position} of {count}); only \
+         queries run ({})",
+        crate::shell::QUERY_KINDS
+    )]
+    ReadOnly {
+        kind: String,
+        position: usize,
+        count: usize,
+    },
+    /// SQL that does not parse or plan: a usage error.
+    #[error("query: {0}")]
+    Query(String),
+    #[error(
+        "the query did not finish within {limit} (--timeout {limit}) and was stopped; raise \
+         --timeout (0 = none) or narrow the query"
+    )]
+    Timeout { limit: String },
     #[error(
         "{model} needs more memory than the engine's limit of {limit} allows: raise --memory-limit \
          (or PAYLAKE_MEMORY_LIMIT), e.g. --memory-limit 4GiB, or free disk for spilling under \

@@ -673,3 +673,11 @@ pub async fn lake_session(lake: &Lake) -> Result<SessionContext, JobError> {
     register_params(&ctx, &RunOptions::new("ad-hoc", Utc::now()))?;
     Ok(ctx)
 }
+
+/// A session over the lake's latest versions on `engine` (its memory pool and spill folder),
+/// for ad-hoc reads such as `paylake sql` and `paylake export`.
+pub async fn lake_session_on(lake: &Lake, engine: &Engine) -> Result<SessionContext, JobError> {
+    let ctx = new_session(lake, &HashMap::new(), engine).await?;
+    register_params(&ctx, &RunOptions::new("ad-hoc", Utc::now()))?;
+    Ok(ctx)
+}

@@ -5,19 +5,160 @@
 //! can carry overlays: tables a step registers for one session (a staged version under audit,
 //! a view model, Bronze filtered to an as-of time) shadow the lake's table of that name.
 //! `table_version('layer.table', N)` reads any retained version in SQL.
+//!
+//! Every table these schemas hand out is read-only ([`ReadOnlyTable`]): the Delta provider
+//! would otherwise plan `INSERT INTO bronze.payments …` as a real append. Lake tables are
+//! written only through [`crate::delta`]'s staged, audited commits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
-use datafusion::catalog::{SchemaProvider, TableFunctionImpl, TableProvider};
-use datafusion::common::{plan_err, DataFusionError, ScalarValue};
-use datafusion::logical_expr::Expr;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{
+    ScanArgs, ScanResult, SchemaProvider, Session, TableFunctionImpl, TableProvider,
+};
+use datafusion::common::{
+    plan_err, Constraints, DFSchemaRef, DataFusionError, ScalarValue, Statistics,
+};
+use datafusion::logical_expr::dml::{InsertOp, MergeIntoClause};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use crate::delta;
 use crate::layout::{Layer, TableName};
 use crate::{Lake, LakeError, Result};
+
+/// A table that reads like the table it wraps and refuses every write (`INSERT`, `DELETE`,
+/// `UPDATE`, `TRUNCATE`, `MERGE`), naming the table.
+#[derive(Debug)]
+pub struct ReadOnlyTable {
+    name: String,
+    inner: Arc<dyn TableProvider>,
+}
+
+impl ReadOnlyTable {
+    /// Wraps `inner` (once: a provider that is already read-only is returned as it is).
+    pub fn wrap(name: impl Into<String>, inner: Arc<dyn TableProvider>) -> Arc<dyn TableProvider> {
+        if inner.is::<ReadOnlyTable>() {
+            return inner;
+        }
+        Arc::new(Self {
+            name: name.into(),
+            inner,
+        })
+    }
+
+    fn refuse<T>(&self, what: &str) -> datafusion::common::Result<T> {
+        plan_err!(
+            "{} is read-only: {what} is refused (lake tables change only through paylake's steps)",
+            self.name
+        )
+    }
+}
+
+#[async_trait]
+impl TableProvider for ReadOnlyTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.inner.constraints()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn get_table_definition(&self) -> Option<&str> {
+        self.inner.get_table_definition()
+    }
+
+    fn get_logical_plan(&'_ self) -> Option<Cow<'_, LogicalPlan>> {
+        self.inner.get_logical_plan()
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.inner.get_column_default(column)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    async fn scan_with_args<'a>(
+        &self,
+        state: &dyn Session,
+        args: ScanArgs<'a>,
+    ) -> datafusion::common::Result<ScanResult> {
+        self.inner.scan_with_args(state, args).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        _input: Arc<dyn ExecutionPlan>,
+        _insert_op: InsertOp,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        self.refuse("INSERT")
+    }
+
+    async fn delete_from(
+        &self,
+        _state: &dyn Session,
+        _filters: Vec<Expr>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        self.refuse("DELETE")
+    }
+
+    async fn update(
+        &self,
+        _state: &dyn Session,
+        _assignments: Vec<(String, Expr)>,
+        _filters: Vec<Expr>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        self.refuse("UPDATE")
+    }
+
+    async fn truncate(
+        &self,
+        _state: &dyn Session,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        self.refuse("TRUNCATE")
+    }
+
+    async fn merge_into(
+        &self,
+        _state: &dyn Session,
+        _source: Arc<dyn ExecutionPlan>,
+        _merge_schema: DFSchemaRef,
+        _on: Expr,
+        _clauses: Vec<MergeIntoClause>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        self.refuse("MERGE")
+    }
+}
 
 /// The tables of one layer, resolved lazily to Delta tables.
 #[derive(Debug)]
@@ -117,6 +258,7 @@ impl SchemaProvider for LakeSchema {
             .overlays
             .write()
             .map_err(|_| DataFusionError::Internal("catalog lock poisoned".into()))?;
+        let table = ReadOnlyTable::wrap(format!("{}.{name}", self.layer.name()), table);
         Ok(overlays.insert(name, table))
     }
 

@@ -257,15 +257,20 @@ pub async fn provider(
     provider_of(table, &delta).await.map(Some)
 }
 
-/// The provider of an opened table version.
+/// The provider of an opened table version: read-only (an `INSERT` planned on it is refused;
+/// Delta's own provider would append).
 pub async fn provider_of(table: &TableName, delta: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
-    delta
+    let provider = delta
         .table_provider()
         .await
         .map_err(|source| LakeError::Engine {
             doing: format!("scanning {table}"),
             source,
-        })
+        })?;
+    Ok(crate::catalog::ReadOnlyTable::wrap(
+        table.to_string(),
+        provider,
+    ))
 }
 
 /// A rebuilt table's next version, written but not committed: readers still see the current one.
@@ -969,6 +974,56 @@ mod tests {
         assert_eq!(history[0].rows, Some(5));
         assert_eq!(history[0].audit.as_deref(), Some("passed"));
         assert!(dir.path().join("gold/numbers/_delta_log").is_dir());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn lake_tables_refuse_writes_planned_on_them() {
+        // Bypasses the shell's statement check: the providers themselves refuse.
+        let (_dir, lake, ctx) = test_lake();
+        let table = TableName::new(Layer::Gold, "numbers");
+        let staged = stage_rows(&lake, &ctx, &table, 3, "r1").await;
+        commit_overwrite(&lake, &staged, &facts("r1"))
+            .await
+            .unwrap();
+        let session = SessionContext::new();
+        crate::catalog::register_lake(&session, &lake, &Default::default())
+            .await
+            .unwrap();
+        // A provider registered under a layer for one session is read-only as well.
+        session
+            .register_table(
+                datafusion::common::TableReference::partial("gold", "overlay"),
+                staged_provider(&lake, &staged).unwrap(),
+            )
+            .unwrap();
+        for (sql, table) in [
+            (
+                "INSERT INTO gold.numbers SELECT * FROM gold.numbers",
+                "gold.numbers",
+            ),
+            ("DELETE FROM gold.numbers", "gold.numbers"),
+            ("UPDATE gold.numbers SET n = 0", "gold.numbers"),
+            ("TRUNCATE gold.numbers", "gold.numbers"),
+            (
+                "INSERT INTO gold.overlay SELECT * FROM gold.numbers",
+                "gold.overlay",
+            ),
+        ] {
+            let refused = match session.sql(sql).await {
+                Ok(frame) => frame.collect().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            let message = refused.expect_err(sql).to_string();
+            assert!(
+                message.contains(&format!("{table} is read-only")),
+                "{sql}: {message}"
+            );
+        }
+        assert_eq!(
+            count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
+            3
+        );
+        assert_eq!(history(&lake, &table).await.unwrap().len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -77,6 +77,7 @@ pub struct Lake {
     store_url: ObjectStoreUrl,
     root: Path,
     display: String,
+    folder: std::path::PathBuf,
 }
 
 impl Lake {
@@ -117,6 +118,7 @@ impl Lake {
             store_url,
             root,
             display: absolute.display().to_string(),
+            folder: absolute,
         })
     }
 
@@ -140,6 +142,12 @@ impl Lake {
             .await
             .map_err(self.store_error(relative))?;
         Ok(meta.size)
+    }
+
+    /// The lake's folder on this machine (absolute, symlinks resolved): exports and other
+    /// ordinary files must stay out of it.
+    pub fn local_folder(&self) -> &std::path::Path {
+        &self.folder
     }
 
     /// A human-readable name of the lake root, for messages.
