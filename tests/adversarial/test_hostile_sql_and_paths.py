@@ -3,8 +3,7 @@ naming it and changes nothing (issue 13 item 7). `export` never writes through a
 node, never inside the lake, and names a missing folder as "cannot write" (item 9). An absurd
 `--label-maturity-days` is a usage error, not a panic (item 10). Every case gets its own lake.
 
-Cases marked xfail failed against the binary of the time the suite was written; the fixes are
-under way (remove each mark once its fix is merged: the summary lists any that now pass).
+Every case here failed against the binary of the time the suite was written (items 7 and 9).
 """
 
 import os
@@ -53,7 +52,6 @@ STATEMENTS = {
 }
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 item 7")
 @pytest.mark.parametrize("name", list(STATEMENTS))
 def test_sql_shell_refuses_every_statement_but_a_query(paylake, lake, tmp_path, name):
     statement, kind = STATEMENTS[name]
@@ -87,7 +85,6 @@ def export(paylake, lake, output):
     )
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 item 9")
 def test_export_refuses_a_fifo(paylake, lake, tmp_path):
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
@@ -96,7 +93,6 @@ def test_export_refuses_a_fifo(paylake, lake, tmp_path):
     assert_refused(result)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 item 9")
 def test_export_refuses_a_device_node(paylake, lake, tmp_path):
     device = tmp_path / "null"
     try:
@@ -108,7 +104,6 @@ def test_export_refuses_a_device_node(paylake, lake, tmp_path):
     assert_refused(result)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 item 9")
 @pytest.mark.parametrize(
     "inside", ["silver/payments/_current.json", "gold/unified_payments/export.csv", "export.csv"]
 )
@@ -119,7 +114,6 @@ def test_export_refuses_a_path_inside_the_lake(paylake, lake, inside):
     assert_refused(result)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 13 item 9")
 def test_export_to_a_missing_folder_says_cannot_write(paylake, lake, tmp_path):
     result = export(paylake, lake, tmp_path / "missing" / "out.csv")
     assert_refused(result, ["cannot write"])
