@@ -266,20 +266,24 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// Splits a quantity like `1.5GiB` or `30s` into its number and its lower-case unit.
+pub(crate) fn number_and_unit(text: &str) -> Option<(f64, String)> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit.trim().to_ascii_lowercase()))
+}
+
 /// Parses a size like `1GiB`, `512MiB`, `64M`, `2g`, `1000000` (bytes), or `unlimited`.
 pub fn parse_memory_limit(text: &str) -> Result<Option<u64>, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("unlimited") || text.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (use e.g. 1GiB, 512MiB or unlimited)"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("'{text}' is not a size (use e.g. 1GiB, 512MiB or unlimited)"))?;
+    let scale: u64 = match unit.as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,

@@ -52,14 +52,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Parses a timeout like `30s`, `5m`, `1h`, `500ms` or a number of seconds; `0` is none.
 pub fn parse_timeout(text: &str) -> Result<Option<Duration>, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a timeout (use e.g. 30s, 5m, 1h, or 0 for none)"))?;
-    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+    let (number, unit) = crate::engine::number_and_unit(text).ok_or_else(|| {
+        format!("'{text}' is not a timeout (use e.g. 30s, 5m, 1h, or 0 for none)")
+    })?;
+    let seconds = match unit.as_str() {
         "ms" => number / 1000.0,
         "" | "s" => number,
         "m" | "min" => number * 60.0,
