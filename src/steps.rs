@@ -206,7 +206,7 @@ fn print_profile(profile: &[ModelProfile]) {
     for p in profile {
         table.add_row([
             p.model.clone(),
-            p.materialization.clone(),
+            p.materialization.to_string(),
             format!("{:.2}", p.seconds),
             p.rows_in.to_string(),
             p.rows_out.to_string(),

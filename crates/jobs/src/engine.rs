@@ -197,12 +197,37 @@ impl Engine {
     }
 }
 
+/// What a profiled step of a build was.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfiledWork {
+    /// A model written once to scratch files for the run.
+    Temporary,
+    /// A model staged as a table version.
+    Table,
+    /// Queries around the models: invariant checks, classification counts.
+    Query,
+    /// The layer's expectations.
+    Audit,
+}
+
+impl std::fmt::Display for ProfiledWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Temporary => "temporary",
+            Self::Table => "table",
+            Self::Query => "query",
+            Self::Audit => "audit",
+        })
+    }
+}
+
 /// What building one model cost.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ModelProfile {
-    /// `layer.name`, or `layer.name check NAME` / `audit` for the work around models.
+    /// `layer.name`, or `layer.name checks` / `expectations` for the work around models.
     pub model: String,
-    pub materialization: String,
+    pub materialization: ProfiledWork,
     pub seconds: f64,
     /// Rows the model's scans read (of lake tables, temporary models and staged tables).
     pub rows_in: u64,

@@ -17,7 +17,7 @@ use paylake_lake::Lake;
 use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult, Suite};
 use serde::Serialize;
 
-use crate::engine::ModelProfile;
+use crate::engine::{ModelProfile, ProfiledWork};
 use crate::runner::{
     build_layer, commit_layer, discard_all, explain_model, BuiltLayer, RunOptions,
 };
@@ -103,7 +103,7 @@ async fn audit_or_discard(
     let rules = audited.as_ref().map(|(r, _)| r.len()).unwrap_or(0);
     built.profile.push(ModelProfile {
         model: "expectations".into(),
-        materialization: "audit".into(),
+        materialization: ProfiledWork::Audit,
         seconds: started.elapsed().as_secs_f64(),
         rows_in: 0,
         rows_out: rules as u64,

@@ -21,7 +21,7 @@ use paylake_lake::{catalog, Lake};
 use serde::Serialize;
 
 use crate::engine::{
-    format_bytes, is_out_of_memory, plan_totals, Engine, EngineSettings, ModelProfile,
+    format_bytes, is_out_of_memory, plan_totals, Engine, EngineSettings, ModelProfile, ProfiledWork,
 };
 use crate::models::{load_models, Materialization, Model};
 use crate::JobError;
@@ -231,7 +231,7 @@ pub async fn build_layer(
         built.sources = source_outcomes(&built.ctx, &built.models).await?;
         built.profile.push(ModelProfile {
             model: "silver classification counts".into(),
-            materialization: "query".into(),
+            materialization: ProfiledWork::Query,
             seconds: started.elapsed().as_secs_f64(),
             rows_in: 0,
             rows_out: built.sources.len() as u64,
@@ -457,10 +457,9 @@ async fn stage_models(
         let profile = ModelProfile {
             model: model.qualified(),
             materialization: match model.materialization {
-                Materialization::Temporary => "temporary",
-                _ => "table",
-            }
-            .into(),
+                Materialization::Temporary => ProfiledWork::Temporary,
+                _ => ProfiledWork::Table,
+            },
             seconds: started.elapsed().as_secs_f64(),
             rows_in,
             rows_out,
@@ -482,7 +481,7 @@ async fn stage_models(
             run_checks(&built.ctx, model, &options.engine).await?;
             built.profile.push(ModelProfile {
                 model: format!("{} checks", model.qualified()),
-                materialization: "query".into(),
+                materialization: ProfiledWork::Query,
                 seconds: started.elapsed().as_secs_f64(),
                 rows_in: 0,
                 rows_out: 0,
