@@ -9,7 +9,8 @@ SEED ?= ../shared/seed-sample
 VENV ?= $(HOME)/.cache/paylake/venv
 PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarrow pytest
 
-.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv fuzz chaos
+.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv fuzz chaos \
+	flight-test flight-venv repl-test serve
 
 all: bronze silver gold
 
@@ -41,6 +42,8 @@ promtool:
 test: promtool
 	PAYLAKE_SEED_SAMPLE=$(abspath $(SEED)) $(CARGO) test --release --workspace
 	$(MAKE) interop-test
+	$(MAKE) repl-test
+	$(MAKE) flight-test
 	$(MAKE) chaos
 
 # Python readers of the lake (deltalake, Polars, DuckDB 1.5.5 with its offline delta extension).
@@ -54,6 +57,28 @@ venv: $(VENV)/.installed
 # The lake read as Delta by other engines, concurrent readers and killed writers.
 interop-test: build venv
 	PAYLAKE_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/interop
+
+# The interactive `paylake sql` driven through a pseudo-terminal (Python's pty module).
+repl-test: build venv
+	PAYLAKE_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/repl
+
+# `paylake serve` read by ADBC's Flight SQL driver, in a venv of its own (pyarrow + ADBC).
+FLIGHT_VENV ?= $(HOME)/.cache/paylake/flight-venv
+PYTHON_FLIGHT := "adbc-driver-flightsql>=1,<2" "adbc-driver-manager>=1,<2" pyarrow pytest
+
+$(FLIGHT_VENV)/.installed:
+	python3 -m venv $(FLIGHT_VENV)
+	$(FLIGHT_VENV)/bin/pip install -q $(PYTHON_FLIGHT)
+	touch $@
+
+flight-venv: $(FLIGHT_VENV)/.installed
+
+flight-test: build flight-venv
+	PAYLAKE_BIN=$(BIN) $(FLIGHT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/flight
+
+# The lake over Arrow Flight SQL on 127.0.0.1:50051 (PAYLAKE_BIND, PAYLAKE_TOKEN).
+serve: build
+	$(BIN) --lake $(LAKE) serve
 
 # The adversarial suite (issue 13, tests/adversarial/README.md): the bad-file corpus, kill -9 at
 # 24 points with a re-run compared to a clean run, two writers at once, a full disk (tmpfs, as

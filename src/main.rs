@@ -1,8 +1,10 @@
 //! `paylake`: the command line of the payment lakehouse.
 
 mod inspect;
+mod sql;
 mod steps;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +13,7 @@ use clap::{Parser, Subcommand};
 use paylake_jobs::JobError;
 use paylake_lake::lease::WriterLease;
 use paylake_lake::Lake;
+use sql::OutputFormat;
 
 /// How long a writer lease lasts at most: longer than any step, short enough that a crashed
 /// run on another host does not block the lake for long.
@@ -25,6 +28,21 @@ Exit codes:
      is not a regular file, is inside the lake or has no folder)
   3  data quality gate failed: an error-severity expectation failed in Silver (Gold is not
      rebuilt) or in Gold (Gold is not committed)";
+
+const SQL_EXAMPLES: &str = "\
+Examples:
+  paylake sql \"SELECT count(*) FROM gold.unified_payments\"
+  paylake sql --format csv --output fraud.csv \"SELECT * FROM gold.unified_payments WHERE fraud_flag\"
+  paylake sql -f checks.sql --format ndjson
+  echo 'SHOW TABLES;' | paylake sql
+  paylake sql                      (interactive: .tables, \\d gold.unified_payments, .help)";
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  PAYLAKE_TOKEN=s3cret paylake --lake lake serve --bind 127.0.0.1:50051
+  Python:  adbc_driver_flightsql.dbapi.connect(\"grpc://127.0.0.1:50051\",
+             db_kwargs={\"adbc.flight.sql.authorization_header\": \"Bearer s3cret\"})
+  JDBC:    jdbc:arrow-flight-sql://127.0.0.1:50051?useEncryption=false&token=s3cret";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,17 +114,67 @@ enum Command {
         #[arg(long)]
         all_columns: bool,
     },
-    /// Run ad-hoc SQL queries over every table of the lake (bronze.*, silver.*, gold.*,
-    /// quality.*); `table_version('gold.unified_payments', 3)` reads an older version.
-    /// Read-only: only SELECT, WITH, VALUES, EXPLAIN, SHOW and DESCRIBE run (several
-    /// statements separated by `;` must all be queries); anything else exits 2.
+    /// Run SQL over every table of the lake (bronze.*, silver.*, gold.*, quality.*):
+    /// `table_version('gold.unified_payments', 3)` reads an older version. With no query and
+    /// no --file it reads statements from stdin, or opens an interactive shell on a terminal
+    /// (history, statements over several lines, `.tables`, `\d TABLE`, `.help`).
+    /// Read-only: only SELECT, WITH, VALUES, EXPLAIN, SHOW and DESCRIBE run; anything else
+    /// exits 2 unless --allow-writes.
+    #[command(after_help = SQL_EXAMPLES)]
     Sql {
-        query: String,
-        /// Stop the query after this long (e.g. 30s, 5m, 1h; 0 = no timeout): exit 1.
+        /// Statements to run, separated by `;` (or use --file, or stdin).
+        query: Option<String>,
+        /// Run the statements of this file in order; the first failure stops it (exit 2 or 1,
+        /// naming the file and line).
+        #[arg(short = 'f', long, conflicts_with = "query")]
+        file: Option<PathBuf>,
+        /// How to write results (default: table, or from --output's extension; --json means
+        /// json).
+        #[arg(long, value_enum)]
+        format: Option<OutputFormat>,
+        /// Write results to this file (outside the lake; replaced only once complete).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        /// Show at most N rows of each result in the table format, then "(M more rows …)".
+        #[arg(long, value_name = "N")]
+        max_rows: Option<usize>,
+        /// Also allow session objects (CREATE EXTERNAL TABLE, CREATE VIEW, CREATE TABLE … AS,
+        /// in memory and in this session only; DROP of them; SET) and COPY … TO a file outside
+        /// the lake. The lake's tables and folder are never written.
+        #[arg(long)]
+        allow_writes: bool,
+        /// The interactive shell's history (default: ~/.paylake_history).
+        #[arg(long, env = "PAYLAKE_HISTORY_FILE")]
+        history_file: Option<PathBuf>,
+        /// Stop a statement after this long (e.g. 30s, 5m, 1h; 0 = no timeout): exit 1.
         #[arg(long, default_value = "5m", value_parser = parse_timeout)]
         timeout: Timeout,
         /// Memory the query may hold (e.g. 1GiB, 512MiB, or unlimited); sorts and
         /// aggregations spill beyond it, a query that still cannot fit exits 1.
+        #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
+        memory_limit: MemoryLimit,
+        /// Folder for spill files (default: the system temp folder).
+        #[arg(long, env = "PAYLAKE_SPILL_DIR")]
+        spill_dir: Option<PathBuf>,
+    },
+    /// Serve the lake over Arrow Flight SQL (read-only, like `paylake sql`) for notebooks
+    /// (ADBC, e.g. Python's adbc-driver-flightsql) and BI tools (the Arrow Flight SQL JDBC or
+    /// ODBC driver). Stops on Ctrl-C or SIGTERM after the calls in flight.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve {
+        /// Address to listen on; the default is this machine only. Listening on other
+        /// interfaces without --token lets anyone there read the lake.
+        #[arg(long, env = "PAYLAKE_BIND", default_value = paylake_serve::DEFAULT_BIND)]
+        bind: std::net::SocketAddr,
+        /// Require `authorization: Bearer TOKEN` on every call (prefer the environment
+        /// variable: command lines are visible to other users).
+        #[arg(long, env = "PAYLAKE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Stop a query after this long (e.g. 30s, 5m; 0 = no timeout).
+        #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+        timeout: Timeout,
+        /// Memory each query may hold (e.g. 1GiB, or unlimited); beyond it, sorts and
+        /// aggregations spill, and a query that still cannot fit fails.
         #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
         memory_limit: MemoryLimit,
         /// Folder for spill files (default: the system temp folder).
@@ -275,6 +343,7 @@ pub fn job_failure(error: JobError) -> Failure {
         | JobError::Write { .. }
         | JobError::Output { .. }
         | JobError::ReadOnly { .. }
+        | JobError::WriteRefused { .. }
         | JobError::Query(_)
         | JobError::Quality(QualityError::Expectations { .. })
         | JobError::Lake(paylake_lake::LakeError::NoSuchTable { .. }) => 2,
@@ -405,12 +474,58 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .map(|()| steps::StepMetrics::none()),
         Command::Sql {
             query,
+            file,
+            format,
+            output,
+            max_rows,
+            allow_writes,
+            history_file,
             timeout,
             memory_limit,
             spill_dir,
-        } => steps::sql(&lake, &query, timeout.0, memory_limit.0, spill_dir, json)
-            .await
-            .map(|()| steps::StepMetrics::none()),
+        } => {
+            let args = sql::SqlArgs {
+                query,
+                file,
+                format,
+                output,
+                max_rows,
+                history_file,
+                options: paylake_jobs::shell::ShellOptions {
+                    timeout: timeout.0,
+                    allow_writes,
+                },
+                engine: paylake_jobs::EngineSettings {
+                    memory_limit: memory_limit.0,
+                    spill_dir,
+                    ..paylake_jobs::EngineSettings::default()
+                },
+            };
+            sql::sql(&lake, args, json)
+                .await
+                .map(|()| steps::StepMetrics::none())
+        }
+        Command::Serve {
+            bind,
+            token,
+            timeout,
+            memory_limit,
+            spill_dir,
+        } => {
+            let options = paylake_serve::ServeOptions {
+                bind,
+                token,
+                engine: paylake_jobs::EngineSettings {
+                    memory_limit: memory_limit.0,
+                    spill_dir,
+                    ..paylake_jobs::EngineSettings::default()
+                },
+                timeout: timeout.0,
+            };
+            serve(lake.clone(), options)
+                .await
+                .map(|()| steps::StepMetrics::none())
+        }
         Command::Status => inspect::status(&lake, now, json)
             .await
             .map(|()| steps::StepMetrics::none()),
@@ -464,6 +579,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }),
         _ => Ok(()),
     }
+}
+
+/// `paylake serve`: binds (a busy port is a usage error), says where, serves until stopped.
+async fn serve(lake: Lake, options: paylake_serve::ServeOptions) -> Result<(), Failure> {
+    let listener = paylake_serve::bind(options.bind).await.map_err(usage)?;
+    let secured = if options.token.is_some() {
+        "bearer token required"
+    } else {
+        "no token"
+    };
+    if options.token.is_none() && !listener.address.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without --token: anyone who reaches it can read the lake",
+            listener.address
+        );
+    }
+    // One line on stdout, for people and for scripts waiting for the server.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
+        "paylake serve: Arrow Flight SQL on grpc://{} (read-only, {secured}); Ctrl-C or SIGTERM \
+         stops it",
+        listener.address
+    )
+    .and_then(|()| stdout.flush());
+    paylake_serve::serve(lake, listener, options, paylake_serve::stop_signal()).await?;
+    Ok(())
 }
 
 fn main() -> ExitCode {

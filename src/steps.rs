@@ -1,7 +1,6 @@
 //! The pipeline steps as the command line runs them: each returns the metrics it reports.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -395,52 +394,6 @@ pub async fn export(
 }
 
 /// `paylake sql`: read-only queries on an engine with a memory limit, under a timeout.
-pub async fn sql(
-    lake: &Lake,
-    query: &str,
-    timeout: Option<std::time::Duration>,
-    memory_limit: Option<u64>,
-    spill_dir: Option<PathBuf>,
-    json: bool,
-) -> Result<(), Failure> {
-    let engine = paylake_jobs::engine::Engine::new(&paylake_jobs::EngineSettings {
-        memory_limit,
-        spill_dir,
-        ..paylake_jobs::EngineSettings::default()
-    })
-    .map_err(job_failure)?;
-    let results = paylake_jobs::shell::run_queries(lake, &engine, query, timeout)
-        .await
-        .map_err(job_failure)?;
-    for result in &results {
-        if json {
-            // Explicit nulls: a NULL column is still present in every object.
-            let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, datafusion::arrow::json::writer::JsonArray>(Vec::new());
-            for batch in &result.batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-            let text = String::from_utf8(writer.into_inner())?;
-            println!("{}", if text.is_empty() { "[]" } else { &text });
-        } else if result.batches.is_empty() {
-            let empty =
-                datafusion::arrow::record_batch::RecordBatch::new_empty(Arc::clone(&result.schema));
-            println!(
-                "{}",
-                datafusion::arrow::util::pretty::pretty_format_batches(&[empty])?
-            );
-        } else {
-            println!(
-                "{}",
-                datafusion::arrow::util::pretty::pretty_format_batches(&result.batches)?
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Where each source's accepted rows live, and the column naming their file.
 fn accepted_table(source: &str) -> Option<(&'static str, &'static str)> {
     match source {

@@ -34,7 +34,7 @@ pub const UNIFIED_COLUMNS: [&str; 13] = [
 ];
 
 /// Timestamps are UTC; written without zone suffix, with a fraction only when there is one.
-const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
+pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportFormat {
@@ -140,7 +140,7 @@ pub async fn export_table(
     output: &Path,
     all_columns: bool,
 ) -> Result<u64, JobError> {
-    let (folder, name) = check_output(lake, output)?;
+    check_output(lake, output)?;
     let engine = Engine::new(&EngineSettings::default())?;
     let ctx = crate::runner::lake_session_on(lake, &engine).await?;
     let provider = delta::provider(lake, table, version)
@@ -191,19 +191,14 @@ pub async fn export_table(
     let engine_error = move |e| crate::engine::out_of_memory_or(e, "export", limit);
     let mut batches = frame.execute_stream().await.map_err(engine_error)?;
 
+    let mut staged = OutputFile::create(lake, output)?;
     let write_error = |source: std::io::Error| JobError::Write {
         path: output.display().to_string(),
         source,
     };
-    // Created new (O_EXCL) beside the target, removed on any error.
-    let mut staging = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".partial")
-        .tempfile_in(&folder)
-        .map_err(write_error)?;
     let mut rows = 0u64;
     {
-        let file = BufWriter::new(staging.as_file_mut());
+        let file = BufWriter::new(staged.file());
         match format {
             ExportFormat::Csv => {
                 let mut writer = datafusion::arrow::csv::WriterBuilder::new()
@@ -230,21 +225,69 @@ pub async fn export_table(
             }
         }
     }
-    staging.as_file().sync_all().map_err(write_error)?;
-    let permissions = match std::fs::symlink_metadata(folder.join(&name)) {
-        Ok(meta) if meta.file_type().is_file() => meta.permissions(),
-        _ => std::fs::Permissions::from_mode(0o644),
-    };
-    staging
-        .as_file()
-        .set_permissions(permissions)
-        .map_err(write_error)?;
-    // The target may have changed while the rows were written: check it again.
-    let target = folder.join(&name);
-    check_replaceable(&target).map_err(|reason| JobError::Output {
-        path: output.display().to_string(),
-        reason,
-    })?;
-    staging.persist(&target).map_err(|e| write_error(e.error))?;
+    staged.commit()?;
     Ok(rows)
+}
+
+/// A file outside the lake, written through a temporary file beside it (created new, removed
+/// on any error) and renamed over the target only by [`OutputFile::commit`].
+pub struct OutputFile {
+    staging: tempfile::NamedTempFile,
+    folder: PathBuf,
+    name: OsString,
+    path: PathBuf,
+}
+
+impl OutputFile {
+    /// Checks `path` ([`check_output`]) and opens its temporary file.
+    pub fn create(lake: &Lake, path: &Path) -> Result<Self, JobError> {
+        let (folder, name) = check_output(lake, path)?;
+        let staging = tempfile::Builder::new()
+            .prefix(&format!(".{}.", name.to_string_lossy()))
+            .suffix(".partial")
+            .tempfile_in(&folder)
+            .map_err(|source| JobError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            staging,
+            folder,
+            name,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The temporary file to write to.
+    pub fn file(&mut self) -> &mut std::fs::File {
+        self.staging.as_file_mut()
+    }
+
+    /// Syncs the temporary file and renames it over the target (keeping the permissions of
+    /// a file it replaces).
+    pub fn commit(self) -> Result<(), JobError> {
+        let write_error = |source: std::io::Error| JobError::Write {
+            path: self.path.display().to_string(),
+            source,
+        };
+        self.staging.as_file().sync_all().map_err(write_error)?;
+        let target = self.folder.join(&self.name);
+        let permissions = match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_file() => meta.permissions(),
+            _ => std::fs::Permissions::from_mode(0o644),
+        };
+        self.staging
+            .as_file()
+            .set_permissions(permissions)
+            .map_err(write_error)?;
+        // The target may have changed while the rows were written: check it again.
+        check_replaceable(&target).map_err(|reason| JobError::Output {
+            path: self.path.display().to_string(),
+            reason,
+        })?;
+        self.staging
+            .persist(&target)
+            .map_err(|e| write_error(e.error))?;
+        Ok(())
+    }
 }

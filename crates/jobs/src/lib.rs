@@ -57,11 +57,23 @@ pub enum JobError {
     /// `paylake sql` was given something other than queries: a usage error.
     #[error(
         "paylake sql is read-only: {kind} is refused (statement {position} of {count}); only \
-         queries run ({})",
+         queries run ({}; --allow-writes adds session objects and COPY to files outside \
+         the lake)",
         crate::shell::QUERY_KINDS
     )]
     ReadOnly {
         kind: String,
+        position: usize,
+        count: usize,
+    },
+    /// Under `--allow-writes`, a statement that would still change the lake or more than the
+    /// session: a usage error.
+    #[error(
+        "statement {position} of {count} is refused: {what}; --allow-writes allows only {}",
+        crate::shell::SESSION_WRITES
+    )]
+    WriteRefused {
+        what: String,
         position: usize,
         count: usize,
     },

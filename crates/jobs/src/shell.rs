@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,19 +30,28 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DataFusionError, Result as EngineResult, ScalarValue};
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
     Signature,
 };
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{Expr, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::{Select, SetExpr, Statement as SqlStatement, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    ObjectName, ObjectType, Select, SetExpr, Statement as SqlStatement, Visit, Visitor,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
+use paylake_lake::layout::Layer;
 use paylake_lake::Lake;
 
-use crate::engine::{is_out_of_memory, Engine};
+use crate::engine::{is_out_of_memory, Engine, EngineSettings};
 use crate::JobError;
+
+pub mod hints;
+pub mod input;
 
 /// What the shell runs, for messages.
 pub const QUERY_KINDS: &str = "SELECT, WITH, VALUES, EXPLAIN, SHOW and DESCRIBE";
@@ -226,6 +236,161 @@ fn sql_kind(statement: &SqlStatement) -> String {
     named.to_string()
 }
 
+/// Parses `sql` for a session with `--allow-writes`: besides queries, each statement may only
+/// create, replace or drop the session's own objects, `SET` options, or `COPY` to a file
+/// outside the lake ([`SESSION_WRITES`]). `INSERT`, `UPDATE`, `DELETE` and anything naming a
+/// lake schema stay refused.
+pub fn session_write_statements(
+    sql: &str,
+    lake_folder: &Path,
+) -> Result<Vec<DFStatement>, JobError> {
+    let statements: VecDeque<DFStatement> =
+        DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+            .map_err(|e| JobError::Query(e.to_string()))?;
+    if statements.is_empty() {
+        return Err(JobError::Query("no statement to run".into()));
+    }
+    for (index, statement) in statements.iter().enumerate() {
+        if let Err(what) = session_write_allowed(statement, lake_folder) {
+            return Err(JobError::WriteRefused {
+                what,
+                position: index + 1,
+                count: statements.len(),
+            });
+        }
+    }
+    Ok(statements.into())
+}
+
+fn session_write_allowed(statement: &DFStatement, lake_folder: &Path) -> Result<(), String> {
+    match statement {
+        DFStatement::Statement(statement) => match statement.visit(&mut SessionWritesOnly) {
+            ControlFlow::Break(what) => Err(what),
+            ControlFlow::Continue(()) => Ok(()),
+        },
+        DFStatement::CreateExternalTable(create) => {
+            outside_lake_schemas("CREATE EXTERNAL TABLE", std::slice::from_ref(&create.name))
+        }
+        DFStatement::CopyTo(copy) => copy_target_outside(&copy.target, lake_folder),
+        DFStatement::Reset(_) => Ok(()),
+        DFStatement::Explain(explain) => session_write_allowed(&explain.statement, lake_folder),
+    }
+}
+
+/// Schemas a session object must never be created in or dropped from.
+fn is_lake_schema(schema: &str) -> bool {
+    Layer::parse(&schema.to_ascii_lowercase()).is_some()
+        || schema.eq_ignore_ascii_case(crate::runner::PARAMS_SCHEMA)
+        || schema.eq_ignore_ascii_case("information_schema")
+}
+
+fn outside_lake_schemas(kind: &str, names: &[ObjectName]) -> Result<(), String> {
+    for name in names {
+        let parts: Vec<&str> = name
+            .0
+            .iter()
+            .filter_map(|part| part.as_ident().map(|ident| ident.value.as_str()))
+            .collect();
+        // `schema.table` or `catalog.schema.table`: the part before the table's name.
+        if parts.len() >= 2 && is_lake_schema(parts[parts.len() - 2]) {
+            return Err(format!(
+                "{kind} {name} (the lake's schemas are read-only; session objects go in the \
+                 default schema, e.g. {kind} {})",
+                parts[parts.len() - 1]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `COPY … TO` writes only local files outside the lake's folder.
+fn copy_target_outside(target: &str, lake_folder: &Path) -> Result<(), String> {
+    let refuse = |reason: &str| Err(format!("COPY TO '{target}': {reason}"));
+    let local = match target.strip_prefix("file://") {
+        Some(rest) => rest,
+        None if target.contains("://") => return refuse("only local paths can be written"),
+        None => target,
+    };
+    let path = Path::new(local);
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return refuse("'..' is not allowed in the target; name the folder directly");
+    }
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match std::env::current_dir() {
+            Ok(dir) => dir.join(path),
+            Err(e) => return refuse(&format!("cannot resolve the current folder: {e}")),
+        }
+    };
+    // Resolve symlinks through the part of the path that exists already.
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match std::fs::canonicalize(existing) {
+            Ok(real) => break rest.iter().rev().fold(real, |path, part| path.join(part)),
+            Err(_) => match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => break absolute.clone(),
+            },
+        }
+    };
+    if resolved.starts_with(lake_folder) {
+        return refuse(&format!(
+            "it is inside the lake {} (the lake is written only by paylake's steps)",
+            lake_folder.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Walks a statement allowed under `--allow-writes`: queries, `SET`, and session objects.
+struct SessionWritesOnly;
+
+impl Visitor for SessionWritesOnly {
+    type Break = String;
+
+    fn pre_visit_statement(&mut self, statement: &SqlStatement) -> ControlFlow<String> {
+        let allowed = match statement {
+            statement if is_query(statement) => Ok(()),
+            SqlStatement::Set(_) => Ok(()),
+            SqlStatement::CreateView(view) => {
+                outside_lake_schemas("CREATE VIEW", std::slice::from_ref(&view.name))
+            }
+            SqlStatement::CreateTable(table) => {
+                outside_lake_schemas("CREATE TABLE", std::slice::from_ref(&table.name))
+            }
+            SqlStatement::Drop {
+                object_type: ObjectType::Table | ObjectType::View,
+                names,
+                ..
+            } => outside_lake_schemas(&sql_kind(statement), names),
+            other => Err(format!("{} is never allowed", sql_kind(other))),
+        };
+        match allowed {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(what) => ControlFlow::Break(what),
+        }
+    }
+
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<String> {
+        QueriesOnly.pre_visit_select(select)
+    }
+
+    fn pre_visit_query(
+        &mut self,
+        query: &datafusion::sql::sqlparser::ast::Query,
+    ) -> ControlFlow<String> {
+        QueriesOnly.pre_visit_query(query)
+    }
+}
+
 /// What the shell allows a plan to do: nothing but read.
 pub fn read_only_options() -> SQLOptions {
     SQLOptions::new()
@@ -234,83 +399,249 @@ pub fn read_only_options() -> SQLOptions {
         .with_allow_statements(false)
 }
 
-/// The result of one statement.
+/// What a shell session may do beyond reading the lake.
+#[derive(Debug, Clone, Default)]
+pub struct ShellOptions {
+    /// Stop a statement after this long (`None`: never).
+    pub timeout: Option<Duration>,
+    /// Allow the session's own objects and `COPY … TO` a file outside the lake
+    /// ([`SESSION_WRITES`]); the lake's tables stay read-only whatever this says.
+    pub allow_writes: bool,
+}
+
+/// What `--allow-writes` permits, for messages and help.
+pub const SESSION_WRITES: &str = "CREATE EXTERNAL TABLE, CREATE VIEW and CREATE TABLE … AS \
+     (in-memory, this session only, never in a lake schema), DROP of those, SET, and COPY … TO \
+     a file outside the lake";
+
+/// The result of one statement, held within the engine's memory pool while it lives.
 pub struct StatementResult {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
+    /// The collected batches' share of the memory pool, given back when the result is dropped.
+    _held: MemoryReservation,
 }
 
-/// A session for the shell: the lake's catalog on `engine`, with the functions that can
-/// outgrow their input bounded by its memory pool.
-pub async fn shell_session(lake: &Lake, engine: &Engine) -> Result<SessionContext, JobError> {
-    let ctx = crate::runner::lake_session_on(lake, engine).await?;
-    guard_functions(&ctx, Arc::clone(&engine.pool) as Arc<dyn MemoryPool>);
-    Ok(ctx)
+impl StatementResult {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
 }
 
-/// Runs every statement of `sql` (all of them must be queries) in order, each planned, checked
-/// and collected under `timeout` in all; results are held within the engine's memory pool.
-pub async fn run_queries(
-    lake: &Lake,
-    engine: &Engine,
-    sql: &str,
-    timeout: Option<Duration>,
-) -> Result<Vec<StatementResult>, JobError> {
-    let statements = read_only_statements(sql)?;
-    let ctx = shell_session(lake, engine).await?;
-    let pool = Arc::clone(&engine.pool) as Arc<dyn MemoryPool>;
-    let limit = engine.settings.memory_limit;
-    let work = async {
+/// A shell session over the lake: one DataFusion session (so objects a statement creates under
+/// `--allow-writes` stay for the next), on its own engine (memory pool, spill folder).
+pub struct Shell {
+    ctx: SessionContext,
+    engine: Engine,
+    options: ShellOptions,
+    lake_folder: PathBuf,
+}
+
+impl Shell {
+    /// A session on `lake` with the functions that can outgrow their input bounded by the
+    /// engine's memory pool.
+    pub async fn open(
+        lake: &Lake,
+        settings: &EngineSettings,
+        options: ShellOptions,
+    ) -> Result<Self, JobError> {
+        let engine = Engine::new(settings)?;
+        let ctx = crate::runner::lake_session_on(lake, &engine).await?;
+        guard_functions(&ctx, Arc::clone(&engine.pool) as Arc<dyn MemoryPool>);
+        Ok(Self {
+            ctx,
+            engine,
+            options,
+            lake_folder: lake.local_folder().to_path_buf(),
+        })
+    }
+
+    pub fn options(&self) -> &ShellOptions {
+        &self.options
+    }
+
+    /// Parses `sql` into statements, each checked against what this session may do.
+    pub fn statements(&self, sql: &str) -> Result<Vec<DFStatement>, JobError> {
+        if self.options.allow_writes {
+            session_write_statements(sql, &self.lake_folder)
+        } else {
+            read_only_statements(sql)
+        }
+    }
+
+    /// Plans one statement, checks the plan and collects its result under the timeout.
+    pub async fn run(&self, statement: DFStatement) -> Result<StatementResult, JobError> {
+        let work = self.collect(statement);
+        match self.options.timeout {
+            None => work.await,
+            Some(limit) => {
+                tokio::time::timeout(limit, work)
+                    .await
+                    .map_err(|_| JobError::Timeout {
+                        limit: format_timeout(limit),
+                    })?
+            }
+        }
+    }
+
+    /// Runs every statement of `sql` in order; the first failure stops the rest.
+    pub async fn run_all(&self, sql: &str) -> Result<Vec<StatementResult>, JobError> {
         let mut results = Vec::new();
-        // Collected results stay reserved until every statement ran.
-        let mut held = MemoryConsumer::new("paylake sql result").register(&pool);
-        for statement in statements {
-            results.push(run_statement(&ctx, statement, &mut held, limit).await?);
+        for statement in self.statements(sql)? {
+            results.push(self.run(statement).await?);
         }
         Ok(results)
-    };
-    match timeout {
-        None => work.await,
-        Some(limit) => tokio::time::timeout(limit, work)
+    }
+
+    /// Plans `sql`, which must be exactly one query (whatever `--allow-writes` says): what a
+    /// remote client (Flight SQL) may run.
+    pub async fn plan_query(&self, sql: &str) -> Result<LogicalPlan, JobError> {
+        let mut statements = read_only_statements(sql)?;
+        if statements.len() != 1 {
+            return Err(JobError::Query(format!(
+                "one statement at a time, got {}",
+                statements.len()
+            )));
+        }
+        let statement = statements.remove(0);
+        self.plan(statement, &read_only_options()).await
+    }
+
+    /// Executes a plan from [`Shell::plan_query`] as a stream of batches, stopped with an
+    /// error once the session's timeout has passed.
+    pub async fn execute(&self, plan: LogicalPlan) -> Result<SendableRecordBatchStream, JobError> {
+        let limit = self.engine.settings.memory_limit;
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
             .await
-            .map_err(|_| JobError::Timeout {
-                limit: format_timeout(limit),
-            })?,
+            .map_err(|e| shell_error(e, limit))?;
+        let stream = frame
+            .execute_stream()
+            .await
+            .map_err(|e| shell_error(e, limit))?;
+        Ok(match self.options.timeout {
+            None => stream,
+            Some(timeout) => with_deadline(stream, timeout),
+        })
+    }
+
+    /// Every table a query can name, as `schema.table`, sorted: the lake's layers and, under
+    /// `--allow-writes`, the session's own objects.
+    pub async fn table_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let Some(catalog) = self.ctx.catalog("datafusion") else {
+            return names;
+        };
+        for schema in catalog.schema_names() {
+            if schema == "information_schema" || schema == crate::runner::PARAMS_SCHEMA {
+                continue;
+            }
+            if let Some(provider) = catalog.schema(&schema) {
+                names.extend(
+                    provider
+                        .table_names()
+                        .into_iter()
+                        .map(|table| format!("{schema}.{table}")),
+                );
+            }
+        }
+        names.sort();
+        names
+    }
+
+    /// The session, for catalog questions (schemas of tables, Flight SQL metadata).
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    async fn plan(
+        &self,
+        statement: DFStatement,
+        options: &SQLOptions,
+    ) -> Result<LogicalPlan, JobError> {
+        let limit = self.engine.settings.memory_limit;
+        let references = self
+            .ctx
+            .state()
+            .resolve_table_references(&statement)
+            .unwrap_or_default();
+        let plan = match self.ctx.state().statement_to_plan(statement).await {
+            Ok(plan) => plan,
+            Err(e) if is_out_of_memory(&e) => return Err(shell_error(e, limit)),
+            Err(e) => {
+                let hint = hints::for_planning_error(&e, &references, &self.table_names().await);
+                return Err(JobError::Query(match hint {
+                    Some(hint) => format!("{e}\n  {hint}"),
+                    None => e.to_string(),
+                }));
+            }
+        };
+        options.verify_plan(&plan).map_err(|e| {
+            JobError::Query(if self.options.allow_writes {
+                format!("refused: {e}")
+            } else {
+                format!("the shell is read-only: {e}")
+            })
+        })?;
+        Ok(plan)
+    }
+
+    async fn collect(&self, statement: DFStatement) -> Result<StatementResult, JobError> {
+        let options = if self.options.allow_writes {
+            SQLOptions::new()
+        } else {
+            read_only_options()
+        };
+        let plan = self.plan(statement, &options).await?;
+        let limit = self.engine.settings.memory_limit;
+        let engine_error = |e: DataFusionError| shell_error(e, limit);
+        let frame = self
+            .ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(engine_error)?;
+        let schema = Arc::clone(frame.schema().inner());
+        let mut stream = frame.execute_stream().await.map_err(engine_error)?;
+        let pool = Arc::clone(&self.engine.pool) as Arc<dyn MemoryPool>;
+        let held = MemoryConsumer::new("paylake sql result").register(&pool);
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(engine_error)?;
+            held.try_grow(batch.get_array_memory_size())
+                .map_err(engine_error)?;
+            batches.push(batch);
+        }
+        Ok(StatementResult {
+            schema,
+            batches,
+            _held: held,
+        })
     }
 }
 
-async fn run_statement(
-    ctx: &SessionContext,
-    statement: DFStatement,
-    held: &mut MemoryReservation,
-    limit: Option<u64>,
-) -> Result<StatementResult, JobError> {
-    let engine_error = |e: DataFusionError| shell_error(e, limit);
-    let plan = ctx
-        .state()
-        .statement_to_plan(statement)
-        .await
-        .map_err(|e| {
-            if is_out_of_memory(&e) {
-                shell_error(e, limit)
-            } else {
-                JobError::Query(e.to_string())
-            }
-        })?;
-    read_only_options()
-        .verify_plan(&plan)
-        .map_err(|e| JobError::Query(format!("the shell is read-only: {e}")))?;
-    let frame = ctx.execute_logical_plan(plan).await.map_err(engine_error)?;
-    let schema = Arc::clone(frame.schema().inner());
-    let mut stream = frame.execute_stream().await.map_err(engine_error)?;
-    let mut batches = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(engine_error)?;
-        held.try_grow(batch.get_array_memory_size())
-            .map_err(engine_error)?;
-        batches.push(batch);
-    }
-    Ok(StatementResult { schema, batches })
+/// A stream that ends with a timeout error once `timeout` has passed, even while the engine
+/// is still working on its next batch.
+fn with_deadline(
+    stream: SendableRecordBatchStream,
+    timeout: Duration,
+) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let limited = futures::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(DataFusionError::External(Box::new(JobError::Timeout {
+                    limit: format_timeout(timeout),
+                }))),
+                None,
+            )),
+        }
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, limited))
 }
 
 /// Out of memory names the limit and the flag; other engine errors stay as they are.
