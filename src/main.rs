@@ -177,6 +177,10 @@ pub struct JobArgs {
     /// its metrics; nothing is committed.
     #[arg(long, value_name = "MODEL")]
     explain: Option<String>,
+    /// Rebuild every table of the layer from the layer below, ignoring the watermarks (by
+    /// default a run rebuilds only the keys whose inputs changed since the last run).
+    #[arg(long)]
+    full_refresh: bool,
 }
 
 impl JobArgs {
@@ -190,6 +194,7 @@ impl JobArgs {
             spill_dir: None,
             profile: false,
             explain: None,
+            full_refresh: false,
         }
     }
 }

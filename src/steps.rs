@@ -185,6 +185,7 @@ fn run_options(job: &JobArgs, now: DateTime<Utc>) -> RunOptions {
             spill_dir: job.spill_dir.clone(),
             target_partitions: None,
         },
+        full_refresh: job.full_refresh,
         ..RunOptions::new(run_id(now), now)
     }
 }
@@ -239,6 +240,22 @@ async fn explain(
 }
 
 fn print_report(report: &StepReport) {
+    let build = &report.build;
+    match (build.mode, &build.reason) {
+        ("nothing_new", _) => eprintln!(
+            "{}  nothing new since the last run: nothing built, nothing committed",
+            report.layer
+        ),
+        (_, Some(reason)) => eprintln!("{}  full build: {reason}", report.layer),
+        _ => {
+            let keys: Vec<String> = build
+                .changed_keys
+                .iter()
+                .map(|(column, n)| format!("{n} {column}"))
+                .collect();
+            eprintln!("{}  incremental build of {}", report.layer, keys.join(", "));
+        }
+    }
     if !report.results.is_empty() {
         eprint!("{}", paylake_quality::results::render_text(&report.results));
         eprintln!("quality report: {}", report.report);

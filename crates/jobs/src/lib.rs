@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod export;
+pub mod incremental;
 pub mod models;
 pub mod pipeline;
 pub mod runner;
