@@ -282,8 +282,13 @@ query = "SELECT count(*) AS evaluated, 0 AS failed FROM silver.payments""#,
     );
     assert_eq!(summary["verdict"]["passed"], true, "warnings never block");
 
-    // Results are appended, never replaced.
-    ws.ok(&["silver", "--expectations-dir", dir.to_str().unwrap()]);
+    // Results are appended, never replaced (a rerun with nothing new audits nothing).
+    ws.ok(&[
+        "silver",
+        "--full-refresh",
+        "--expectations-dir",
+        dir.to_str().unwrap(),
+    ]);
     let runs =
         ws.query("SELECT count(DISTINCT run_id) AS n, count(*) AS rows FROM quality.results");
     assert_eq!(runs[0]["n"], 2);

@@ -61,6 +61,8 @@ pub enum FullReason {
     HistoryGone,
     /// The layer below was rebuilt in full since the watermark.
     InputRebuilt,
+    /// The layer's models or expectations changed since its tables were built.
+    DefinitionsChanged,
 }
 
 impl std::fmt::Display for FullReason {
@@ -72,6 +74,7 @@ impl std::fmt::Display for FullReason {
             FullReason::TablesDisagree => "the tables were last built from different inputs",
             FullReason::HistoryGone => "the changes since the watermark are no longer in the log",
             FullReason::InputRebuilt => "the layer below was rebuilt in full",
+            FullReason::DefinitionsChanged => "the models or expectations changed",
         })
     }
 }
@@ -105,10 +108,12 @@ pub struct BuildSummary {
     pub changed_keys: BTreeMap<String, u64>,
     /// What the build read from the layer below (recorded in its commits).
     pub watermark: Watermark,
+    /// Fingerprint of the models and expectations the build used (recorded in its commits).
+    pub definitions: String,
 }
 
 impl BuildSummary {
-    pub fn new(plan: &BuildPlan, watermark: &Watermark) -> Self {
+    pub fn new(plan: &BuildPlan, watermark: &Watermark, definitions: &str) -> Self {
         let (mode, reason, changed_keys) = match plan {
             BuildPlan::Full(reason) => ("full", Some(reason.clone()), BTreeMap::new()),
             BuildPlan::Incremental(changes) => (
@@ -127,8 +132,26 @@ impl BuildSummary {
             reason,
             changed_keys,
             watermark: watermark.clone(),
+            definitions: definitions.to_string(),
         }
     }
+}
+
+/// The fingerprint of a layer's definitions: every model's name and SQL, and the expectations.
+pub fn definitions_fingerprint(models: &[Model], suites: &[paylake_quality::Suite]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for model in models {
+        hash.update(model.name.as_bytes());
+        hash.update([0]);
+        hash.update(model.sql.as_bytes());
+        hash.update([0]);
+        for check in &model.checks {
+            hash.update(check.sql.as_bytes());
+        }
+    }
+    hash.update(format!("{suites:?}").as_bytes());
+    hex::encode(&hash.finalize()[..12])
 }
 
 /// The key as every layer compares it: trimmed text, empty as no key.
@@ -168,8 +191,11 @@ pub async fn distinct_keys(frame: DataFrame, column: &str) -> Result<BTreeSet<St
     Ok(keys)
 }
 
-/// The watermark and build of a table's latest commit.
-async fn last_build(lake: &Lake, table: &TableName) -> Result<Option<(Watermark, bool)>, JobError> {
+/// The watermark and definitions fingerprint of a table's latest commit.
+async fn last_build(
+    lake: &Lake,
+    table: &TableName,
+) -> Result<Option<(Watermark, String)>, JobError> {
     let Some(version) = delta::latest_version(lake, table).await? else {
         return Ok(None);
     };
@@ -182,7 +208,12 @@ async fn last_build(lake: &Lake, table: &TableName) -> Result<Option<(Watermark,
     else {
         return Ok(None);
     };
-    Ok(Some((watermark, is_incremental(&facts))))
+    let definitions = facts
+        .get(delta::INFO_DEFINITIONS)
+        .and_then(|d| d.as_str())
+        .unwrap_or_default()
+        .to_string();
+    Ok(Some((watermark, definitions)))
 }
 
 fn is_incremental(facts: &CommitFacts) -> bool {
@@ -194,6 +225,7 @@ async fn layer_watermark(
     lake: &Lake,
     layer: Layer,
     models: &[Model],
+    definitions: &str,
 ) -> Result<Result<Watermark, FullReason>, JobError> {
     let mut seen: Option<Watermark> = None;
     for model in models
@@ -204,9 +236,12 @@ async fn layer_watermark(
             continue;
         }
         let table = TableName::new(layer, model.name.clone());
-        let Some((watermark, _)) = last_build(lake, &table).await? else {
+        let Some((watermark, built_with)) = last_build(lake, &table).await? else {
             return Ok(Err(FullReason::NoWatermark));
         };
+        if built_with != definitions {
+            return Ok(Err(FullReason::DefinitionsChanged));
+        }
         match &seen {
             Some(previous) if previous != &watermark => return Ok(Err(FullReason::TablesDisagree)),
             _ => seen = Some(watermark),
@@ -236,13 +271,14 @@ fn scratch_session() -> SessionContext {
 pub async fn plan_silver(
     lake: &Lake,
     models: &[Model],
+    definitions: &str,
     current: &Watermark,
     requested: Option<FullReason>,
 ) -> Result<BuildPlan, JobError> {
     if let Some(reason) = requested {
         return Ok(BuildPlan::Full(reason));
     }
-    let previous = match layer_watermark(lake, Layer::Silver, models).await? {
+    let previous = match layer_watermark(lake, Layer::Silver, models, definitions).await? {
         Ok(previous) => previous,
         Err(reason) => return Ok(BuildPlan::Full(reason)),
     };
@@ -354,13 +390,14 @@ enum GoldKeyPath {
 pub async fn plan_gold(
     lake: &Lake,
     models: &[Model],
+    definitions: &str,
     current: &Watermark,
     requested: Option<FullReason>,
 ) -> Result<BuildPlan, JobError> {
     if let Some(reason) = requested {
         return Ok(BuildPlan::Full(reason));
     }
-    let previous = match layer_watermark(lake, Layer::Gold, models).await? {
+    let previous = match layer_watermark(lake, Layer::Gold, models, definitions).await? {
         Ok(previous) => previous,
         Err(reason) => return Ok(BuildPlan::Full(reason)),
     };

@@ -178,6 +178,10 @@ fn commit_facts(
         );
     }
     facts.insert(delta::INFO_BUILD.into(), build.mode.into());
+    facts.insert(
+        delta::INFO_DEFINITIONS.into(),
+        build.definitions.clone().into(),
+    );
     // An --as-of build records no watermark: the next run rebuilds in full.
     if !build.watermark.is_empty() {
         facts.insert(
@@ -227,8 +231,10 @@ async fn plan_layer(
     layer: Layer,
     options: &RunOptions,
     read: &Watermark,
-) -> Result<(BuildPlan, Option<GateVerdict>), JobError> {
+    suites: &[Suite],
+) -> Result<(BuildPlan, BuildSummary, Option<GateVerdict>), JobError> {
     let models = load_models(layer, options.sql_dir.as_deref())?;
+    let definitions = incremental::definitions_fingerprint(&models, suites);
     let gate = paylake_quality::read_gate(lake, layer).await?;
     let forced = match gate {
         None => Some(
@@ -239,10 +245,11 @@ async fn plan_layer(
         Some(_) => options.forced_full_build(),
     };
     let plan = match layer {
-        Layer::Gold => incremental::plan_gold(lake, &models, read, forced).await?,
-        _ => incremental::plan_silver(lake, &models, read, forced).await?,
+        Layer::Gold => incremental::plan_gold(lake, &models, &definitions, read, forced).await?,
+        _ => incremental::plan_silver(lake, &models, &definitions, read, forced).await?,
     };
-    Ok((plan, gate))
+    let summary = BuildSummary::new(&plan, &watermark_of(options, read), &definitions);
+    Ok((plan, summary, gate))
 }
 
 async fn freshness(built: &BuiltLayer) -> BTreeMap<String, f64> {
@@ -268,8 +275,7 @@ pub async fn run_silver(
     // Unreadable expectations are a configuration error: find out before building anything.
     let suites = load_suites(Layer::Silver.name(), expectations_dir)?;
     let bronze = incremental::bronze_versions(lake).await?;
-    let (plan, gate) = plan_layer(lake, Layer::Silver, options, &bronze).await?;
-    let build = BuildSummary::new(&plan, &watermark_of(options, &bronze));
+    let (plan, build, gate) = plan_layer(lake, Layer::Silver, options, &bronze, &suites).await?;
     if let (BuildPlan::NothingNew, Some(gate)) = (&plan, gate) {
         return Ok(nothing_new(Layer::Silver, options, gate, build));
     }
@@ -348,8 +354,8 @@ pub async fn run_gold(
     let read_versions: BTreeMap<String, u64> =
         silver.iter().map(|(t, v)| (t.to_string(), *v)).collect();
     tracing::info!("gold reads silver versions {read_versions:?}");
-    let (plan, gate) = plan_layer(lake, Layer::Gold, options, &read_versions).await?;
-    let build = BuildSummary::new(&plan, &watermark_of(options, &read_versions));
+    let (plan, build, gate) =
+        plan_layer(lake, Layer::Gold, options, &read_versions, &suites).await?;
     if let (BuildPlan::NothingNew, Some(gate)) = (&plan, gate) {
         return Ok(nothing_new(Layer::Gold, options, gate, build));
     }

@@ -55,6 +55,9 @@ pub const INFO_ROWS: &str = "paylake.rows";
 pub const INFO_AUDIT: &str = "paylake.audit";
 /// What a Silver or Gold commit consumed from the layer below: table name → version read.
 pub const INFO_WATERMARK: &str = "paylake.watermark";
+/// A fingerprint of the models and expectations a Silver or Gold commit was built and audited
+/// with: when they change, the next run rebuilds the layer in full.
+pub const INFO_DEFINITIONS: &str = "paylake.definitions";
 /// How a Silver or Gold commit was built: `full` (from everything below) or `incremental`.
 pub const INFO_BUILD: &str = "paylake.build";
 
