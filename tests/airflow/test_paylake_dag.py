@@ -95,6 +95,11 @@ def paylake(lake: Path, *args: str):
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def gold_history(env: dict) -> list:
+    """gold.unified_payments' versions, newest first."""
+    return paylake(Path(env["PAYLAKE_LAKE"]), "--json", "history", "gold.unified_payments")
+
+
 @pytest.fixture(scope="module")
 def clean_lake(tmp_path_factory):
     root = tmp_path_factory.mktemp("clean")
@@ -112,18 +117,16 @@ def test_a_clean_run_lands_builds_and_pushes_one_line_summaries(airflow, clean_l
     assert sum(source["rows_landed"] for source in bronze["sources"]) == 106
     gold = airflow.return_value("paylake", run_id, "gold")
     assert {table["table"]: table["rows"] for table in gold["tables"]}["gold.unified_payments"] == 43
-    # Silver and Gold were built as of the data interval's end.
-    history = paylake(Path(clean_lake["PAYLAKE_LAKE"]), "--json", "history", "gold.unified_payments")
-    assert len(history) == 1
-    assert history[0]["as_of"].startswith("2026-11-28T03:00:00"), history[0]
+    # Silver and Gold were built as of the data interval's end (version 0 is the empty table).
+    newest = gold_history(clean_lake)[0]
+    assert newest["version"] == 1 and newest["as_of"].startswith("2026-11-28T03:00:00"), newest
 
 
 def test_a_run_with_nothing_new_skips_silver_and_gold(airflow, clean_lake):
     code, run_id, log = airflow.dags_test("paylake", "2026-11-28T03:15:00+00:00", clean_lake)
     assert code == 0, log[-5000:]
     assert airflow.states("paylake", run_id) == {"bronze": "skipped", "silver": "skipped", "gold": "skipped"}
-    history = paylake(Path(clean_lake["PAYLAKE_LAKE"]), "--json", "history", "gold.unified_payments")
-    assert len(history) == 1, "Gold was rebuilt although nothing was new"
+    assert gold_history(clean_lake)[0]["version"] == 1, "Gold was rebuilt although nothing was new"
 
 
 def test_a_failed_silver_gate_fails_the_run_without_retries_and_gold_does_not_run(
@@ -148,8 +151,7 @@ def test_a_failed_silver_gate_fails_the_run_without_retries_and_gold_does_not_ru
         [PAYLAKE_BIN, "--lake", str(lake), "history", "gold.unified_payments"], capture_output=True, text=True
     )
     assert gold.returncode == 2 and "has not been built" in gold.stderr, gold.stderr
-    clean = paylake(Path(clean_lake["PAYLAKE_LAKE"]), "--json", "history", "gold.unified_payments")
-    assert len(clean) == 1
+    assert gold_history(clean_lake)[0]["version"] == 1, "the lake the environment names was written"
 
 
 def test_the_maintenance_dag_optimizes_then_vacuums(airflow, clean_lake):
