@@ -598,9 +598,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             format,
             output,
             all_columns,
-        } => steps::export(&lake, &table, version, format.into(), &output, all_columns, json)
-            .await
-            .map(|()| steps::StepMetrics::none()),
+        } => steps::export(
+            &lake,
+            &table,
+            version,
+            format.into(),
+            &output,
+            all_columns,
+            json,
+        )
+        .await
+        .map(|()| steps::StepMetrics::none()),
         Command::Sql {
             query,
             timeout,

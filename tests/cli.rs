@@ -43,7 +43,12 @@ fn no_lake_given_is_a_usage_error_and_nothing_is_created() {
         vec!["silver"],
     ] {
         let output = paylake(ws.dir.path()).args(&args).output().unwrap();
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
         assert!(
             stderr(&output).contains("no lake given") && stderr(&output).contains("PAYLAKE_LAKE"),
             "{}",
@@ -88,7 +93,11 @@ fn the_lake_and_every_place_come_from_environment_variables() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("no lake at"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no lake at"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -117,7 +126,12 @@ fn only_bronze_creates_a_lake_every_other_command_says_there_is_none() {
                 .args(&args)
                 .output()
                 .unwrap();
-            assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+            assert_eq!(
+                output.status.code(),
+                Some(2),
+                "{args:?}: {}",
+                stderr(&output)
+            );
             assert!(
                 stderr(&output).contains(&format!("no lake at {}", lake.display())),
                 "{args:?}: {}",
@@ -125,7 +139,10 @@ fn only_bronze_creates_a_lake_every_other_command_says_there_is_none() {
             );
         }
     }
-    assert!(!ws.dir.path().join("typo").exists(), "a reader created the lake");
+    assert!(
+        !ws.dir.path().join("typo").exists(),
+        "a reader created the lake"
+    );
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     // Bronze creates one; then readers answer.
     with_sample(&ws);
@@ -161,7 +178,11 @@ fn export_of_an_unknown_table_lists_the_tables_the_lake_holds() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("run `paylake gold` first"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("run `paylake gold` first"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 /// The subcommands `paylake --help` lists.
@@ -214,13 +235,28 @@ fn flags_that_do_not_apply_to_a_command_are_not_shown_on_it() {
         )
     };
     let bronze = help(&["bronze"]);
-    for flag in ["--landing", "--nothing-new-exit-code", "--metrics-file", "PAYLAKE_LANDING"] {
+    for flag in [
+        "--landing",
+        "--nothing-new-exit-code",
+        "--metrics-file",
+        "PAYLAKE_LANDING",
+    ] {
         assert!(bronze.contains(flag), "bronze --help lacks {flag}");
     }
     for (command, absent) in [
-        (vec!["status"], vec!["--metrics-file", "--nothing-new-exit-code", "--landing"]),
+        (
+            vec!["status"],
+            vec!["--metrics-file", "--nothing-new-exit-code", "--landing"],
+        ),
         (vec!["export", "x"], vec!["--metrics-file", "--as-of"]),
-        (vec!["silver"], vec!["--label-maturity-days", "--landing", "--nothing-new-exit-code"]),
+        (
+            vec!["silver"],
+            vec![
+                "--label-maturity-days",
+                "--landing",
+                "--nothing-new-exit-code",
+            ],
+        ),
         (vec!["history", "x"], vec!["--metrics-file"]),
     ] {
         let text = help(&command);
@@ -242,7 +278,11 @@ fn an_invalid_log_filter_is_a_usage_error() {
         &[("PAYLAKE_LOG", "paylake=loud")],
     );
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("PAYLAKE_LOG='paylake=loud'"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("PAYLAKE_LOG='paylake=loud'"),
+        "{}",
+        stderr(&output)
+    );
     assert!(!ws.lake().exists(), "the step ran with a broken log filter");
 }
 
@@ -292,7 +332,12 @@ fn every_json_summary_is_one_line_and_the_last_on_stdout() {
         vec!["status"],
         vec!["schema"],
         vec!["history", "gold.unified_payments"],
-        vec!["export", "gold.unified_payments", "--output", out.to_str().unwrap()],
+        vec![
+            "export",
+            "gold.unified_payments",
+            "--output",
+            out.to_str().unwrap(),
+        ],
         vec!["sql", "SELECT count(*) AS n FROM gold.unified_payments"],
         vec!["optimize"],
         vec!["vacuum"],
@@ -300,13 +345,25 @@ fn every_json_summary_is_one_line_and_the_last_on_stdout() {
     ];
     for args in commands {
         let output = ws.run(&[&["--json"], args.as_slice()].concat());
-        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            stderr(&output)
+        );
         let text = stdout(&output);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 1, "{args:?} printed more than the summary:\n{text}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?} printed more than the summary:\n{text}"
+        );
         let summary: Value = serde_json::from_str(lines[0])
             .unwrap_or_else(|e| panic!("{args:?}: the last line is not JSON ({e}): {text}"));
-        assert!(summary.is_object() || summary.is_array(), "{args:?}: {summary}");
+        assert!(
+            summary.is_object() || summary.is_array(),
+            "{args:?}: {summary}"
+        );
     }
 }
 

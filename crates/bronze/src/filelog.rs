@@ -593,7 +593,12 @@ mod tests {
         let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
         let landing = dir.path().join("landing");
         let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().to_utc();
-        assert_eq!(rows_known_after(&lake, at("2024-01-01T00:00:00Z")).await.unwrap(), 0);
+        assert_eq!(
+            rows_known_after(&lake, at("2024-01-01T00:00:00Z"))
+                .await
+                .unwrap(),
+            0
+        );
         land(&landing, "payments/2024-11-15T09-15/a.csv", "P1");
         land(&landing, "payments/2024-11-15T10-15/b.csv", "P2");
         run_bronze(&lake, &options(&landing)).await.unwrap();

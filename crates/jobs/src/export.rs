@@ -136,8 +136,7 @@ fn check_replaceable(target: &Path) -> Result<(), String> {
 /// lake does not hold at all (listing the ones it does).
 async fn missing_table(lake: &Lake, table: &TableName) -> JobError {
     let built_by_model = matches!(table.layer, Layer::Silver | Layer::Gold)
-        && crate::models::load_models(table.layer, None)
-            .is_ok_and(|models| {
+        && crate::models::load_models(table.layer, None).is_ok_and(|models| {
             models.iter().any(|m| {
                 m.name == table.name && m.materialization == crate::models::Materialization::Table
             })
@@ -169,9 +168,7 @@ pub async fn export_table(
     let (folder, name) = check_output(lake, output)?;
     let engine = Engine::new(&EngineSettings::default())?;
     let ctx = crate::runner::lake_session_on(lake, &engine).await?;
-    let provider = delta::provider(lake, table, version)
-        .await?
-;
+    let provider = delta::provider(lake, table, version).await?;
     let Some(provider) = provider else {
         return Err(missing_table(lake, table).await);
     };
