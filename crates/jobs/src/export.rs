@@ -128,10 +128,6 @@ fn check_replaceable(target: &Path) -> Result<(), String> {
     }
 }
 
-/// Writes a table (its latest version, or `version`) to `output`; returns the rows written.
-///
-/// The rows stream from the engine into a temporary file in `output`'s folder (sorted within
-/// the engine's memory limit, spilling beyond it), which is renamed over `output` once whole.
 /// Why a table cannot be exported: a table paylake builds but has not yet, or a name the
 /// lake does not hold at all (listing the ones it does).
 async fn missing_table(lake: &Lake, table: &TableName) -> JobError {
@@ -157,6 +153,10 @@ async fn missing_table(lake: &Lake, table: &TableName) -> JobError {
     }
 }
 
+/// Writes a table (its latest version, or `version`) to `output`; returns the rows written.
+///
+/// The rows stream from the engine into a temporary file in `output`'s folder (sorted within
+/// the engine's memory limit, spilling beyond it), which is renamed over `output` once whole.
 pub async fn export_table(
     lake: &Lake,
     table: &TableName,
