@@ -403,6 +403,7 @@ fn gold_joins_accounts_risk_and_labels_with_defaults() {
 #[test]
 fn gold_before_silver_is_a_usage_error() {
     let ws = Workspace::new();
+    ws.bronze();
     let output = ws.run(&["gold"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("paylake silver"));
