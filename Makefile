@@ -9,7 +9,7 @@ SEED ?= ../shared/seed-sample
 VENV ?= $(HOME)/.cache/paylake/venv
 PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarrow pytest
 
-.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv fuzz chaos airflow-test
+.PHONY: all build bronze silver gold test lint clean export bench bench-incremental promtool interop-test venv fuzz chaos airflow-test
 
 # The make targets always exit 0 when there is nothing new, whatever the caller's environment.
 unexport PAYLAKE_NOTHING_NEW_EXIT_CODE
@@ -95,3 +95,8 @@ BENCH_PAYMENTS ?= 1000000
 bench: build $(VENV)/.installed
 	PAYLAKE_BIN=$(BIN) VENV=$(VENV) BENCH_PAYLAKE_FLAGS="$(BENCH_PAYLAKE_FLAGS)" BENCH_LAYOUTS="$(BENCH_LAYOUTS)" \
 	  BENCH_VERIFY="$(BENCH_VERIFY)" bench/run.sh $(BENCH_PAYMENTS)
+
+# What one 15-minute batch (10k payments, a risk batch of 100 accounts, 50 labels) costs on a lake
+# of N payments, for each N in BENCH_SIZES (default "100000 1000000"; base lakes are cached).
+bench-incremental: build
+	PAYLAKE_BIN=$(BIN) BENCH_SIZES="$(BENCH_SIZES)" BENCH_FLAGS="$(BENCH_PAYLAKE_FLAGS)" bench/incremental.sh

@@ -124,6 +124,11 @@ enum Command {
         compact_after_files: usize,
         #[command(flatten)]
         nothing_new: NothingNewArgs,
+        /// Also count as new the rows already in Bronze that became known after TIME (with
+        /// --nothing-new-exit-code): for a scheduler whose downstream builds run --as-of, pass
+        /// the as-of of the last successful one, so rows known after it are never left unbuilt.
+        #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "nothing_new_exit_code")]
+        new_since: Option<DateTime<Utc>>,
         #[command(flatten)]
         metrics: MetricsArgs,
     },
@@ -135,6 +140,8 @@ enum Command {
         /// Read expectations from DIR/silver/*.toml instead of the built-in ones.
         #[arg(long, env = "PAYLAKE_EXPECTATIONS_DIR", value_name = "DIR")]
         expectations_dir: Option<PathBuf>,
+        #[command(flatten)]
+        nothing_new: NothingNewArgs,
         #[command(flatten)]
         metrics: MetricsArgs,
     },
@@ -150,6 +157,8 @@ enum Command {
         /// Read expectations from DIR/gold/*.toml instead of the built-in ones.
         #[arg(long, env = "PAYLAKE_EXPECTATIONS_DIR", value_name = "DIR")]
         expectations_dir: Option<PathBuf>,
+        #[command(flatten)]
+        nothing_new: NothingNewArgs,
         #[command(flatten)]
         metrics: MetricsArgs,
     },
@@ -258,7 +267,9 @@ impl Command {
     /// The exit code asked for when the step finds nothing new (steps that can tell).
     fn nothing_new_exit_code(&self) -> Option<u8> {
         match self {
-            Command::Bronze { nothing_new, .. } => nothing_new.nothing_new_exit_code,
+            Command::Bronze { nothing_new, .. }
+            | Command::Silver { nothing_new, .. }
+            | Command::Gold { nothing_new, .. } => nothing_new.nothing_new_exit_code,
             _ => None,
         }
     }
@@ -285,11 +296,6 @@ pub struct NothingNewArgs {
         value_parser = clap::value_parser!(u8).range(4..)
     )]
     pub nothing_new_exit_code: Option<u8>,
-    /// Also count as new the rows already in the lake that became known after TIME: pass the
-    /// as-of of the last successful downstream build (in Airflow, the previous successful data
-    /// interval's end), so rows known after it are never left unbuilt by a skipped run.
-    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "nothing_new_exit_code")]
-    pub new_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -575,14 +581,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             landing,
             batch_rows,
             compact_after_files,
-            nothing_new,
+            new_since,
             ..
         } => {
             let settings = steps::BronzeSettings {
                 landing,
                 batch_rows,
                 compact_after_files,
-                new_since: nothing_new.new_since,
+                new_since,
             };
             steps::bronze(&lake, settings, now, json).await
         }

@@ -346,7 +346,7 @@ fn step_metrics(report: &StepReport) -> StepMetrics {
         tables,
         rules,
         gate_failure,
-        nothing_new: false,
+        nothing_new: report.nothing_new(),
     }
 }
 

@@ -251,11 +251,7 @@ fn flags_that_do_not_apply_to_a_command_are_not_shown_on_it() {
         (vec!["export", "x"], vec!["--metrics-file", "--as-of"]),
         (
             vec!["silver"],
-            vec![
-                "--label-maturity-days",
-                "--landing",
-                "--nothing-new-exit-code",
-            ],
+            vec!["--label-maturity-days", "--landing", "--new-since"],
         ),
         (vec!["history", "x"], vec!["--metrics-file"]),
     ] {

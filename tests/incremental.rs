@@ -397,3 +397,50 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
         }
     }
 }
+
+/// A scheduler asks Silver and Gold for an exit code when their watermark says nothing is
+/// new, so it can skip what follows; a run that builds something exits 0.
+#[test]
+fn silver_and_gold_exit_with_the_nothing_new_code_only_when_nothing_is_new() {
+    let ws = Workspace::new();
+    copy_tree(&sample_data(), &ws.landing());
+    ws.bronze();
+    let no_expectations = ws.no_expectations();
+    let dir = no_expectations.to_str().expect("utf-8 path");
+    let step = |layer: &str| {
+        ws.run(&[
+            layer,
+            "--expectations-dir",
+            dir,
+            "--nothing-new-exit-code",
+            "99",
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(
+        (step("silver"), step("gold")),
+        (Some(0), Some(0)),
+        "first builds"
+    );
+    assert_eq!(
+        (step("silver"), step("gold")),
+        (Some(99), Some(99)),
+        "nothing new"
+    );
+    ws.land(
+        "payments/2024-11-18/payments_2024-11-18T09-15.csv",
+        common::payments(&["PAY2001,ACC101,ACC201,R,10.00,2024-11-18 09:00:00"]),
+    );
+    ws.bronze();
+    assert_eq!(
+        (step("silver"), step("gold")),
+        (Some(0), Some(0)),
+        "one new payment"
+    );
+    // Without the flag nothing new is a success.
+    assert_eq!(
+        ws.run(&["silver", "--expectations-dir", dir]).status.code(),
+        Some(0)
+    );
+}

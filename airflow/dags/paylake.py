@@ -8,21 +8,23 @@ Where things are (each read on the worker when the task runs):
 
 Exit codes (see `paylake --help`):
   0   success; the last stdout line is the step's one-line `--json` summary, pushed to XCom;
-  99  Bronze found nothing new (`--nothing-new-exit-code 99`): the task is skipped and so are
-      Silver and Gold, which would rebuild the same tables;
+  99  Silver or Gold found nothing new since its watermark (`--nothing-new-exit-code 99`):
+      the task is skipped and so is what follows;
   3   a data-quality gate failed, 2 a usage or configuration error: the task fails at once,
       retrying cannot change the data or the configuration;
   1   a runtime failure (storage, engine, another writer holding the lake): retried.
 
-The data interval: Silver and Gold run with `--as-of {{ data_interval_end }}`. "As of T" means
-"only facts the lake knew at T", so a run builds exactly what could be known at the end of its
-interval, and clearing or re-running it rebuilds the same rows; label maturity in
-gold.payment_training counts back from that time too. Bronze takes no as-of: it records when the
-lake first knew each file (the time in its name, else the moment Bronze read it), and stamping
-the interval's end instead would claim knowledge before the file arrived whenever a run starts
-late. Bronze gets the interval through `--new-since`: rows known after the previous successful
-run's interval end count as new even when this run landed nothing (a file Bronze read just
-after one run's as-of is built by the next run, not skipped).
+The data interval: every 15 minutes Bronze lands what arrived, then Silver and Gold build
+incrementally from their watermarks (the Bronze and Silver versions each last consumed,
+recorded in the same commit as the data). They take no `--as-of {{ data_interval_end }}`: the
+watermark, not the interval, says what is new, so a file that arrives late, or a run that
+failed and is retried, is built by the next run and never skipped; an `--as-of` build is a
+full rebuild of what was known at that time, which is what a backfill or a training snapshot
+wants, not a 15-minute step. Bronze takes no as-of either: it records when the lake first
+knew each file (the time in its name, else the moment Bronze read it); stamping the interval's
+end instead would claim knowledge before the file arrived whenever a run starts late. Bronze
+always runs Silver after it: Silver itself decides, from its watermark, whether anything is
+new, so rows landed by a run whose Silver failed are built by the next run.
 """
 
 from __future__ import annotations
@@ -97,17 +99,9 @@ with DAG(
     default_args=DEFAULT_ARGS,
     tags=["paylake"],
 ) as pipeline:
-    bronze = PaylakeStep(
-        task_id="bronze",
-        command=(
-            f"bronze --nothing-new-exit-code {NOTHING_NEW}"
-            " --new-since '{{ (prev_data_interval_end_success or data_interval_start).isoformat() }}'"
-        ),
-    )
-    silver = PaylakeStep(
-        task_id="silver", command="silver --as-of '{{ data_interval_end.isoformat() }}'"
-    )
-    gold = PaylakeStep(task_id="gold", command="gold --as-of '{{ data_interval_end.isoformat() }}'")
+    bronze = PaylakeStep(task_id="bronze", command="bronze")
+    silver = PaylakeStep(task_id="silver", command=f"silver --nothing-new-exit-code {NOTHING_NEW}")
+    gold = PaylakeStep(task_id="gold", command=f"gold --nothing-new-exit-code {NOTHING_NEW}")
     bronze >> silver >> gold
 
 # Once a day, when few 15-minute runs are due: compact small files, then delete files no version
