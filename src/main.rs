@@ -687,14 +687,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
+/// Stack of each runtime thread (see `main`).
+const PLANNER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(Failure { code, error }) = init_logging(cli.verbose, cli.log_format) {
         eprintln!("error: {error:#}");
         return ExitCode::from(code);
     }
+    // The query planner recurses over expressions: an incremental run's list of changed keys
+    // can be long, so planning threads get more stack than the 2 MiB default.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(PLANNER_STACK_BYTES)
         .build()
     {
         Ok(runtime) => runtime,
@@ -703,7 +709,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = runtime.block_on(run(cli));
+    // The run itself is a task on the runtime's workers (their stack), not on the main thread.
+    let outcome = match runtime.block_on(async { tokio::spawn(run(cli)).await }) {
+        Ok(outcome) => outcome,
+        Err(e) => Err(Failure {
+            code: 1,
+            error: anyhow::anyhow!("the run stopped unexpectedly: {e}"),
+        }),
+    };
     // Work a stopped query left behind (e.g. after --timeout) must not keep the process alive.
     runtime.shutdown_background();
     match outcome {

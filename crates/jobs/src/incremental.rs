@@ -428,8 +428,16 @@ pub async fn plan_gold(
         if changed.added.is_empty() {
             continue;
         }
+        // Silver rewrites whole files around the keys it rebuilt: only rows that are not
+        // exactly as before (in the files it replaced) changed.
         let provider = delta::files_provider(lake, &table, now, Some(changed.added), None).await?;
-        let frame = ctx.read_table(provider)?;
+        let mut frame = ctx.read_table(provider)?;
+        if !changed.removed.is_empty() {
+            let schema = frame.schema().as_arrow().clone();
+            let before =
+                delta::files_provider(lake, &table, before, Some(changed.removed), None).await?;
+            frame = frame.except(conform(ctx.read_table(before)?, &schema)?)?;
+        }
         match path {
             GoldKeyPath::Payment => payments.extend(distinct_keys(frame, "payment_id").await?),
             GoldKeyPath::Account => accounts.extend(distinct_keys(frame, "account_id").await?),

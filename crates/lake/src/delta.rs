@@ -879,6 +879,9 @@ pub struct ChangedFiles {
     /// Data files added by commits after the first version (compaction excluded: it changes no
     /// row) that are still part of the later version.
     pub added: Vec<String>,
+    /// Data files of the first version that the later one no longer has (their rows were
+    /// rewritten into added files, or replaced).
+    pub removed: Vec<String>,
     /// Whether a file added with new rows in that range was removed again before the later
     /// version (compaction merged it): its rows can no longer be told apart by file.
     pub added_then_removed: bool,
@@ -923,6 +926,11 @@ pub async fn changes_between(
     }
     changes.added.sort();
     changes.added.dedup();
+    changes.removed = files_at(lake, table, after)
+        .await?
+        .into_iter()
+        .filter(|f| !active.contains(f))
+        .collect();
     Ok(Some(changes))
 }
 
