@@ -267,6 +267,28 @@ fn scratch_session() -> SessionContext {
     SessionContext::new()
 }
 
+/// The watermark an incremental run of `layer` starts from, or the plan when there is none to
+/// start from: a full build (asked for, or no usable watermark) or nothing new.
+async fn previous_watermark(
+    lake: &Lake,
+    layer: Layer,
+    models: &[Model],
+    definitions: &str,
+    current: &Watermark,
+    requested: Option<FullReason>,
+) -> Result<Result<Watermark, BuildPlan>, JobError> {
+    if let Some(reason) = requested {
+        return Ok(Err(BuildPlan::Full(reason)));
+    }
+    Ok(
+        match layer_watermark(lake, layer, models, definitions).await? {
+            Err(reason) => Err(BuildPlan::Full(reason)),
+            Ok(previous) if &previous == current => Err(BuildPlan::NothingNew),
+            Ok(previous) => Ok(previous),
+        },
+    )
+}
+
 /// Decides how Silver is built from Bronze at `current` versions.
 pub async fn plan_silver(
     lake: &Lake,
@@ -275,16 +297,13 @@ pub async fn plan_silver(
     current: &Watermark,
     requested: Option<FullReason>,
 ) -> Result<BuildPlan, JobError> {
-    if let Some(reason) = requested {
-        return Ok(BuildPlan::Full(reason));
-    }
-    let previous = match layer_watermark(lake, Layer::Silver, models, definitions).await? {
-        Ok(previous) => previous,
-        Err(reason) => return Ok(BuildPlan::Full(reason)),
-    };
-    if &previous == current {
-        return Ok(BuildPlan::NothingNew);
-    }
+    let previous =
+        match previous_watermark(lake, Layer::Silver, models, definitions, current, requested)
+            .await?
+        {
+            Ok(previous) => previous,
+            Err(plan) => return Ok(plan),
+        };
     let ctx = scratch_session();
     let mut changes = ChangedKeys::default();
     for contract in paylake_contracts::all_contracts()? {
@@ -394,16 +413,12 @@ pub async fn plan_gold(
     current: &Watermark,
     requested: Option<FullReason>,
 ) -> Result<BuildPlan, JobError> {
-    if let Some(reason) = requested {
-        return Ok(BuildPlan::Full(reason));
-    }
-    let previous = match layer_watermark(lake, Layer::Gold, models, definitions).await? {
-        Ok(previous) => previous,
-        Err(reason) => return Ok(BuildPlan::Full(reason)),
-    };
-    if &previous == current {
-        return Ok(BuildPlan::NothingNew);
-    }
+    let previous =
+        match previous_watermark(lake, Layer::Gold, models, definitions, current, requested).await?
+        {
+            Ok(previous) => previous,
+            Err(plan) => return Ok(plan),
+        };
     let ctx = scratch_session();
     let mut payments = BTreeSet::new();
     let mut accounts = BTreeSet::new();
