@@ -12,6 +12,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use paylake_bronze::{run_bronze, BronzeOptions, BronzeSummary};
 use paylake_jobs::engine::format_bytes;
+use paylake_jobs::incremental::BuildMode;
 use paylake_jobs::{
     export_table, run_gold, run_silver, EngineSettings, ExportFormat, ModelProfile, RunOptions,
     SourceOutcome, StepReport,
@@ -261,7 +262,7 @@ async fn explain(
 fn print_report(report: &StepReport) {
     let build = &report.build;
     match (build.mode, &build.reason) {
-        ("nothing_new", _) => eprintln!(
+        (BuildMode::NothingNew, _) => eprintln!(
             "{}  nothing new since the last run: nothing built, nothing committed",
             report.layer
         ),

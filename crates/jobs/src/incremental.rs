@@ -97,11 +97,29 @@ pub struct ChangedKeys {
     pub new_files: BTreeMap<String, Vec<String>>,
 }
 
+/// How a run built its layer (recorded in each commit as `paylake.build`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildMode {
+    Full,
+    Incremental,
+    NothingNew,
+}
+
+impl BuildMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            BuildMode::Full => "full",
+            BuildMode::Incremental => "incremental",
+            BuildMode::NothingNew => "nothing_new",
+        }
+    }
+}
+
 /// What a run's report says about how it was built.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BuildSummary {
-    /// `full`, `incremental` or `nothing_new`.
-    pub mode: &'static str,
+    pub mode: BuildMode,
     /// Why a full build, when it was one.
     pub reason: Option<FullReason>,
     /// Key column → how many keys were rebuilt (incremental builds).
@@ -115,9 +133,9 @@ pub struct BuildSummary {
 impl BuildSummary {
     pub fn new(plan: &BuildPlan, watermark: &Watermark, definitions: &str) -> Self {
         let (mode, reason, changed_keys) = match plan {
-            BuildPlan::Full(reason) => ("full", Some(reason.clone()), BTreeMap::new()),
+            BuildPlan::Full(reason) => (BuildMode::Full, Some(reason.clone()), BTreeMap::new()),
             BuildPlan::Incremental(changes) => (
-                "incremental",
+                BuildMode::Incremental,
                 None,
                 changes
                     .keys
@@ -125,7 +143,7 @@ impl BuildSummary {
                     .map(|(column, keys)| (column.clone(), keys.len() as u64))
                     .collect(),
             ),
-            BuildPlan::NothingNew => ("nothing_new", None, BTreeMap::new()),
+            BuildPlan::NothingNew => (BuildMode::NothingNew, None, BTreeMap::new()),
         };
         Self {
             mode,
@@ -217,7 +235,7 @@ async fn last_build(
 }
 
 fn is_incremental(facts: &CommitFacts) -> bool {
-    facts.get(delta::INFO_BUILD).and_then(|b| b.as_str()) == Some("incremental")
+    facts.get(delta::INFO_BUILD).and_then(|b| b.as_str()) == Some(BuildMode::Incremental.name())
 }
 
 /// The one watermark every incrementally built table of the layer was last committed with.

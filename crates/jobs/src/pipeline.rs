@@ -18,7 +18,7 @@ use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult, Suit
 use serde::Serialize;
 
 use crate::engine::{ModelProfile, ProfiledWork};
-use crate::incremental::{self, BuildPlan, BuildSummary, FullReason, Watermark};
+use crate::incremental::{self, BuildMode, BuildPlan, BuildSummary, FullReason, Watermark};
 use crate::models::load_models;
 use crate::runner::{
     build_layer, commit_layer, discard_all, explain_model, BuiltLayer, RunOptions,
@@ -53,7 +53,7 @@ pub struct StepReport {
 impl StepReport {
     /// Whether the run found nothing new to build (and committed nothing).
     pub fn nothing_new(&self) -> bool {
-        self.build.mode == "nothing_new"
+        self.build.mode == BuildMode::NothingNew
     }
 }
 
@@ -177,7 +177,7 @@ fn commit_facts(
             serde_json::to_value(read_versions).unwrap_or_default(),
         );
     }
-    facts.insert(delta::INFO_BUILD.into(), build.mode.into());
+    facts.insert(delta::INFO_BUILD.into(), build.mode.name().into());
     facts.insert(
         delta::INFO_DEFINITIONS.into(),
         build.definitions.clone().into(),
