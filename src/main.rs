@@ -21,6 +21,7 @@ Exit codes:
   0  success
   1  the run failed (engine or storage error, broken invariant); nothing half-published
   2  usage or configuration error (unknown flag, bad --lake, missing landing folder, bad time,
+     an API that refuses the request with a 4xx,
      a table that was not built yet, a statement `paylake sql` refuses, an export target that
      is not a regular file, is inside the lake or has no folder)
   3  data quality gate failed: an error-severity expectation failed in Silver (Gold is not
@@ -63,6 +64,33 @@ enum Command {
         /// Compact a source's Bronze table once it holds more objects than this (0: never).
         #[arg(long, default_value_t = paylake_bronze::compact::DEFAULT_COMPACTION_THRESHOLD)]
         compact_after_files: usize,
+    },
+    /// Fetch a source's paginated JSON HTTP API into the landing zone, one JSON-lines file per
+    /// page (named with its fetch time), resuming from the cursor saved in the lake.
+    Pull {
+        source: PullSourceArg,
+        /// The API: `GET URL?since=T&cursor=C` answers `{"items": [...], "next_cursor": ...}`.
+        #[arg(long, env = "PAYLAKE_PULL_URL")]
+        url: url::Url,
+        /// Only items the API learned at or after this UTC time (default: from the start of the
+        /// last complete pull; everything the first time).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Bearer token sent as `Authorization: Bearer …`; never printed.
+        #[arg(long, env = "PAYLAKE_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Landing folder the pages are written into (the one `paylake bronze` reads).
+        #[arg(long, env = "PAYLAKE_LANDING")]
+        landing: PathBuf,
+        /// Attempts per page before giving up (5xx, 408, 429, timeouts, broken pages).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        attempts: u32,
+        /// Wait before the first retry, doubled for each further one (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = parse_timeout)]
+        backoff: Timeout,
+        /// Limit on one request (e.g. 30s, 2m; 0 = none).
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        timeout: Timeout,
     },
     /// Rebuild Silver from Bronze with sql/silver, then evaluate its expectations (the gate).
     Silver {
@@ -136,6 +164,21 @@ enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+}
+
+/// A source with an API `paylake pull` can fetch.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PullSourceArg {
+    #[value(name = "fraud_labels")]
+    FraudLabels,
+}
+
+impl From<PullSourceArg> for paylake_pull::PullSource {
+    fn from(source: PullSourceArg) -> Self {
+        match source {
+            PullSourceArg::FraudLabels => Self::FraudLabels,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -386,6 +429,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             batch_rows,
             compact_after_files,
         } => steps::bronze(&lake, landing, batch_rows, compact_after_files, now, json).await,
+        Command::Pull {
+            source,
+            url,
+            since,
+            token,
+            landing,
+            attempts,
+            backoff,
+            timeout,
+        } => {
+            let options = paylake_pull::PullOptions {
+                source: source.into(),
+                url,
+                since,
+                token: token.map(paylake_pull::Token::new),
+                landing,
+                retry: paylake_pull::RetryPolicy {
+                    attempts,
+                    backoff: backoff.0.unwrap_or_default(),
+                    timeout: timeout.0,
+                },
+                abort_after_pages: None,
+            };
+            steps::pull(&lake, options, json)
+                .await
+                .map(|()| steps::StepMetrics::none())
+        }
         Command::Silver {
             job,
             expectations_dir,
