@@ -627,7 +627,7 @@ fn gold_expectations_stop_the_commit_and_readers_keep_the_previous_version() {
     assert_eq!(refused.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no_fraud_at_all"));
     assert_eq!(ws.history("gold.unified_payments").len(), versions);
-    assert_eq!(ws.count("gold.unified_payments"), 43);
+    assert_eq!(ws.count("gold.unified_payments"), 46);
 }
 
 #[test]
