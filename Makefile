@@ -9,7 +9,10 @@ SEED ?= ../shared/seed-sample
 VENV ?= $(HOME)/.cache/paylake/venv
 PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarrow pytest
 
-.PHONY: all build bronze silver gold test lint clean export bench promtool interop-test venv fuzz chaos
+.PHONY: all build bronze silver gold test lint clean export bench bench-incremental promtool interop-test venv fuzz chaos airflow-test
+
+# The make targets always exit 0 when there is nothing new, whatever the caller's environment.
+unexport PAYLAKE_NOTHING_NEW_EXIT_CODE
 
 all: bronze silver gold
 
@@ -41,6 +44,7 @@ promtool:
 test: promtool
 	PAYLAKE_SEED_SAMPLE=$(abspath $(SEED)) $(CARGO) test --release --workspace
 	$(MAKE) interop-test
+	$(MAKE) airflow-test
 	$(MAKE) chaos
 
 # Python readers of the lake (deltalake, Polars, DuckDB 1.5.5 with its offline delta extension).
@@ -54,6 +58,12 @@ venv: $(VENV)/.installed
 # The lake read as Delta by other engines, concurrent readers and killed writers.
 interop-test: build venv
 	PAYLAKE_BIN=$(BIN) $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/interop
+
+# The DAGs in airflow/dags under real Airflow 3 (`airflow dags test` on temporary lakes: a clean
+# run, nothing new, a failed Silver gate, maintenance). tests/airflow/run.sh creates its own venv
+# once ($(HOME)/.cache/paylake/airflow-venv/<pinned versions>, about a minute from PyPI).
+airflow-test: build
+	PAYLAKE_BIN=$(BIN) tests/airflow/run.sh
 
 # The adversarial suite (issue 13, tests/adversarial/README.md): the bad-file corpus, kill -9 at
 # 24 points with a re-run compared to a clean run, two writers at once, a full disk (tmpfs, as
@@ -85,3 +95,8 @@ BENCH_PAYMENTS ?= 1000000
 bench: build $(VENV)/.installed
 	PAYLAKE_BIN=$(BIN) VENV=$(VENV) BENCH_PAYLAKE_FLAGS="$(BENCH_PAYLAKE_FLAGS)" BENCH_LAYOUTS="$(BENCH_LAYOUTS)" \
 	  BENCH_VERIFY="$(BENCH_VERIFY)" bench/run.sh $(BENCH_PAYMENTS)
+
+# What one 15-minute batch (10k payments, a risk batch of 100 accounts, 50 labels) costs on a lake
+# of N payments, for each N in BENCH_SIZES (default "100000 1000000"; base lakes are cached).
+bench-incremental: build
+	PAYLAKE_BIN=$(BIN) BENCH_SIZES="$(BENCH_SIZES)" BENCH_FLAGS="$(BENCH_PAYLAKE_FLAGS)" bench/incremental.sh

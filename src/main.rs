@@ -20,12 +20,66 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the run failed (engine or storage error, broken invariant); nothing half-published
-  2  usage or configuration error (unknown flag, bad --lake, missing landing folder, bad time,
-     an API that refuses the request with a 4xx,
-     a table that was not built yet, a statement `paylake sql` refuses, an export target that
-     is not a regular file, is inside the lake or has no folder)
+  2  usage or configuration error (unknown flag, no --lake or no lake there, missing landing
+     folder, bad time, invalid PAYLAKE_LOG, an API that refuses the request with a 4xx, a table
+     that was not built yet, a statement `paylake sql` refuses, an export target that is not a
+     regular file, is inside the lake or has no folder)
   3  data quality gate failed: an error-severity expectation failed in Silver (Gold is not
-     rebuilt) or in Gold (Gold is not committed)";
+     rebuilt) or in Gold (Gold is not committed)
+  N  only with --nothing-new-exit-code N: the step found nothing new (e.g. 99 for Airflow)
+
+Every flag that names a place also reads an environment variable (shown in each command's
+--help), e.g. PAYLAKE_LAKE, PAYLAKE_LANDING. Logging: PAYLAKE_LOG (a tracing filter such as
+`info` or `warn,paylake_bronze=debug`), PAYLAKE_LOG_FORMAT (text or json).
+
+Example:
+  paylake --lake lake/ bronze --landing data/ && paylake --lake lake/ silver && paylake --lake lake/ gold";
+
+const BRONZE_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ bronze --landing data/
+  PAYLAKE_LAKE=/srv/lake PAYLAKE_LANDING=/srv/landing paylake bronze --json --nothing-new-exit-code 99";
+const PULL_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ pull fraud_labels --url https://labels.example/api/v1/labels --landing data/
+  PAYLAKE_API_TOKEN=… paylake --lake lake/ pull fraud_labels --url $LABELS_URL --landing data/ --json";
+const SILVER_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ silver
+  paylake --lake lake/ silver --as-of '2024-11-17 00:00:00' --profile";
+const GOLD_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ gold
+  paylake --lake lake/ gold --as-of 2024-12-31 --label-maturity-days 30 --json";
+const EXPORT_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ export gold.unified_payments --format csv --output unified_table.csv
+  paylake --lake lake/ export gold.unified_payments --version 1 --format parquet --output v1.parquet";
+const SQL_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ sql \"SELECT count(*) FROM gold.unified_payments\"
+  paylake --lake lake/ sql --json \"SELECT source_file, outcome FROM bronze._file_log\"";
+const HISTORY_EXAMPLE: &str = "\
+Example:
+  paylake --lake lake/ history gold.unified_payments";
+const VACUUM_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ vacuum
+  paylake --lake lake/ vacuum gold.unified_payments --retain 36h";
+const OPTIMIZE_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ optimize
+  paylake --lake lake/ optimize bronze.payments";
+const STATUS_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ status
+  paylake --lake lake/ status --json";
+const SCHEMA_EXAMPLE: &str = "\
+Example:
+  paylake --lake lake/ schema";
+const QUARANTINE_EXAMPLE: &str = "\
+Example:
+  paylake --lake lake/ quarantine replay --table payments --sql-dir fixed-sql/";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,28 +89,36 @@ Exit codes:
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// The lake: a folder (created if missing) or file:///absolute/path.
-    #[arg(long, global = true, default_value = "lake/")]
-    lake: String,
-    /// Print the run summary as JSON on stdout instead of text.
+    /// The lake: a folder or file:///absolute/path. Required; only `bronze` creates a lake,
+    /// every other command needs one that exists.
+    #[arg(long, global = true, env = "PAYLAKE_LAKE", value_name = "DIR|URI")]
+    lake: Option<String>,
+    /// Print the summary as one line of JSON, the last line on stdout (e.g. for Airflow XCom).
     #[arg(long, global = true)]
     json: bool,
-    /// Write Prometheus metrics of every step here (node_exporter textfile collector format).
-    #[arg(long, global = true)]
-    metrics_file: Option<PathBuf>,
     /// More logging on stderr (-v info, -vv debug); PAYLAKE_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// How log lines on stderr look: text, or one JSON object per line for log collectors.
+    #[arg(long, global = true, env = "PAYLAKE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Land new files from a landing folder into Bronze (raw text + lineage, exactly once).
+    #[command(after_help = BRONZE_EXAMPLE)]
     Bronze {
         /// Landing folder: flat take-home layout or one folder per source.
-        #[arg(long)]
+        #[arg(long, env = "PAYLAKE_LANDING", value_name = "DIR")]
         landing: PathBuf,
         /// Rows per Parquet record batch (bounds memory).
         #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
@@ -64,9 +126,19 @@ enum Command {
         /// Compact a source's Bronze table once it holds more objects than this (0: never).
         #[arg(long, default_value_t = paylake_bronze::compact::DEFAULT_COMPACTION_THRESHOLD)]
         compact_after_files: usize,
+        #[command(flatten)]
+        nothing_new: NothingNewArgs,
+        /// Also count as new the rows already in Bronze that became known after TIME (with
+        /// --nothing-new-exit-code): for a scheduler whose downstream builds run --as-of, pass
+        /// the as-of of the last successful one, so rows known after it are never left unbuilt.
+        #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "nothing_new_exit_code")]
+        new_since: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Fetch a source's paginated JSON HTTP API into the landing zone, one JSON-lines file per
     /// page (named with its fetch time), resuming from the cursor saved in the lake.
+    #[command(after_help = PULL_EXAMPLE)]
     Pull {
         source: PullSourceArg,
         /// The API: `GET URL?since=T&cursor=C` answers `{"items": [...], "next_cursor": ...}`.
@@ -93,32 +165,47 @@ enum Command {
         timeout: Timeout,
     },
     /// Rebuild Silver from Bronze with sql/silver, then evaluate its expectations (the gate).
+    #[command(after_help = SILVER_EXAMPLE)]
     Silver {
         #[command(flatten)]
         job: JobArgs,
         /// Read expectations from DIR/silver/*.toml instead of the built-in ones.
-        #[arg(long)]
+        #[arg(long, env = "PAYLAKE_EXPECTATIONS_DIR", value_name = "DIR")]
         expectations_dir: Option<PathBuf>,
+        #[command(flatten)]
+        nothing_new: NothingNewArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Rebuild Gold from the Silver versions the last Silver gate audited, audit it with its
     /// invariants and expectations, and commit it only if the audit passes.
+    #[command(after_help = GOLD_EXAMPLE)]
     Gold {
         #[command(flatten)]
         job: JobArgs,
+        /// Days after which a payment with no known fraud label counts as legitimate (0-36500).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=36_500))]
+        label_maturity_days: u32,
         /// Read expectations from DIR/gold/*.toml instead of the built-in ones.
-        #[arg(long)]
+        #[arg(long, env = "PAYLAKE_EXPECTATIONS_DIR", value_name = "DIR")]
         expectations_dir: Option<PathBuf>,
+        #[command(flatten)]
+        nothing_new: NothingNewArgs,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Write a table (its latest version, or --version N) to a file.
+    #[command(after_help = EXPORT_EXAMPLE)]
     Export {
         /// Table to export, e.g. gold.unified_payments.
         table: String,
         /// The Delta version to export (see `paylake history TABLE`).
         #[arg(long)]
         version: Option<u64>,
-        #[arg(long, default_value = "csv", value_parser = ["csv", "parquet"])]
-        format: String,
-        #[arg(long)]
+        #[arg(long, value_enum, default_value_t = ExportFormatArg::Csv)]
+        format: ExportFormatArg,
+        /// The file to write (outside the lake).
+        #[arg(long, env = "PAYLAKE_EXPORT_OUTPUT", value_name = "FILE")]
         output: PathBuf,
         /// Export every column, not only the table's primary ones.
         #[arg(long)]
@@ -128,6 +215,7 @@ enum Command {
     /// quality.*); `table_version('gold.unified_payments', 3)` reads an older version.
     /// Read-only: only SELECT, WITH, VALUES, EXPLAIN, SHOW and DESCRIBE run (several
     /// statements separated by `;` must all be queries); anything else exits 2.
+    #[command(after_help = SQL_EXAMPLE)]
     Sql {
         query: String,
         /// Stop the query after this long (e.g. 30s, 5m, 1h; 0 = no timeout): exit 1.
@@ -142,11 +230,13 @@ enum Command {
         spill_dir: Option<PathBuf>,
     },
     /// The versions of a table: time, operation, run, as-of, rows, audit verdict.
+    #[command(after_help = HISTORY_EXAMPLE)]
     History {
         /// e.g. gold.unified_payments
         table: String,
     },
     /// Delete files that no version within the retention needs (all tables, or one).
+    #[command(after_help = VACUUM_EXAMPLE)]
     Vacuum {
         table: Option<String>,
         /// Keep files older versions need for this long: e.g. 7d, 36h, 0h (default 7d).
@@ -154,12 +244,16 @@ enum Command {
         retain: chrono::Duration,
     },
     /// Compact small files into larger ones (all tables, or one).
+    #[command(after_help = OPTIMIZE_EXAMPLE)]
     Optimize { table: Option<String> },
     /// One screen per lake: each table's update time, rows, freshness, runs, rules, rejects.
+    #[command(after_help = STATUS_EXAMPLE)]
     Status,
     /// Per source: the contract version and every schema drift seen in landed files.
+    #[command(after_help = SCHEMA_EXAMPLE)]
     Schema,
     /// Quarantined rows.
+    #[command(after_help = QUARANTINE_EXAMPLE)]
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,
@@ -185,14 +279,86 @@ impl From<PullSourceArg> for paylake_pull::PullSource {
 enum QuarantineAction {
     /// Re-validate a table's quarantined rows with the current rules and contracts: rows that
     /// now pass move into Silver. Idempotent.
+    #[command(after_help = QUARANTINE_EXAMPLE)]
     Replay {
         /// Source table: payments, accounts, risk_feed or fraud_labels.
         #[arg(long)]
         table: String,
         /// Read models from DIR/silver/*.sql instead of the built-in ones (a rule fix).
-        #[arg(long)]
+        #[arg(long, env = "PAYLAKE_SQL_DIR", value_name = "DIR")]
         sql_dir: Option<PathBuf>,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
+}
+
+impl Command {
+    /// Only Bronze and Pull create a lake (the steps that bring data in: Pull keeps its
+    /// cursor there); every other command opens an existing lake, so a mistyped --lake is an
+    /// error, never a new lake.
+    fn creates_lake(&self) -> bool {
+        matches!(self, Command::Bronze { .. } | Command::Pull { .. })
+    }
+
+    fn metrics_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Command::Bronze { metrics, .. }
+            | Command::Silver { metrics, .. }
+            | Command::Gold { metrics, .. }
+            | Command::Quarantine {
+                action: QuarantineAction::Replay { metrics, .. },
+            } => metrics.metrics_file.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The exit code asked for when the step finds nothing new (steps that can tell).
+    fn nothing_new_exit_code(&self) -> Option<u8> {
+        match self {
+            Command::Bronze { nothing_new, .. }
+            | Command::Silver { nothing_new, .. }
+            | Command::Gold { nothing_new, .. } => nothing_new.nothing_new_exit_code,
+            _ => None,
+        }
+    }
+}
+
+/// `--metrics-file`, on the steps that record a run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Write Prometheus metrics of every step here (node_exporter textfile collector format).
+    #[arg(long, env = "PAYLAKE_METRICS_FILE", value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
+}
+
+/// `--nothing-new-exit-code`: for the steps that know whether their run found anything new,
+/// so a scheduler can skip what follows (Airflow's BashOperator skips a task that exits 99).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct NothingNewArgs {
+    /// Exit with CODE (4-255) instead of 0 when the run found nothing new; e.g. 99 for
+    /// Airflow, which then skips the downstream tasks. Off by default.
+    #[arg(
+        long,
+        env = "PAYLAKE_NOTHING_NEW_EXIT_CODE",
+        value_name = "CODE",
+        value_parser = clap::value_parser!(u8).range(4..)
+    )]
+    pub nothing_new_exit_code: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ExportFormatArg {
+    Csv,
+    Parquet,
+}
+
+impl From<ExportFormatArg> for paylake_jobs::ExportFormat {
+    fn from(format: ExportFormatArg) -> Self {
+        match format {
+            ExportFormatArg::Csv => Self::Csv,
+            ExportFormatArg::Parquet => Self::Parquet,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,17 +367,14 @@ pub struct JobArgs {
     #[arg(long, value_parser = parse_time)]
     as_of: Option<DateTime<Utc>>,
     /// Read models from DIR/<layer>/*.sql instead of the built-in ones.
-    #[arg(long)]
+    #[arg(long, env = "PAYLAKE_SQL_DIR", value_name = "DIR")]
     sql_dir: Option<PathBuf>,
-    /// Days after which a payment with no known fraud label counts as legitimate (0-36500).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=36_500))]
-    label_maturity_days: u32,
     /// Memory the query engine may hold (e.g. 1GiB, 512MiB, or unlimited); sorts and
     /// aggregations spill to --spill-dir beyond it.
     #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
     memory_limit: MemoryLimit,
     /// Folder for spill files and temporary models (default: the system temp folder).
-    #[arg(long, env = "PAYLAKE_SPILL_DIR")]
+    #[arg(long, env = "PAYLAKE_SPILL_DIR", value_name = "DIR")]
     spill_dir: Option<PathBuf>,
     /// Print what each model cost: seconds, rows in and out, peak engine memory, spilled bytes.
     #[arg(long)]
@@ -220,6 +383,10 @@ pub struct JobArgs {
     /// its metrics; nothing is committed.
     #[arg(long, value_name = "MODEL")]
     explain: Option<String>,
+    /// Rebuild every table of the layer from the layer below, ignoring the watermarks (by
+    /// default a run rebuilds only the keys whose inputs changed since the last run).
+    #[arg(long)]
+    full_refresh: bool,
 }
 
 impl JobArgs {
@@ -228,11 +395,11 @@ impl JobArgs {
         Self {
             as_of: None,
             sql_dir,
-            label_maturity_days: 60,
             memory_limit: MemoryLimit(Some(paylake_jobs::engine::DEFAULT_MEMORY_LIMIT)),
             spill_dir: None,
             profile: false,
             explain: None,
+            full_refresh: false,
         }
     }
 }
@@ -319,8 +486,10 @@ pub fn job_failure(error: JobError) -> Failure {
         | JobError::Output { .. }
         | JobError::ReadOnly { .. }
         | JobError::Query(_)
+        | JobError::NoSuchTable { .. }
         | JobError::Quality(QualityError::Expectations { .. })
-        | JobError::Lake(paylake_lake::LakeError::NoSuchTable { .. }) => 2,
+        | JobError::Lake(paylake_lake::LakeError::NoSuchTable { .. })
+        | JobError::Lake(paylake_lake::LakeError::NoLake { .. }) => 2,
         JobError::GateClosed { .. } => EXIT_GATE_FAILED,
         _ => 1,
     };
@@ -330,20 +499,39 @@ pub fn job_failure(error: JobError) -> Failure {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// Logging on stderr: PAYLAKE_LOG (a tracing filter) when set, else a level from -v. A filter
+/// that does not parse is a configuration error: silently logging less hides problems.
+fn init_logging(verbose: u8, format: LogFormat) -> Result<(), Failure> {
     let default = match verbose {
         0 => "warn",
         1 => "warn,paylake=info,paylake_bronze=info,paylake_jobs=info,paylake_lake=info,paylake_quality=info",
         _ => "info,paylake=debug,paylake_bronze=debug,paylake_jobs=debug,paylake_lake=debug,paylake_quality=debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PAYLAKE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let filter = match std::env::var("PAYLAKE_LOG") {
+        Ok(text) if !text.trim().is_empty() => tracing_subscriber::EnvFilter::builder()
+            .parse(&text)
+            .map_err(|e| {
+                usage(anyhow::anyhow!(
+                    "PAYLAKE_LOG='{text}' is not a log filter ({e}); use e.g. info, debug or \
+                     warn,paylake_bronze=debug"
+                ))
+            })?,
+        Ok(_) | Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new(default),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(usage(anyhow::anyhow!("PAYLAKE_LOG is not valid UTF-8")))
+        }
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 pub fn run_id(now: DateTime<Utc>) -> String {
@@ -354,8 +542,10 @@ pub fn run_id(now: DateTime<Utc>) -> String {
     )
 }
 
+/// A `--json` summary: one line, so that the last line of stdout is the whole summary (what
+/// Airflow's BashOperator pushes to XCom).
 pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 
@@ -387,14 +577,25 @@ fn check_metrics_path(path: &std::path::Path) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    if let Some(path) = &cli.metrics_file {
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let metrics_file = cli.command.metrics_file().map(std::path::Path::to_path_buf);
+    if let Some(path) = &metrics_file {
         check_metrics_path(path)?;
     }
-    let lake = Lake::open(&cli.lake).map_err(usage)?;
+    let Some(uri) = cli.lake.as_deref() else {
+        return Err(usage(anyhow::anyhow!(
+            "no lake given: pass --lake DIR (e.g. --lake lake/) or set PAYLAKE_LAKE"
+        )));
+    };
+    let lake = if cli.command.creates_lake() {
+        Lake::open(uri)
+    } else {
+        Lake::open_existing(uri)
+    }
+    .map_err(usage)?;
+    let nothing_new_exit_code = cli.command.nothing_new_exit_code();
     let now = Utc::now();
     let json = cli.json;
-    let metrics_file = cli.metrics_file.clone();
     let step = match &cli.command {
         Command::Bronze { .. } => Some("bronze"),
         Command::Silver { job, .. } | Command::Gold { job, .. } if job.explain.is_some() => None,
@@ -428,7 +629,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             landing,
             batch_rows,
             compact_after_files,
-        } => steps::bronze(&lake, landing, batch_rows, compact_after_files, now, json).await,
+            new_since,
+            ..
+        } => {
+            let settings = steps::BronzeSettings {
+                landing,
+                batch_rows,
+                compact_after_files,
+                new_since,
+            };
+            steps::bronze(&lake, settings, now, json).await
+        }
         Command::Pull {
             source,
             url,
@@ -459,20 +670,31 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Silver {
             job,
             expectations_dir,
+            ..
         } => steps::silver(&lake, job, expectations_dir, now, json).await,
         Command::Gold {
             job,
+            label_maturity_days,
             expectations_dir,
-        } => steps::gold(&lake, job, expectations_dir, now, json).await,
+            ..
+        } => steps::gold(&lake, job, label_maturity_days, expectations_dir, now, json).await,
         Command::Export {
             table,
             version,
             format,
             output,
             all_columns,
-        } => steps::export(&lake, &table, version, &format, &output, all_columns, json)
-            .await
-            .map(|()| steps::StepMetrics::none()),
+        } => steps::export(
+            &lake,
+            &table,
+            version,
+            format.into(),
+            &output,
+            all_columns,
+            json,
+        )
+        .await
+        .map(|()| steps::StepMetrics::none()),
         Command::Sql {
             query,
             timeout,
@@ -488,7 +710,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .await
             .map(|()| steps::StepMetrics::none()),
         Command::Quarantine {
-            action: QuarantineAction::Replay { table, sql_dir },
+            action: QuarantineAction::Replay { table, sql_dir, .. },
         } => steps::replay(&lake, &table, sql_dir, now, json).await,
         Command::History { table } => steps::history(&lake, &table, json)
             .await
@@ -524,23 +746,36 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
-    match outcome? {
-        steps::StepMetrics {
-            gate_failure: Some(message),
-            ..
-        } => Err(Failure {
+    let metrics = outcome?;
+    if let Some(message) = metrics.gate_failure {
+        return Err(Failure {
             code: EXIT_GATE_FAILED,
             error: anyhow::anyhow!(message),
-        }),
-        _ => Ok(()),
+        });
+    }
+    match nothing_new_exit_code {
+        Some(code) if metrics.nothing_new => {
+            eprintln!("nothing new: exit {code} (--nothing-new-exit-code)");
+            Ok(ExitCode::from(code))
+        }
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 
+/// Stack of each runtime thread (see `main`).
+const PLANNER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    if let Err(Failure { code, error }) = init_logging(cli.verbose, cli.log_format) {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(code);
+    }
+    // The query planner recurses over expressions: an incremental run's list of changed keys
+    // can be long, so planning threads get more stack than the 2 MiB default.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(PLANNER_STACK_BYTES)
         .build()
     {
         Ok(runtime) => runtime,
@@ -549,11 +784,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = runtime.block_on(run(cli));
+    // The run itself is a task on the runtime's workers (their stack), not on the main thread.
+    let outcome = match runtime.block_on(async { tokio::spawn(run(cli)).await }) {
+        Ok(outcome) => outcome,
+        Err(e) => Err(Failure {
+            code: 1,
+            error: anyhow::anyhow!("the run stopped unexpectedly: {e}"),
+        }),
+    };
     // Work a stopped query left behind (e.g. after --timeout) must not keep the process alive.
     runtime.shutdown_background();
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(Failure { code, error }) => {
             eprintln!("error: {error:#}");
             ExitCode::from(code)

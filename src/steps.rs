@@ -12,6 +12,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use paylake_bronze::{run_bronze, BronzeOptions, BronzeSummary};
 use paylake_jobs::engine::format_bytes;
+use paylake_jobs::incremental::BuildMode;
 use paylake_jobs::{
     export_table, run_gold, run_silver, EngineSettings, ExportFormat, ModelProfile, RunOptions,
     SourceOutcome, StepReport,
@@ -29,6 +30,8 @@ pub struct StepMetrics {
     pub tables: Vec<TableMetrics>,
     pub rules: Vec<RuleMetric>,
     pub gate_failure: Option<String>,
+    /// The step found nothing new (Bronze: no row landed), for `--nothing-new-exit-code`.
+    pub nothing_new: bool,
 }
 
 impl StepMetrics {
@@ -84,7 +87,7 @@ fn print_bronze(summary: &BronzeSummary) {
             s.schema_changes
         );
     }
-    if summary.rows_landed() == 0 {
+    if summary.nothing_new() {
         println!("bronze  nothing new to land");
     }
 }
@@ -109,14 +112,27 @@ fn print_sources(layer: &str, sources: &[SourceOutcome]) {
     }
 }
 
+/// What `paylake bronze` was asked to do.
+pub struct BronzeSettings {
+    pub landing: PathBuf,
+    pub batch_rows: u64,
+    pub compact_after_files: usize,
+    /// Rows known after this time count as new too (`--new-since`).
+    pub new_since: Option<DateTime<Utc>>,
+}
+
 pub async fn bronze(
     lake: &Lake,
-    landing: PathBuf,
-    batch_rows: u64,
-    compact_after_files: usize,
+    settings: BronzeSettings,
     now: DateTime<Utc>,
     json: bool,
 ) -> Result<StepMetrics, Failure> {
+    let BronzeSettings {
+        landing,
+        batch_rows,
+        compact_after_files,
+        new_since,
+    } = settings;
     if !landing.is_dir() {
         return Err(usage(anyhow::anyhow!(
             "landing folder {} does not exist",
@@ -169,8 +185,14 @@ pub async fn bronze(
             ..Default::default()
         })
         .collect();
+    let nothing_new = match new_since {
+        _ if !summary.nothing_new() => false,
+        Some(since) => paylake_bronze::filelog::rows_known_after(lake, since).await? == 0,
+        None => true,
+    };
     Ok(StepMetrics {
         tables,
+        nothing_new,
         ..Default::default()
     })
 }
@@ -179,12 +201,12 @@ fn run_options(job: &JobArgs, now: DateTime<Utc>) -> RunOptions {
     RunOptions {
         as_of: job.as_of,
         sql_dir: job.sql_dir.clone(),
-        label_maturity_days: job.label_maturity_days,
         engine: EngineSettings {
             memory_limit: job.memory_limit.0,
             spill_dir: job.spill_dir.clone(),
             target_partitions: None,
         },
+        full_refresh: job.full_refresh,
         ..RunOptions::new(run_id(now), now)
     }
 }
@@ -227,11 +249,10 @@ fn print_profile(profile: &[ModelProfile]) {
 async fn explain(
     lake: &Lake,
     layer: Layer,
-    job: &JobArgs,
+    options: &RunOptions,
     model: &str,
-    now: DateTime<Utc>,
 ) -> Result<StepMetrics, Failure> {
-    let plan = paylake_jobs::explain(lake, layer, &run_options(job, now), model)
+    let plan = paylake_jobs::explain(lake, layer, options, model)
         .await
         .map_err(job_failure)?;
     print!("{plan}");
@@ -239,6 +260,22 @@ async fn explain(
 }
 
 fn print_report(report: &StepReport) {
+    let build = &report.build;
+    match (build.mode, &build.reason) {
+        (BuildMode::NothingNew, _) => eprintln!(
+            "{}  nothing new since the last run: nothing built, nothing committed",
+            report.layer
+        ),
+        (_, Some(reason)) => eprintln!("{}  full build: {reason}", report.layer),
+        _ => {
+            let keys: Vec<String> = build
+                .changed_keys
+                .iter()
+                .map(|(column, n)| format!("{n} {column}"))
+                .collect();
+            eprintln!("{}  incremental build of {}", report.layer, keys.join(", "));
+        }
+    }
     if !report.results.is_empty() {
         eprint!("{}", paylake_quality::results::render_text(&report.results));
         eprintln!("quality report: {}", report.report);
@@ -310,6 +347,7 @@ fn step_metrics(report: &StepReport) -> StepMetrics {
         tables,
         rules,
         gate_failure,
+        nothing_new: report.nothing_new(),
     }
 }
 
@@ -320,10 +358,10 @@ pub async fn silver(
     now: DateTime<Utc>,
     json: bool,
 ) -> Result<StepMetrics, Failure> {
-    if let Some(model) = &job.explain {
-        return explain(lake, Layer::Silver, &job, model, now).await;
-    }
     let options = run_options(&job, now);
+    if let Some(model) = &job.explain {
+        return explain(lake, Layer::Silver, &options, model).await;
+    }
     let report = run_silver(lake, &options, expectations_dir.as_deref())
         .await
         .map_err(job_failure)?;
@@ -341,14 +379,18 @@ pub async fn silver(
 pub async fn gold(
     lake: &Lake,
     job: JobArgs,
+    label_maturity_days: u32,
     expectations_dir: Option<PathBuf>,
     now: DateTime<Utc>,
     json: bool,
 ) -> Result<StepMetrics, Failure> {
+    let options = RunOptions {
+        label_maturity_days,
+        ..run_options(&job, now)
+    };
     if let Some(model) = &job.explain {
-        return explain(lake, Layer::Gold, &job, model, now).await;
+        return explain(lake, Layer::Gold, &options, model).await;
     }
-    let options = run_options(&job, now);
     let report = run_gold(lake, &options, expectations_dir.as_deref())
         .await
         .map_err(job_failure)?;
@@ -419,7 +461,7 @@ pub async fn export(
     lake: &Lake,
     table: &str,
     version: Option<u64>,
-    format: &str,
+    format: ExportFormat,
     output: &Path,
     all_columns: bool,
     json: bool,
@@ -429,8 +471,6 @@ pub async fn export(
             "'{table}' is not a table name (expected layer.table, e.g. gold.unified_payments)"
         ))
     })?;
-    let format = ExportFormat::parse(format)
-        .ok_or_else(|| usage(anyhow::anyhow!("unknown format {format}")))?;
     let rows = export_table(lake, &name, version, format, output, all_columns)
         .await
         .map_err(job_failure)?;
@@ -599,16 +639,10 @@ fn table_name(table: &str) -> Result<TableName, Failure> {
 
 /// Every table of the lake, or the one named.
 async fn tables_or_all(lake: &Lake, table: Option<&str>) -> Result<Vec<TableName>, Failure> {
-    if let Some(table) = table {
-        return Ok(vec![table_name(table)?]);
+    match table {
+        Some(table) => Ok(vec![table_name(table)?]),
+        None => Ok(paylake_lake::catalog::all_tables(lake).await?),
     }
-    let mut all = Vec::new();
-    for layer in Layer::ALL {
-        for name in paylake_lake::catalog::table_names(lake, layer).await? {
-            all.push(TableName::new(layer, name));
-        }
-    }
-    Ok(all)
 }
 
 fn lake_failure(error: paylake_lake::LakeError) -> Failure {

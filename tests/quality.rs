@@ -282,8 +282,13 @@ query = "SELECT count(*) AS evaluated, 0 AS failed FROM silver.payments""#,
     );
     assert_eq!(summary["verdict"]["passed"], true, "warnings never block");
 
-    // Results are appended, never replaced.
-    ws.ok(&["silver", "--expectations-dir", dir.to_str().unwrap()]);
+    // Results are appended, never replaced (a rerun with nothing new audits nothing).
+    ws.ok(&[
+        "silver",
+        "--full-refresh",
+        "--expectations-dir",
+        dir.to_str().unwrap(),
+    ]);
     let runs =
         ws.query("SELECT count(DISTINCT run_id) AS n, count(*) AS rows FROM quality.results");
     assert_eq!(runs[0]["n"], 2);
@@ -302,14 +307,14 @@ fn error_gate_exits_3_and_leaves_gold_untouched_warnings_do_not_block() {
     let metrics = ws.dir.path().join("paylake.prom");
     let metrics_arg = metrics.to_str().unwrap().to_string();
     ws.bronze();
-    let silver = ws.run(&["--metrics-file", &metrics_arg, "silver"]);
+    let silver = ws.run(&["silver", "--metrics-file", &metrics_arg]);
     assert_eq!(
         silver.status.code(),
         Some(0),
         "the sample passes: only warnings fail"
     );
     assert!(String::from_utf8_lossy(&silver.stderr).contains("WARN"));
-    ws.ok(&["--metrics-file", &metrics_arg, "gold"]);
+    ws.ok(&["gold", "--metrics-file", &metrics_arg]);
     let gold_versions = ws.history("gold.unified_payments").len();
 
     // A batch where every amount is broken: far over 5% of payments quarantined.
@@ -319,13 +324,13 @@ fn error_gate_exits_3_and_leaves_gold_untouched_warnings_do_not_block() {
     }
     ws.land("payments/2024-11-18/payments_2024-11-18T09-15.csv", bad);
     ws.bronze();
-    let silver = ws.run(&["--metrics-file", &metrics_arg, "silver"]);
+    let silver = ws.run(&["silver", "--metrics-file", &metrics_arg]);
     let stderr = String::from_utf8_lossy(&silver.stderr);
     assert_eq!(silver.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("data quality gate failed"), "{stderr}");
     assert!(stderr.contains("payments_quarantine_rate"), "{stderr}");
 
-    let gold = ws.run(&["--metrics-file", &metrics_arg, "gold"]);
+    let gold = ws.run(&["gold", "--metrics-file", &metrics_arg]);
     assert_eq!(gold.status.code(), Some(3));
     assert_eq!(
         ws.history("gold.unified_payments").len(),
@@ -450,9 +455,9 @@ fn schema_reports_dropped_and_renamed_required_columns_as_major_drift() {
     let metrics = ws.dir.path().join("paylake.prom");
     let landing = ws.landing();
     ws.ok(&[
+        "bronze",
         "--metrics-file",
         metrics.to_str().unwrap(),
-        "bronze",
         "--landing",
         landing.to_str().unwrap(),
     ]);
@@ -642,7 +647,7 @@ fn a_metrics_file_that_cannot_be_written_is_refused_before_the_step_runs() {
     ws.bronze();
     // Before: Silver ran and published, then the run exited 2 on the metrics file.
     for step in ["silver", "gold"] {
-        let output = ws.run(&["--metrics-file", unwritable, step]);
+        let output = ws.run(&[step, "--metrics-file", unwritable]);
         assert_eq!(output.status.code(), Some(2), "{step}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
@@ -659,7 +664,7 @@ fn a_metrics_file_that_cannot_be_written_is_refused_before_the_step_runs() {
     assert!(!built.contains(&"payments"), "silver ran: {built:?}");
     let folder = ws.dir.path().join("metrics-is-a-folder");
     std::fs::create_dir_all(&folder).unwrap();
-    let output = ws.run(&["--metrics-file", folder.to_str().unwrap(), "silver"]);
+    let output = ws.run(&["silver", "--metrics-file", folder.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
 }
 

@@ -163,6 +163,7 @@ fn the_shell_runs_queries_of_every_read_only_kind() {
 #[test]
 fn a_query_past_its_timeout_stops_with_exit_1_naming_the_flag() {
     let ws = Workspace::new();
+    ws.bronze(); // an empty lake: the shell never creates one
     let started = Instant::now();
     let output = ws.run(&[
         "sql",
@@ -190,6 +191,7 @@ fn a_query_past_its_timeout_stops_with_exit_1_naming_the_flag() {
 #[test]
 fn a_query_past_the_memory_limit_is_a_clear_error_not_an_abort() {
     let ws = Workspace::new();
+    ws.bronze(); // an empty lake: the shell never creates one
     for (args, env) in [
         (
             vec![

@@ -294,7 +294,9 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
     common::copy_tree(&common::sample_data(), &ws.landing());
     ws.bronze();
     let first = ws.silver();
-    let second = ws.silver();
+    // A rerun with nothing new builds nothing; a full refresh rebuilds every table.
+    assert_eq!(ws.silver()["build"]["mode"], "nothing_new");
+    let second = ws.silver_with(&["--full-refresh"]);
     assert_eq!(
         first["tables"].as_array().unwrap().len(),
         second["tables"].as_array().unwrap().len()
@@ -322,7 +324,7 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
     assert_eq!(ws.count("silver.payments"), 46);
 
     ws.gold();
-    ws.gold();
+    ws.gold_with(&["--full-refresh"]);
     assert_eq!(
         ws.count("gold.unified_payments"),
         43,
@@ -412,6 +414,7 @@ fn gold_joins_accounts_risk_and_labels_with_defaults() {
 #[test]
 fn gold_before_silver_is_a_usage_error() {
     let ws = Workspace::new();
+    ws.bronze();
     let output = ws.run(&["gold"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("paylake silver"));

@@ -1,4 +1,4 @@
--- paylake: partition_by=payment_date
+-- paylake: partition_by=payment_date incremental_key=payment_id
 -- The unified payment intelligence table, latest-knowledge view: one row per silver payment.
 -- The first thirteen columns are those of the original pipeline, in its order.
 SELECT

@@ -1,3 +1,4 @@
+-- paylake: incremental_key=account_id
 -- The current view: each account as its latest snapshot shows it.
 SELECT account_id, opening_date, valid_from, known_at, snapshot_file, _rescued
 FROM (

@@ -1,3 +1,4 @@
+-- paylake: incremental_key=account_id
 -- Every snapshot's view of every account: valid from the snapshot's knowledge time until the
 -- next snapshot that mentions the account. Two clocks: known_at (when the lake could know it)
 -- and snapshot_date (the day the snapshot describes, from its knowledge time in UTC).

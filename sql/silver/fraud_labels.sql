@@ -1,3 +1,4 @@
+-- paylake: incremental_key=payment_id
 -- One current label per payment: the latest fraud_reported_date, ties broken by latest known_at.
 SELECT payment_id, fraud_type, fraud_reported_date, label_source, known_at, is_orphan, _source_file
 FROM (

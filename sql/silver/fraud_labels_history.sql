@@ -1,3 +1,4 @@
+-- paylake: incremental_key=payment_id
 -- Every usable label as it arrived, with when the lake learned it and where from.
 -- A label whose payment is not in silver.payments is kept and marked as an orphan.
 SELECT

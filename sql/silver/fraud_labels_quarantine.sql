@@ -1,3 +1,4 @@
+-- paylake: incremental_key=payment_id
 -- Label rows that failed a rule, with their original text and the rules they failed.
 SELECT
     raw_payment_id AS payment_id,

@@ -1,3 +1,4 @@
+-- paylake: incremental_key=payment_id
 -- One row per payment_id: the first known occurrence that passed every rule.
 SELECT
     payment_id,

@@ -1,3 +1,4 @@
+-- paylake: incremental_key=payment_id
 -- Payment rows that failed a rule or conflict with an earlier row of the same payment_id,
 -- with their original text and the names of every rule they failed.
 SELECT

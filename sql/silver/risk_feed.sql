@@ -1,3 +1,4 @@
+-- paylake: incremental_key=account_id
 -- The current flag per account: the latest batch that mentions it wins (a later 0 clears a flag).
 SELECT account_id, risk_flag, known_at, batch_file
 FROM (

@@ -1,3 +1,4 @@
+-- paylake: incremental_key=account_id
 -- One flag per account per batch, with the batch's knowledge time.
 SELECT
     account_id,

@@ -1,3 +1,4 @@
+-- paylake: incremental_key=account_id
 -- Risk rows that failed a rule, with their original text and the rules they failed.
 SELECT
     raw_account_id AS account_id,

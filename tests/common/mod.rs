@@ -75,25 +75,39 @@ impl Workspace {
     /// Rebuilds Silver without the data-quality gate: these tests feed deliberately bad data
     /// to check the Silver rules themselves (tests/quality.rs covers the gate).
     pub fn silver(&self) -> Value {
+        self.silver_with(&[])
+    }
+
+    /// [`Workspace::silver`] with more flags (e.g. `--full-refresh`).
+    pub fn silver_with(&self, extra: &[&str]) -> Value {
         let no_expectations = self.no_expectations();
-        json(&self.ok(&[
+        let mut args = vec![
             "--json",
             "silver",
             "--expectations-dir",
             no_expectations.to_str().unwrap(),
-        ]))
+        ];
+        args.extend_from_slice(extra);
+        json(&self.ok(&args))
     }
 
     /// Rebuilds Gold with its invariant checks but without expectations (tests/quality.rs
     /// covers the Gold expectations).
     pub fn gold(&self) -> Value {
+        self.gold_with(&[])
+    }
+
+    /// [`Workspace::gold`] with more flags (e.g. `--full-refresh`).
+    pub fn gold_with(&self, extra: &[&str]) -> Value {
         let no_expectations = self.no_expectations();
-        json(&self.ok(&[
+        let mut args = vec![
             "--json",
             "gold",
             "--expectations-dir",
             no_expectations.to_str().unwrap(),
-        ]))
+        ];
+        args.extend_from_slice(extra);
+        json(&self.ok(&args))
     }
 
     /// An expectations folder with no rules for any layer.

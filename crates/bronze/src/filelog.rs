@@ -404,6 +404,41 @@ async fn read_logged_files_at(
     Ok(logged)
 }
 
+/// Rows Bronze holds that became known after `since` (by their files' knowledge time in the
+/// file log). A Silver build as of a later time sees these rows and one as of `since` did
+/// not, so a scheduler that built Silver as of `since` has something new to build.
+pub async fn rows_known_after(lake: &Lake, since: DateTime<Utc>) -> Result<u64, BronzeError> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+    use datafusion::common::ScalarValue;
+    use datafusion::functions_aggregate::expr_fn::sum;
+    use datafusion::prelude::{col, lit};
+
+    let ctx = datafusion::prelude::SessionContext::new();
+    let Some(frame) = crate::tables::file_log_frame_at(lake, &ctx, None).await? else {
+        return Ok(0);
+    };
+    let since = lit(ScalarValue::TimestampMicrosecond(
+        Some(since.timestamp_micros()),
+        Some("UTC".into()),
+    ));
+    let batches = frame
+        .filter(col("known_at").gt(since))?
+        .aggregate(vec![], vec![sum(col("rows_landed")).alias("rows")])?
+        .collect()
+        .await?;
+    let total = batches
+        .iter()
+        .filter(|batch| batch.num_rows() > 0)
+        .map(|batch| {
+            let rows = cast(batch.column(0), &DataType::Int64)?;
+            let rows = rows.as_primitive::<Int64Type>();
+            Ok(if rows.is_null(0) { 0 } else { rows.value(0) })
+        })
+        .sum::<Result<i64, BronzeError>>()?;
+    Ok(u64::try_from(total).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,5 +585,29 @@ mod tests {
         }
         assert_eq!(appended, 3);
         assert_eq!(logged_blank_lines(&lake).await.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn rows_known_after_a_time_count_only_files_known_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().join("lake").to_str().unwrap()).unwrap();
+        let landing = dir.path().join("landing");
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+        assert_eq!(
+            rows_known_after(&lake, at("2024-01-01T00:00:00Z"))
+                .await
+                .unwrap(),
+            0
+        );
+        land(&landing, "payments/2024-11-15T09-15/a.csv", "P1");
+        land(&landing, "payments/2024-11-15T10-15/b.csv", "P2");
+        run_bronze(&lake, &options(&landing)).await.unwrap();
+        let known_after = |t: &'static str| {
+            let lake = lake.clone();
+            async move { rows_known_after(&lake, at(t)).await.unwrap() }
+        };
+        assert_eq!(known_after("2024-11-15T09:00:00Z").await, 2);
+        assert_eq!(known_after("2024-11-15T09:15:00Z").await, 1);
+        assert_eq!(known_after("2024-11-15T10:15:00Z").await, 0);
     }
 }

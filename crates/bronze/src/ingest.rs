@@ -96,6 +96,12 @@ impl BronzeSummary {
     pub fn rows_landed(&self) -> u64 {
         self.sources.iter().map(|s| s.rows_landed).sum()
     }
+
+    /// The run added no row to any Bronze source table, so Silver and Gold would rebuild
+    /// from exactly the facts they last saw.
+    pub fn nothing_new(&self) -> bool {
+        self.rows_landed() == 0
+    }
 }
 
 /// A regular file found under the landing directory (directly or through a symlink that

@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::{col, Expr};
 use futures::StreamExt;
 use paylake_lake::delta;
-use paylake_lake::layout::TableName;
+use paylake_lake::layout::{Layer, TableName};
 use paylake_lake::Lake;
 
 use crate::engine::{Engine, EngineSettings};
@@ -128,6 +128,31 @@ fn check_replaceable(target: &Path) -> Result<(), String> {
     }
 }
 
+/// Why a table cannot be exported: a table paylake builds but has not yet, or a name the
+/// lake does not hold at all (listing the ones it does).
+async fn missing_table(lake: &Lake, table: &TableName) -> JobError {
+    let built_by_model = matches!(table.layer, Layer::Silver | Layer::Gold)
+        && crate::models::load_models(table.layer, None).is_ok_and(|models| {
+            models.iter().any(|m| {
+                m.name == table.name && m.materialization == crate::models::Materialization::Table
+            })
+        });
+    if built_by_model {
+        return JobError::NotBuilt {
+            what: table.to_string(),
+            hint: format!("run `paylake {}` first", table.layer.name()),
+        };
+    }
+    match paylake_lake::catalog::all_tables(lake).await {
+        Ok(existing) => JobError::NoSuchTable {
+            table: table.to_string(),
+            lake: lake.display().to_string(),
+            existing: existing.iter().map(ToString::to_string).collect(),
+        },
+        Err(e) => e.into(),
+    }
+}
+
 /// Writes a table (its latest version, or `version`) to `output`; returns the rows written.
 ///
 /// The rows stream from the engine into a temporary file in `output`'s folder (sorted within
@@ -143,12 +168,10 @@ pub async fn export_table(
     let (folder, name) = check_output(lake, output)?;
     let engine = Engine::new(&EngineSettings::default())?;
     let ctx = crate::runner::lake_session_on(lake, &engine).await?;
-    let provider = delta::provider(lake, table, version)
-        .await?
-        .ok_or_else(|| JobError::NotBuilt {
-            what: table.to_string(),
-            hint: format!("run `paylake {}` first", table.layer.name()),
-        })?;
+    let provider = delta::provider(lake, table, version).await?;
+    let Some(provider) = provider else {
+        return Err(missing_table(lake, table).await);
+    };
     let frame = ctx.read_table(provider)?;
     let schema = frame.schema().clone();
     let names: Vec<String> = match (all_columns, primary_columns(table)) {

@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod export;
+pub mod incremental;
 pub mod models;
 pub mod pipeline;
 pub mod runner;
@@ -11,6 +12,14 @@ pub use engine::{EngineSettings, ModelProfile};
 pub use export::{export_table, ExportFormat, UNIFIED_COLUMNS};
 pub use pipeline::{explain, run_gold, run_silver, StepReport};
 pub use runner::{lake_session, lake_session_on, PublishedTable, RunOptions, SourceOutcome};
+
+fn existing_tables(existing: &[String]) -> String {
+    if existing.is_empty() {
+        "; it holds no tables yet (run `paylake bronze`, `silver`, `gold`)".to_string()
+    } else {
+        format!("; its tables are: {}", existing.join(", "))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -38,6 +47,13 @@ pub enum JobError {
     Quality(#[from] paylake_quality::QualityError),
     #[error("{what} has not been built yet: {hint}")]
     NotBuilt { what: String, hint: String },
+    /// A table name the lake does not hold, with the tables it does hold.
+    #[error("no table {table} in the lake at {lake}{}", existing_tables(existing))]
+    NoSuchTable {
+        table: String,
+        lake: String,
+        existing: Vec<String>,
+    },
     #[error("cannot read {path}: {source}")]
     Io {
         path: String,

@@ -3,7 +3,8 @@
 //! A model may start with a config comment: `-- paylake: materialized=view` (planned inline by
 //! the models that use it, never written), `-- paylake: materialized=temporary` (computed once
 //! per run into scratch Parquet that every later model and check reads, never published) or
-//! `-- paylake: partition_by=col`, and DataFusion settings for planning this model only
+//! `-- paylake: partition_by=col`, `incremental_key=col` (the key an incremental run rebuilds
+//! by, see `incremental`), and DataFusion settings for planning this model only
 //! (`datafusion.optimizer.prefer_hash_join=false`). Models reference each other as `silver.name` / `gold.name`;
 //! the runner orders them by those references.
 
@@ -41,6 +42,10 @@ pub struct Model {
     pub engine_settings: Vec<(String, String)>,
     /// Invariants checked on the staged result before it is published.
     pub checks: Vec<Check>,
+    /// The column whose value alone decides this table's rows (dbt's `unique_key`): an
+    /// incremental run rebuilds only the keys whose inputs changed. Tables without one are
+    /// rebuilt in full on every run.
+    pub incremental_key: Option<String>,
 }
 
 /// One invariant: a SELECT that returns the rows breaking it.
@@ -174,6 +179,7 @@ impl Model {
             partition_by: vec![],
             engine_settings: vec![],
             checks: vec![],
+            incremental_key: None,
         };
         for line in sql.lines() {
             let Some(config) = line.trim().strip_prefix("-- paylake:") else {
@@ -187,6 +193,9 @@ impl Model {
                     }
                     Some(("materialized", "table")) => {
                         model.materialization = Materialization::Table
+                    }
+                    Some(("incremental_key", column)) => {
+                        model.incremental_key = Some(column.to_string())
                     }
                     Some(("partition_by", columns)) => {
                         model.partition_by = columns.split(',').map(str::to_string).collect()

@@ -18,6 +18,8 @@ use paylake_quality::{evaluate_suite, load_suites, GateVerdict, RuleResult, Suit
 use serde::Serialize;
 
 use crate::engine::{ModelProfile, ProfiledWork};
+use crate::incremental::{self, BuildMode, BuildPlan, BuildSummary, FullReason, Watermark};
+use crate::models::load_models;
 use crate::runner::{
     build_layer, commit_layer, discard_all, explain_model, BuiltLayer, RunOptions,
 };
@@ -44,6 +46,15 @@ pub struct StepReport {
     pub newest_event_seconds: BTreeMap<String, f64>,
     /// What each model, check and the audit cost, in run order.
     pub profile: Vec<ModelProfile>,
+    /// Full, incremental (which keys) or nothing new, and the watermark committed.
+    pub build: BuildSummary,
+}
+
+impl StepReport {
+    /// Whether the run found nothing new to build (and committed nothing).
+    pub fn nothing_new(&self) -> bool {
+        self.build.mode == BuildMode::NothingNew
+    }
 }
 
 impl StepReport {
@@ -145,6 +156,7 @@ fn commit_facts(
     options: &RunOptions,
     passed: bool,
     read_versions: &BTreeMap<String, u64>,
+    build: &BuildSummary,
 ) -> CommitFacts {
     let mut facts = CommitFacts::new();
     facts.insert(delta::INFO_RUN_ID.into(), options.run_id.clone().into());
@@ -165,7 +177,84 @@ fn commit_facts(
             serde_json::to_value(read_versions).unwrap_or_default(),
         );
     }
+    facts.insert(delta::INFO_BUILD.into(), build.mode.name().into());
+    facts.insert(
+        delta::INFO_DEFINITIONS.into(),
+        build.definitions.clone().into(),
+    );
+    // An --as-of build records no watermark: the next run rebuilds in full.
+    if !build.watermark.is_empty() {
+        facts.insert(
+            delta::INFO_WATERMARK.into(),
+            serde_json::to_value(&build.watermark).unwrap_or_default(),
+        );
+    }
     facts
+}
+
+/// The watermark a run commits: what it read, unless it is an --as-of build.
+fn watermark_of(options: &RunOptions, read: &Watermark) -> Watermark {
+    if options.as_of.is_some() {
+        Watermark::new()
+    } else {
+        read.clone()
+    }
+}
+
+/// The report of a run that found nothing new: nothing is built or committed, and the gate
+/// keeps the verdict of the run that built the current tables.
+fn nothing_new(
+    layer: Layer,
+    options: &RunOptions,
+    gate: GateVerdict,
+    build: BuildSummary,
+) -> StepReport {
+    StepReport {
+        layer: layer.name().into(),
+        run_id: options.run_id.clone(),
+        as_of: None,
+        tables: vec![],
+        sources: vec![],
+        results: vec![],
+        verdict: gate,
+        // Gold names the audited Silver versions its tables still hold.
+        read_versions: if layer == Layer::Gold {
+            build.watermark.clone()
+        } else {
+            BTreeMap::new()
+        },
+        report: String::new(),
+        newest_event_seconds: BTreeMap::new(),
+        profile: vec![],
+        build,
+    }
+}
+
+/// Plans a run: a layer whose gate was never written is built in full.
+async fn plan_layer(
+    lake: &Lake,
+    layer: Layer,
+    options: &RunOptions,
+    read: &Watermark,
+    suites: &[Suite],
+) -> Result<(BuildPlan, BuildSummary, Option<GateVerdict>), JobError> {
+    let models = load_models(layer, options.sql_dir.as_deref())?;
+    let definitions = incremental::definitions_fingerprint(&models, suites);
+    let gate = paylake_quality::read_gate(lake, layer).await?;
+    let forced = match gate {
+        None => Some(
+            options
+                .forced_full_build()
+                .unwrap_or(FullReason::NoWatermark),
+        ),
+        Some(_) => options.forced_full_build(),
+    };
+    let plan = match layer {
+        Layer::Gold => incremental::plan_gold(lake, &models, &definitions, read, forced).await?,
+        _ => incremental::plan_silver(lake, &models, &definitions, read, forced).await?,
+    };
+    let summary = BuildSummary::new(&plan, &watermark_of(options, read), &definitions);
+    Ok((plan, summary, gate))
 }
 
 async fn freshness(built: &BuiltLayer) -> BTreeMap<String, f64> {
@@ -190,11 +279,24 @@ pub async fn run_silver(
 ) -> Result<StepReport, JobError> {
     // Unreadable expectations are a configuration error: find out before building anything.
     let suites = load_suites(Layer::Silver.name(), expectations_dir)?;
-    let mut built = build_layer(lake, Layer::Silver, options, &HashMap::new()).await?;
+    let bronze = incremental::bronze_versions(lake).await?;
+    let (plan, build, gate) = plan_layer(lake, Layer::Silver, options, &bronze, &suites).await?;
+    if let (BuildPlan::NothingNew, Some(gate)) = (&plan, gate) {
+        return Ok(nothing_new(Layer::Silver, options, gate, build));
+    }
+    // Bronze is read at the versions the plan looked at.
+    let pinned = bronze
+        .iter()
+        .filter_map(|(table, version)| Some((TableName::parse(table)?, *version)))
+        .collect();
+    let mut built = build_layer(lake, Layer::Silver, options, &pinned, &plan).await?;
+    if matches!(plan, BuildPlan::Incremental(_)) {
+        incremental::restore_bronze(&built.ctx, lake, &bronze).await?;
+    }
     let (results, report) = audit_or_discard(lake, &mut built, &suites, options).await?;
     let mut verdict = verdict(Layer::Silver, options, &results);
     let newest_event_seconds = freshness(&built).await;
-    let facts = commit_facts(options, verdict.passed, &BTreeMap::new());
+    let facts = commit_facts(options, verdict.passed, &BTreeMap::new(), &build);
     let tables = commit_layer(lake, &built.staged, &facts).await?;
     if verdict.passed {
         verdict.versions = versions_of(&tables);
@@ -212,6 +314,7 @@ pub async fn run_silver(
         report,
         newest_event_seconds,
         profile: built.profile,
+        build,
     })
 }
 
@@ -256,12 +359,17 @@ pub async fn run_gold(
     let read_versions: BTreeMap<String, u64> =
         silver.iter().map(|(t, v)| (t.to_string(), *v)).collect();
     tracing::info!("gold reads silver versions {read_versions:?}");
-    let mut built = build_layer(lake, Layer::Gold, options, &silver).await?;
+    let (plan, build, gate) =
+        plan_layer(lake, Layer::Gold, options, &read_versions, &suites).await?;
+    if let (BuildPlan::NothingNew, Some(gate)) = (&plan, gate) {
+        return Ok(nothing_new(Layer::Gold, options, gate, build));
+    }
+    let mut built = build_layer(lake, Layer::Gold, options, &silver, &plan).await?;
     let (results, report) = audit_or_discard(lake, &mut built, &suites, options).await?;
     let mut verdict = verdict(Layer::Gold, options, &results);
     let newest_event_seconds = freshness(&built).await;
     let tables = if verdict.passed {
-        let facts = commit_facts(options, true, &read_versions);
+        let facts = commit_facts(options, true, &read_versions, &build);
         let tables = commit_layer(lake, &built.staged, &facts).await?;
         verdict.versions = versions_of(&tables);
         tables
@@ -282,6 +390,7 @@ pub async fn run_gold(
         report,
         newest_event_seconds,
         profile: built.profile,
+        build,
     })
 }
 

@@ -15,10 +15,12 @@ use datafusion::common::{ScalarValue, TableReference};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionContext};
-use paylake_lake::delta::{self, StagedVersion};
+use paylake_lake::delta::{self, Replaces, StagedVersion};
 use paylake_lake::layout::{self, Layer, TableName};
 use paylake_lake::{catalog, Lake};
 use serde::Serialize;
+
+use crate::incremental::{self, BuildPlan, ChangedKeys, FullReason};
 
 use crate::engine::{
     format_bytes, is_out_of_memory, plan_totals, Engine, EngineSettings, ModelProfile, ProfiledWork,
@@ -39,6 +41,8 @@ pub struct RunOptions {
     pub label_maturity_days: u32,
     /// Memory limit, spill folder and parallelism of the query engine.
     pub engine: EngineSettings,
+    /// Rebuild the layer from everything below it, whatever the watermarks say.
+    pub full_refresh: bool,
 }
 
 impl RunOptions {
@@ -50,18 +54,34 @@ impl RunOptions {
             now,
             label_maturity_days: 60,
             engine: EngineSettings::default(),
+            full_refresh: false,
         }
     }
 
     pub fn effective_as_of(&self) -> DateTime<Utc> {
         self.as_of.unwrap_or(self.now)
     }
+
+    /// Why this run must be a full build whatever the watermarks say, if it must.
+    pub fn forced_full_build(&self) -> Option<FullReason> {
+        if self.as_of.is_some() {
+            Some(FullReason::AsOf)
+        } else if self.full_refresh {
+            Some(FullReason::Requested)
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PublishedTable {
     pub table: String,
+    /// Rows of the table's new version.
     pub rows: u64,
+    /// Rows this run wrote: all of them on a full build; on an incremental one the rebuilt
+    /// keys' rows and the other rows of the files it replaced.
+    pub rows_written: u64,
     /// The Delta version the commit made.
     pub version: u64,
 }
@@ -205,6 +225,8 @@ pub struct BuiltLayer {
     pub profile: Vec<ModelProfile>,
     /// Holds the run's scratch folder (temporary models, spills) until the layer is dropped.
     pub engine: Engine,
+    /// The keys this run rebuilds, when it is incremental.
+    pub changes: Option<ChangedKeys>,
 }
 
 /// Builds every model of `layer`: views are planned inline, temporary models are computed once
@@ -216,8 +238,16 @@ pub async fn build_layer(
     layer: Layer,
     options: &RunOptions,
     pinned: &HashMap<TableName, u64>,
+    plan: &BuildPlan,
 ) -> Result<BuiltLayer, JobError> {
     let mut built = start_layer(lake, layer, options, pinned).await?;
+    if let BuildPlan::Incremental(changes) = plan {
+        if layer == Layer::Silver {
+            let versions = pinned.iter().map(|(t, v)| (t.to_string(), *v)).collect();
+            incremental::restrict_bronze_to_keys(&built.ctx, lake, &versions, changes).await?;
+        }
+        built.changes = Some(changes.clone());
+    }
     let models = std::mem::take(&mut built.models);
     let result = stage_models(lake, &mut built, layer, options, &models, None).await;
     built.models = models;
@@ -260,6 +290,7 @@ async fn start_layer(
         models,
         profile: vec![],
         engine,
+        changes: None,
     })
 }
 
@@ -411,6 +442,21 @@ async fn stage_models(
             continue;
         }
         built.engine.pool.take_peak();
+        // An incremental run builds a table's changed keys and the survivors of the files
+        // holding them; everything else in the table stays as it is.
+        let (frame, replaces) = match (&built.changes, &model.incremental_key) {
+            (Some(changes), Some(key)) if model.materialization == Materialization::Table => {
+                let keys = changes.keys.get(key).map(Vec::as_slice).unwrap_or(&[]);
+                let name = TableName::new(layer, model.name.clone());
+                incremental::rebuild_keys(ctx, lake, &name, frame, key, keys)
+                    .await
+                    .map_err(|e| match e {
+                        JobError::Engine(source) => failed(source),
+                        other => other,
+                    })?
+            }
+            _ => (frame, Replaces::Everything),
+        };
         let task = Arc::new(frame.task_ctx());
         let plan = frame.create_physical_plan().await.map_err(failed)?;
         let rows_out = match model.materialization {
@@ -442,12 +488,13 @@ async fn stage_models(
                     paylake_lake::LakeError::Engine { source, .. } => failed(source),
                     other => JobError::Lake(other),
                 })?;
-                register(
-                    ctx,
-                    layer,
-                    &model.name,
-                    delta::staged_provider(lake, &version)?,
-                )?;
+                let version = StagedVersion {
+                    replaces,
+                    ..version
+                };
+                // Later models, checks and the audit read the table as it will be.
+                let state = incremental::table_after_commit(ctx, lake, &version).await?;
+                register(ctx, layer, &model.name, state)?;
                 let rows = version.rows;
                 built.staged.push(version);
                 rows
@@ -548,9 +595,14 @@ pub async fn commit_layer(
     let mut published = Vec::new();
     for version in staged {
         let committed = delta::commit_overwrite(lake, version, facts).await?;
+        let rows = match version.replaces {
+            Replaces::Everything => version.rows,
+            Replaces::Files { .. } => delta::row_count(lake, &version.table, committed).await?,
+        };
         published.push(PublishedTable {
             table: version.table.to_string(),
-            rows: version.rows,
+            rows,
+            rows_written: version.rows,
             version: committed,
         });
     }

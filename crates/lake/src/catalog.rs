@@ -195,6 +195,17 @@ impl LakeSchema {
     }
 }
 
+/// Every Delta table of the lake, layer by layer, each layer's sorted by name.
+pub async fn all_tables(lake: &Lake) -> Result<Vec<TableName>> {
+    let mut all = Vec::new();
+    for layer in Layer::ALL {
+        for name in table_names(lake, layer).await? {
+            all.push(TableName::new(layer, name));
+        }
+    }
+    Ok(all)
+}
+
 /// The names of the Delta tables of a layer, sorted.
 pub async fn table_names(lake: &Lake, layer: Layer) -> Result<Vec<String>> {
     let prefix = object_store::path::Path::from(layer.name());

@@ -53,6 +53,13 @@ pub const INFO_RUN_ID: &str = "paylake.run_id";
 pub const INFO_AS_OF: &str = "paylake.as_of";
 pub const INFO_ROWS: &str = "paylake.rows";
 pub const INFO_AUDIT: &str = "paylake.audit";
+/// What a Silver or Gold commit consumed from the layer below: table name → version read.
+pub const INFO_WATERMARK: &str = "paylake.watermark";
+/// A fingerprint of the models and expectations a Silver or Gold commit was built and audited
+/// with: when they change, the next run rebuilds the layer in full.
+pub const INFO_DEFINITIONS: &str = "paylake.definitions";
+/// How a Silver or Gold commit was built: `full` (from everything below) or `incremental`.
+pub const INFO_BUILD: &str = "paylake.build";
 
 /// Facts a commit records about the run that made it (run id, as-of, audit verdict, …).
 pub type CommitFacts = serde_json::Map<String, serde_json::Value>;
@@ -283,6 +290,18 @@ pub struct StagedVersion {
     pub rows: u64,
     pub schema: SchemaRef,
     pub partition_by: Vec<String>,
+    /// What the staged files replace when committed.
+    pub replaces: Replaces,
+}
+
+/// What a staged version replaces in its table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replaces {
+    /// Every file of the table: a full rebuild.
+    Everything,
+    /// Only these data files of `version` (an incremental build rewrote them); any other
+    /// commit since `version` makes the commit fail.
+    Files { version: u64, paths: Vec<String> },
 }
 
 fn commit_builder(facts: &CommitFacts, txns: Vec<Transaction>) -> CommitBuilder {
@@ -452,6 +471,7 @@ pub async fn stage_plan(
         rows,
         schema,
         partition_by: partition_by.to_vec(),
+        replaces: Replaces::Everything,
     })
 }
 
@@ -525,17 +545,43 @@ pub async fn commit_overwrite(
             .map_err(|e| delta_error(table, "changing the schema of")(e.into()))?;
         actions.push(Action::Metadata(metadata));
     }
+    let replaced: Option<std::collections::HashSet<&str>> = match &staged.replaces {
+        Replaces::Everything => None,
+        Replaces::Files { version, paths } => {
+            if delta.version() != Some(*version) {
+                return Err(LakeError::CommitConflict {
+                    table: table.to_string(),
+                    reason: format!(
+                        "the build read version {version}, but version {} was committed since",
+                        delta.version().unwrap_or_default()
+                    ),
+                });
+            }
+            Some(paths.iter().map(String::as_str).collect())
+        }
+    };
     actions.extend(
         snapshot
             .log_data()
             .iter()
+            .filter(|file| {
+                replaced
+                    .as_ref()
+                    .is_none_or(|r| r.contains(file.path().as_ref()))
+            })
             .map(|file| Action::Remove(file.remove_action(true))),
     );
     actions.extend(staged.adds.iter().cloned().map(Action::Add));
     let operation = DeltaOperation::Write {
         mode: SaveMode::Overwrite,
         partition_by: (!staged.partition_by.is_empty()).then(|| staged.partition_by.clone()),
-        predicate: None,
+        // An incremental build replaces only the files holding the keys it rebuilt.
+        predicate: match &staged.replaces {
+            Replaces::Everything => None,
+            Replaces::Files { paths, .. } => {
+                Some(format!("incremental: {} files replaced", paths.len()))
+            }
+        },
     };
     let mut facts = facts.clone();
     facts.insert(INFO_ROWS.into(), staged.rows.into());
@@ -583,6 +629,28 @@ pub async fn versioned_active_files(
         .map(|f| f.path().to_string())
         .collect();
     Ok((delta.version(), files))
+}
+
+/// The paths of the data files of one version of a table.
+pub async fn files_at(lake: &Lake, table: &TableName, version: u64) -> Result<Vec<String>> {
+    let delta = open_version(lake, table, version).await?;
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect())
+}
+
+/// The rows of one version of a table, from the statistics of its data files.
+pub async fn row_count(lake: &Lake, table: &TableName, version: u64) -> Result<u64> {
+    let delta = open_version(lake, table, version).await?;
+    let snapshot = delta.snapshot().map_err(delta_error(table, "reading"))?;
+    Ok(snapshot
+        .log_data()
+        .iter()
+        .map(|f| f.num_records().unwrap_or(0) as u64)
+        .sum())
 }
 
 /// Whether a commit of the table carried this application transaction id.
@@ -766,6 +834,133 @@ pub async fn add_missing_columns(
 }
 
 /// One commit of a table, as `paylake history` shows it.
+/// The actions of one commit; `None` when the log no longer holds it (a checkpoint replaced it
+/// and its file was cleaned up).
+async fn commit_actions(
+    delta: &DeltaTable,
+    table: &TableName,
+    version: u64,
+) -> Result<Option<Vec<Action>>> {
+    let Some(bytes) = delta
+        .log_store()
+        .read_commit_entry(version)
+        .await
+        .map_err(delta_error(table, "reading the log of"))?
+    else {
+        return Ok(None);
+    };
+    deltalake_core::logstore::get_actions(version, &bytes)
+        .map(Some)
+        .map_err(delta_error(table, "reading the log of"))
+}
+
+/// The paylake facts (commit info) recorded by one commit of a table.
+pub async fn commit_facts(
+    lake: &Lake,
+    table: &TableName,
+    version: u64,
+) -> Result<Option<CommitFacts>> {
+    let Some(delta) = open(lake, table).await? else {
+        return Ok(None);
+    };
+    Ok(commit_actions(&delta, table, version)
+        .await?
+        .and_then(|actions| {
+            actions.into_iter().find_map(|action| match action {
+                Action::CommitInfo(info) => Some(info.info.into_iter().collect()),
+                _ => None,
+            })
+        }))
+}
+
+/// What changed in a table between two versions.
+#[derive(Debug, Clone, Default)]
+pub struct ChangedFiles {
+    /// Data files added by commits after the first version (compaction excluded: it changes no
+    /// row) that are still part of the later version.
+    pub added: Vec<String>,
+    /// Data files of the first version that the later one no longer has (their rows were
+    /// rewritten into added files, or replaced).
+    pub removed: Vec<String>,
+    /// Whether a file added with new rows in that range was removed again before the later
+    /// version (compaction merged it): its rows can no longer be told apart by file.
+    pub added_then_removed: bool,
+    /// The paylake facts of every commit in the range, oldest first.
+    pub facts: Vec<CommitFacts>,
+}
+
+/// The data files added to `table` after version `after` up to and including `upto`; `None`
+/// when a commit in that range is no longer in the log.
+pub async fn changes_between(
+    lake: &Lake,
+    table: &TableName,
+    after: u64,
+    upto: u64,
+) -> Result<Option<ChangedFiles>> {
+    let delta = open_version(lake, table, upto).await?;
+    let active: std::collections::HashSet<String> = delta
+        .snapshot()
+        .map_err(delta_error(table, "reading"))?
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect();
+    let mut changes = ChangedFiles::default();
+    for version in after + 1..=upto {
+        let Some(actions) = commit_actions(&delta, table, version).await? else {
+            return Ok(None);
+        };
+        for action in actions {
+            match action {
+                Action::Add(add) if add.data_change => {
+                    if active.contains(&add.path) {
+                        changes.added.push(add.path);
+                    } else {
+                        changes.added_then_removed = true;
+                    }
+                }
+                Action::CommitInfo(info) => changes.facts.push(info.info.into_iter().collect()),
+                _ => {}
+            }
+        }
+    }
+    changes.added.sort();
+    changes.added.dedup();
+    changes.removed = files_at(lake, table, after)
+        .await?
+        .into_iter()
+        .filter(|f| !active.contains(f))
+        .collect();
+    Ok(Some(changes))
+}
+
+/// A provider over version `version` of a table: only the data files `paths` when given, and
+/// with each row's file path in the column `file_column` when given.
+pub async fn files_provider(
+    lake: &Lake,
+    table: &TableName,
+    version: u64,
+    paths: Option<Vec<String>>,
+    file_column: Option<&str>,
+) -> Result<Arc<dyn TableProvider>> {
+    let delta = open_version(lake, table, version).await?;
+    let mut builder = delta.table_provider();
+    if let Some(paths) = paths {
+        builder = builder.with_file_paths(paths);
+    }
+    if let Some(column) = file_column {
+        builder = builder.with_file_column(column);
+    }
+    let provider = builder.await.map_err(|source| LakeError::Engine {
+        doing: format!("scanning {table}"),
+        source,
+    })?;
+    Ok(crate::catalog::ReadOnlyTable::wrap(
+        table.to_string(),
+        provider,
+    ))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryEntry {
     pub version: u64,

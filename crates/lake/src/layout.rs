@@ -74,6 +74,16 @@ impl std::fmt::Display for TableName {
     }
 }
 
+/// The folders directly under a lake root; a folder holding none of them is not a lake.
+pub const LAKE_FOLDERS: [&str; 6] = [
+    "bronze",
+    "silver",
+    "gold",
+    "quality",
+    "_monitoring",
+    "_locks",
+];
+
 pub const DEAD_LETTER_TABLE: &str = "_dead_letter";
 pub const FILE_LOG_TABLE: &str = "_file_log";
 pub const QUALITY_RESULTS_TABLE: &str = "results";

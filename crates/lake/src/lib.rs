@@ -45,6 +45,8 @@ pub enum LakeError {
         #[source]
         source: Box<deltalake_core::DeltaTableError>,
     },
+    #[error("no lake at {path}: {reason} (check --lake / PAYLAKE_LAKE; `paylake bronze` creates a lake)")]
+    NoLake { path: String, reason: String },
     #[error("{table} has not been built yet")]
     NoSuchTable { table: String },
     #[error("commit to {table} failed, nothing of this run is visible in it (another writer may have committed first: run again): {reason}")]
@@ -80,34 +82,71 @@ pub struct Lake {
     folder: std::path::PathBuf,
 }
 
+/// The local folder a lake URI names: a plain path or `file:///absolute/path`.
+fn local_folder_of(uri: &str) -> Result<std::path::PathBuf> {
+    let invalid = |reason: &str| LakeError::InvalidUri {
+        uri: uri.to_string(),
+        reason: reason.to_string(),
+    };
+    if uri.trim().is_empty() {
+        return Err(invalid("empty path"));
+    }
+    if let Some(rest) = uri.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(invalid("file:// URIs must be absolute (file:///path)"));
+        }
+        Ok(std::path::PathBuf::from(rest))
+    } else if uri.contains("://") {
+        let scheme = uri.split("://").next().unwrap_or_default();
+        Err(invalid(&format!(
+            "scheme '{scheme}' is not supported by this build (use a local path or file:///)"
+        )))
+    } else {
+        Ok(std::path::PathBuf::from(uri))
+    }
+}
+
 impl Lake {
     /// Opens a lake from a URI: a plain path (`lake/`), `file:///abs/path`, or `s3://bucket/prefix`.
     ///
-    /// Local folders are created when missing.
+    /// Local folders are created when missing: only a step that lands data should do this.
     pub fn open(uri: &str) -> Result<Self> {
+        let local_dir = local_folder_of(uri)?;
+        std::fs::create_dir_all(&local_dir).map_err(|e| LakeError::InvalidUri {
+            uri: uri.to_string(),
+            reason: format!("cannot create the lake folder: {e}"),
+        })?;
+        Self::open_folder(uri, &local_dir)
+    }
+
+    /// Opens a lake that must already exist: a folder holding at least one of the lake's own
+    /// top-level folders ([`layout::LAKE_FOLDERS`]). Nothing is created, so a mistyped path is
+    /// [`LakeError::NoLake`] instead of a new empty lake.
+    pub fn open_existing(uri: &str) -> Result<Self> {
+        let local_dir = local_folder_of(uri)?;
+        let holds_a_lake = layout::LAKE_FOLDERS
+            .iter()
+            .any(|folder| local_dir.join(folder).is_dir());
+        if !holds_a_lake {
+            let reason = if local_dir.is_dir() {
+                "the folder holds no lake"
+            } else {
+                "the folder does not exist"
+            };
+            return Err(LakeError::NoLake {
+                path: local_dir.display().to_string(),
+                reason: reason.to_string(),
+            });
+        }
+        Self::open_folder(uri, &local_dir)
+    }
+
+    fn open_folder(uri: &str, local_dir: &std::path::Path) -> Result<Self> {
         let invalid = |reason: &str| LakeError::InvalidUri {
             uri: uri.to_string(),
             reason: reason.to_string(),
         };
-        let local_dir = if let Some(rest) = uri.strip_prefix("file://") {
-            if !rest.starts_with('/') {
-                return Err(invalid("file:// URIs must be absolute (file:///path)"));
-            }
-            std::path::PathBuf::from(rest)
-        } else if uri.contains("://") {
-            let scheme = uri.split("://").next().unwrap_or_default();
-            return Err(invalid(&format!(
-                "scheme '{scheme}' is not supported by this build (use a local path or file:///)"
-            )));
-        } else {
-            std::path::PathBuf::from(uri)
-        };
-        if uri.trim().is_empty() {
-            return Err(invalid("empty path"));
-        }
-        std::fs::create_dir_all(&local_dir)
-            .map_err(|e| invalid(&format!("cannot create the lake folder: {e}")))?;
-        let absolute = std::fs::canonicalize(&local_dir)
+        let absolute = std::fs::canonicalize(local_dir)
             .map_err(|e| invalid(&format!("cannot resolve the lake folder: {e}")))?;
         let root = Path::from_absolute_path(&absolute)
             .map_err(|e| invalid(&format!("not a usable path: {e}")))?;
@@ -283,5 +322,20 @@ mod tests {
         let err = Lake::open("gs://bucket/lake").unwrap_err();
         assert!(err.to_string().contains("scheme 'gs'"), "{err}");
         assert!(Lake::open("file://relative").is_err());
+    }
+
+    #[test]
+    fn opening_an_existing_lake_never_creates_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        let err = Lake::open_existing(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(err, LakeError::NoLake { .. }), "{err}");
+        assert!(!missing.exists(), "a read-only open created the folder");
+        let not_a_lake = dir.path().join("empty");
+        std::fs::create_dir(&not_a_lake).unwrap();
+        let err = Lake::open_existing(not_a_lake.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("holds no lake"), "{err}");
+        std::fs::create_dir(not_a_lake.join("bronze")).unwrap();
+        assert!(Lake::open_existing(not_a_lake.to_str().unwrap()).is_ok());
     }
 }
