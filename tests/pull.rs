@@ -163,6 +163,8 @@ fn retries_a_500_a_timeout_and_a_truncated_page_then_lands_every_page_once() {
         Reply::Truncated(json!({"items": second, "next_cursor": null}).to_string()),
         Reply::Silence(Duration::from_secs(3)),
         page(&second, None),
+        // The next pull, from the same API (the pull state belongs to one URL).
+        page(&[], None),
     ]);
     let ws = Workspace::new();
     let started = chrono::Utc::now();
@@ -227,11 +229,11 @@ fn retries_a_500_a_timeout_and_a_truncated_page_then_lands_every_page_once() {
     );
 
     // The next pull asks only for what is new since the last complete one.
-    let server = Server::start(vec![page(&[], None)]);
     let output = pull(&ws, &server.url, &[], &[]);
     assert!(output.status.success(), "{:?}", text(&output));
     let requests = server.requests();
-    assert!(requests[0].0.contains("?since="), "{requests:?}");
+    assert_eq!(requests.len(), 6, "{requests:?}");
+    assert!(requests[5].0.contains("?since="), "{requests:?}");
     assert_eq!(
         pages(&ws.landing()).len(),
         2,
@@ -275,7 +277,11 @@ fn a_crash_between_pages_resumes_from_the_cursor_saved_in_the_lake() {
     let one = vec![label("PAY1")];
     let two = vec![label("PAY2")];
     let three = vec![label("PAY3"), label("PAY4")];
-    let server = Server::start(vec![page(&one, Some("c1")), page(&two, Some("c2"))]);
+    let server = Server::start(vec![
+        page(&one, Some("c1")),
+        page(&two, Some("c2")),
+        page(&three, None),
+    ]);
     let crashed = pull(
         &ws,
         &server.url,
@@ -293,15 +299,14 @@ fn a_crash_between_pages_resumes_from_the_cursor_saved_in_the_lake() {
     assert_eq!(state["next_cursor"], "c2", "{state}");
     assert_eq!(state["since"], "2025-01-01T00:00:00Z", "{state}");
 
-    let server = Server::start(vec![page(&three, None)]);
     let resumed = pull(&ws, &server.url, &[], &[]);
     let (stdout, stderr) = text(&resumed);
     assert!(resumed.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("resumed at cursor c2"), "{stdout}");
     let requests = server.requests();
-    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests.len(), 3, "{requests:?}");
     assert!(
-        requests[0]
+        requests[2]
             .0
             .starts_with("GET /v1/labels?since=2025-01-01T00%3A00%3A00Z&cursor=c2 "),
         "{requests:?}"
