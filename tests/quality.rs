@@ -598,7 +598,7 @@ fn an_audit_that_cannot_run_commits_nothing_and_gold_keeps_the_audited_silver() 
     );
     assert_eq!(
         ws.count("gold.unified_payments"),
-        43,
+        46,
         "built from the audited Silver"
     );
 

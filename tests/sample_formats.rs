@@ -31,9 +31,9 @@ fn analysts_workbook() -> Vec<u8> {
 /// Three new payments between known accounts, on the morning after the CSV batches.
 fn gzip_batch_text() -> String {
     common::payments(&[
-        "PAY1018,ACC104,ACC203,REF-1018,780.00,2024-11-18 08:12:40",
-        "PAY1019,ACC108,ACC211,REF-1019,1499.99,2024-11-18 08:35:02",
-        "PAY1020,ACC102,ACC206,REF-1020,60.00,2024-11-18 08:51:27",
+        "PAY1046,ACC104,ACC203,REF-1046,780.00,2024-11-18 08:12:40",
+        "PAY1047,ACC108,ACC211,REF-1047,1499.99,2024-11-18 08:35:02",
+        "PAY1048,ACC102,ACC206,REF-1048,60.00,2024-11-18 08:51:27",
     ])
 }
 

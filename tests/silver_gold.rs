@@ -327,7 +327,7 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
     ws.gold_with(&["--full-refresh"]);
     assert_eq!(
         ws.count("gold.unified_payments"),
-        43,
+        46,
         "gold re-runs replace"
     );
     // Each rebuild is one overwrite commit on top of the table's creation.
@@ -388,7 +388,7 @@ fn gold_joins_accounts_risk_and_labels_with_defaults() {
     assert_eq!(from_the_workbook["reported"], "2025-01-13");
     assert_eq!(from_the_workbook["label_source"], "workbook");
     assert_eq!(
-        row("PAY1019")["src_account_id"],
+        row("PAY1047")["src_account_id"],
         "ACC108",
         "from the gzip batch"
     );
