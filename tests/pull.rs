@@ -33,18 +33,21 @@ fn label(id: &str) -> Value {
     json!({"payment_id": id, "fraud_type": "money_mule", "fraud_reported_date": "2025-01-02"})
 }
 
+/// Each request's first line and its Authorization header, in arrival order.
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// A one-connection-at-a-time HTTP/1.1 server answering from a script, recording each request
 /// line and its Authorization header.
 struct Server {
     url: String,
-    requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    requests: RequestLog,
 }
 
 impl Server {
     fn start(script: Vec<Reply>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/labels", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests: RequestLog = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&requests);
         std::thread::spawn(move || {
             let mut script = script.into_iter();
