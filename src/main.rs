@@ -24,9 +24,9 @@ Exit codes:
   0  success
   1  the run failed (engine or storage error, broken invariant); nothing half-published
   2  usage or configuration error (unknown flag, no --lake or no lake there, missing landing
-     folder, bad time, invalid PAYLAKE_LOG, a table that was not built yet, a statement
-     `paylake sql` refuses, an export target that is not a regular file, is inside the lake
-     or has no folder)
+     folder, bad time, invalid PAYLAKE_LOG, an API that refuses the request with a 4xx, a table
+     that was not built yet, a statement `paylake sql` refuses, an export target that is not a
+     regular file, is inside the lake or has no folder)
   3  data quality gate failed: an error-severity expectation failed in Silver (Gold is not
      rebuilt) or in Gold (Gold is not committed)
   N  only with --nothing-new-exit-code N: the step found nothing new (e.g. 99 for Airflow)
@@ -42,6 +42,10 @@ const BRONZE_EXAMPLE: &str = "\
 Examples:
   paylake --lake lake/ bronze --landing data/
   PAYLAKE_LAKE=/srv/lake PAYLAKE_LANDING=/srv/landing paylake bronze --json --nothing-new-exit-code 99";
+const PULL_EXAMPLE: &str = "\
+Examples:
+  paylake --lake lake/ pull fraud_labels --url https://labels.example/api/v1/labels --landing data/
+  PAYLAKE_API_TOKEN=… paylake --lake lake/ pull fraud_labels --url $LABELS_URL --landing data/ --json";
 const SILVER_EXAMPLE: &str = "\
 Examples:
   paylake --lake lake/ silver
@@ -145,6 +149,34 @@ enum Command {
         new_since: Option<DateTime<Utc>>,
         #[command(flatten)]
         metrics: MetricsArgs,
+    },
+    /// Fetch a source's paginated JSON HTTP API into the landing zone, one JSON-lines file per
+    /// page (named with its fetch time), resuming from the cursor saved in the lake.
+    #[command(after_help = PULL_EXAMPLE)]
+    Pull {
+        source: PullSourceArg,
+        /// The API: `GET URL?since=T&cursor=C` answers `{"items": [...], "next_cursor": ...}`.
+        #[arg(long, env = "PAYLAKE_PULL_URL")]
+        url: url::Url,
+        /// Only items the API learned at or after this UTC time (default: from the start of the
+        /// last complete pull; everything the first time).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Bearer token sent as `Authorization: Bearer …`; never printed.
+        #[arg(long, env = "PAYLAKE_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Landing folder the pages are written into (the one `paylake bronze` reads).
+        #[arg(long, env = "PAYLAKE_LANDING")]
+        landing: PathBuf,
+        /// Attempts per page before giving up (5xx, 408, 429, timeouts, broken pages).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        attempts: u32,
+        /// Wait before the first retry, doubled for each further one (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = parse_timeout)]
+        backoff: Timeout,
+        /// Limit on one request (e.g. 30s, 2m; 0 = none).
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        timeout: Timeout,
     },
     /// Rebuild Silver from Bronze with sql/silver, then evaluate its expectations (the gate).
     #[command(after_help = SILVER_EXAMPLE)]
@@ -291,6 +323,21 @@ enum Command {
     },
 }
 
+/// A source with an API `paylake pull` can fetch.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum PullSourceArg {
+    #[value(name = "fraud_labels")]
+    FraudLabels,
+}
+
+impl From<PullSourceArg> for paylake_pull::PullSource {
+    fn from(source: PullSourceArg) -> Self {
+        match source {
+            PullSourceArg::FraudLabels => Self::FraudLabels,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum QuarantineAction {
     /// Re-validate a table's quarantined rows with the current rules and contracts: rows that
@@ -309,10 +356,11 @@ enum QuarantineAction {
 }
 
 impl Command {
-    /// Only Bronze creates a lake (it is the step that puts data in one); every other
-    /// command opens an existing lake, so a mistyped --lake is an error, never a new lake.
+    /// Only Bronze and Pull create a lake (the steps that bring data in: Pull keeps its
+    /// cursor there); every other command opens an existing lake, so a mistyped --lake is an
+    /// error, never a new lake.
     fn creates_lake(&self) -> bool {
-        matches!(self, Command::Bronze { .. })
+        matches!(self, Command::Bronze { .. } | Command::Pull { .. })
     }
 
     fn metrics_file(&self) -> Option<&std::path::Path> {
@@ -655,6 +703,33 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 new_since,
             };
             steps::bronze(&lake, settings, now, json).await
+        }
+        Command::Pull {
+            source,
+            url,
+            since,
+            token,
+            landing,
+            attempts,
+            backoff,
+            timeout,
+        } => {
+            let options = paylake_pull::PullOptions {
+                source: source.into(),
+                url,
+                since,
+                token: token.map(paylake_pull::Token::new),
+                landing,
+                retry: paylake_pull::RetryPolicy {
+                    attempts,
+                    backoff: backoff.0.unwrap_or_default(),
+                    timeout: timeout.0,
+                },
+                abort_after_pages: None,
+            };
+            steps::pull(&lake, options, json)
+                .await
+                .map(|()| steps::StepMetrics::none())
         }
         Command::Silver {
             job,

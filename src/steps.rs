@@ -404,6 +404,58 @@ pub async fn gold(
     Ok(step_metrics(&report))
 }
 
+/// `paylake pull`: fetches the API's pages into the landing folder.
+pub async fn pull(
+    lake: &Lake,
+    mut options: paylake_pull::PullOptions,
+    json: bool,
+) -> Result<(), Failure> {
+    if !options.landing.is_dir() {
+        return Err(usage(anyhow::anyhow!(
+            "landing folder {} does not exist",
+            options.landing.display()
+        )));
+    }
+    options.abort_after_pages = match std::env::var("PAYLAKE_PULL_ABORT_AFTER_PAGES") {
+        Ok(v) => Some(
+            v.parse::<u64>()
+                .map_err(|e| usage(anyhow::anyhow!("PAYLAKE_PULL_ABORT_AFTER_PAGES='{v}': {e}")))?,
+        ),
+        Err(_) => None,
+    };
+    let report = match paylake_pull::pull(lake, &options).await {
+        Ok(report) => report,
+        Err(e) if e.is_refusal() => return Err(usage(e)),
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        return print_json(&report);
+    }
+    for file in &report.files {
+        println!("pull  wrote {file}");
+    }
+    let resumed = report
+        .resumed_from
+        .as_deref()
+        .map(|cursor| format!("  resumed at cursor {cursor}"))
+        .unwrap_or_default();
+    let since = report
+        .since
+        .as_deref()
+        .map(|since| format!("  since {since}"))
+        .unwrap_or_default();
+    println!(
+        "pull  {}  pages {} ({} written, {} empty)  items {}  retries {}{since}{resumed}",
+        report.source,
+        report.pages,
+        report.pages - report.empty_pages,
+        report.empty_pages,
+        report.items,
+        report.retries
+    );
+    Ok(())
+}
+
 pub async fn export(
     lake: &Lake,
     table: &str,

@@ -598,7 +598,7 @@ fn an_audit_that_cannot_run_commits_nothing_and_gold_keeps_the_audited_silver() 
     );
     assert_eq!(
         ws.count("gold.unified_payments"),
-        43,
+        46,
         "built from the audited Silver"
     );
 
@@ -632,7 +632,7 @@ fn gold_expectations_stop_the_commit_and_readers_keep_the_previous_version() {
     assert_eq!(refused.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("no_fraud_at_all"));
     assert_eq!(ws.history("gold.unified_payments").len(), versions);
-    assert_eq!(ws.count("gold.unified_payments"), 43);
+    assert_eq!(ws.count("gold.unified_payments"), 46);
 }
 
 #[test]

@@ -321,13 +321,13 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
     assert_eq!(payments["duplicates_dropped"], 1);
     assert_eq!(payments["quarantined"], 2);
     assert_eq!(source(&second, "risk_feed")["quarantined"], 1);
-    assert_eq!(ws.count("silver.payments"), 43);
+    assert_eq!(ws.count("silver.payments"), 46);
 
     ws.gold();
     ws.gold_with(&["--full-refresh"]);
     assert_eq!(
         ws.count("gold.unified_payments"),
-        43,
+        46,
         "gold re-runs replace"
     );
     // Each rebuild is one overwrite commit on top of the table's creation.
@@ -338,11 +338,11 @@ fn counts_add_up_on_the_sample_and_reruns_replace() {
         .collect();
     assert_eq!(versions, vec![2, 1, 0]);
     assert_eq!(history[0]["operation"], "WRITE");
-    assert_eq!(history[0]["rows"], 43);
+    assert_eq!(history[0]["rows"], 46);
     assert_eq!(history[0]["audit"], "passed");
     // Every version stays readable until vacuum: the first build is still there.
     let first = ws.query("SELECT count(*) AS n FROM table_version('gold.unified_payments', 1)");
-    assert_eq!(first[0]["n"], 43);
+    assert_eq!(first[0]["n"], 46);
 }
 
 #[test]
@@ -383,6 +383,15 @@ fn gold_joins_accounts_risk_and_labels_with_defaults() {
     assert_eq!(labelled_twice["fraud_flag"], true);
     assert_eq!(labelled_twice["reported"], "2025-01-11");
     assert_eq!(labelled_twice["label_source"], "api");
+    let from_the_workbook = row("PAY1002");
+    assert_eq!(from_the_workbook["fraud_flag"], true);
+    assert_eq!(from_the_workbook["reported"], "2025-01-13");
+    assert_eq!(from_the_workbook["label_source"], "workbook");
+    assert_eq!(
+        row("PAY1047")["src_account_id"],
+        "ACC108",
+        "from the gzip batch"
+    );
     assert_eq!(labelled_twice["src_risk_flag"], 2);
     assert_eq!(labelled_twice["src_account_age_days"], 27);
 
@@ -442,7 +451,7 @@ fn a_second_writer_is_refused_while_a_run_holds_the_lake_and_readers_go_on() {
         2,
         "nothing was written"
     );
-    assert_eq!(ws.count("gold.unified_payments"), 43, "readers never wait");
+    assert_eq!(ws.count("gold.unified_payments"), 46, "readers never wait");
 
     // When the holder is gone, the next run takes the lake over.
     let gone = serde_json::json!({

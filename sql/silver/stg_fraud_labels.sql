@@ -13,7 +13,9 @@ WITH typed AS (
             THEN TRY_CAST(TRIM(fraud_reported_date) AS DATE)
         END AS fraud_reported_date,
         CASE
-            WHEN lower(_source_file) LIKE '%.jsonl' OR lower(_source_file) LIKE '%.ndjson' THEN 'api'
+            WHEN regexp_like(lower(_source_file), '\.(jsonl|ndjson)(\.(gz|zst|zstd))?$') THEN 'api'
+            -- Workbook rows are named `path#Sheet`.
+            WHEN regexp_like(lower(_source_file), '\.(xlsx|xlsm|xls)#') THEN 'workbook'
             ELSE 'csv'
         END AS label_source,
         _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at

@@ -6,6 +6,7 @@ the rows really in the Bronze table and the dead letter), nothing panics, and ou
 """
 
 
+import re
 import pytest
 
 import chaos
@@ -73,6 +74,11 @@ def file_log(paylake, lake):
     return paylake.sql(lake, FILE_LOG.format(blank=blank))
 
 
+def landing_file(source_file):
+    """The landing file a Bronze row came from: a workbook's rows name `path#Sheet`."""
+    return re.sub(r"(\.xlsx?)#[^/]*$", r"\1", source_file)
+
+
 def assert_every_line_accounted(paylake, lake, entries):
     for e in entries:
         assert e["lines_read"] == e["rows_landed"] + e["rows_dead_lettered"] + e["blank_lines"], e
@@ -81,13 +87,15 @@ def assert_every_line_accounted(paylake, lake, entries):
         if table.startswith("_"):
             continue
         for row in chaos.read(lake, f"bronze.{table}").select(["_source_file"]).to_pylist():
-            landed[row["_source_file"]] = landed.get(row["_source_file"], 0) + 1
+            name = landing_file(row["_source_file"])
+            landed[name] = landed.get(name, 0) + 1
     dead = {}
     if "_dead_letter" in chaos.tables(lake, "bronze"):
         table = chaos.read(lake, "bronze._dead_letter").select(["_source_file", "is_header"])
         for row in table.to_pylist():
             if not row["is_header"]:
-                dead[row["_source_file"]] = dead.get(row["_source_file"], 0) + 1
+                name = landing_file(row["_source_file"])
+                dead[name] = dead.get(name, 0) + 1
     for e in entries:
         if e["outcome"] == "skipped_duplicate":
             continue

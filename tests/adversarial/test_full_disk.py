@@ -23,7 +23,7 @@ def incompressible_landing(folder, files=40, rows=1000):
     chaos.copy_tree(chaos.SAMPLE, folder)
     rng = random.Random(4)
     day = folder / "payments" / "2024-11-18"
-    day.mkdir(parents=True)
+    day.mkdir(parents=True, exist_ok=True)
     n = 0
     for f in range(files):
         lines = [HEADER]

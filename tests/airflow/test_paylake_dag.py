@@ -114,9 +114,9 @@ def test_a_clean_run_lands_builds_and_pushes_one_line_summaries(airflow, clean_l
     assert airflow.states("paylake", run_id) == {"bronze": "success", "silver": "success", "gold": "success"}
     # XCom holds each step's whole --json summary.
     bronze = airflow.return_value("paylake", run_id, "bronze")
-    assert sum(source["rows_landed"] for source in bronze["sources"]) == 106
+    assert sum(source["rows_landed"] for source in bronze["sources"]) == 111
     gold = airflow.return_value("paylake", run_id, "gold")
-    assert {table["table"]: table["rows"] for table in gold["tables"]}["gold.unified_payments"] == 43
+    assert {table["table"]: table["rows"] for table in gold["tables"]}["gold.unified_payments"] == 46
     # Silver and Gold were built from everything landed (version 0 is the empty table).
     assert gold["build"]["mode"] == "full", gold["build"]
     assert gold_history(clean_lake)[0]["version"] == 1
@@ -136,8 +136,8 @@ def test_a_failed_silver_gate_fails_the_run_without_retries_and_gold_does_not_ru
     landing = tmp_path / "landing"
     shutil.copytree(SAMPLE, landing)
     # Every amount broken: far more than 5% of payments quarantined, an error-severity rule.
-    bad = landing / "payments" / "2024-11-18" / "payments_2024-11-18T09-15.csv"
-    bad.parent.mkdir()
+    bad = landing / "payments" / "2024-11-19" / "payments_2024-11-19T09-15.csv"
+    bad.parent.mkdir(exist_ok=True)
     bad.write_text(PAYMENT_HEADER + "".join(f"B{i},ACC101,ACC201,R,n/a,2024-11-18 09:00:00\n" for i in range(10)))
     lake = tmp_path / "lake"
     # Airflow Variables (here from AIRFLOW_VAR_*) win over the environment, which still names

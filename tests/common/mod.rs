@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+pub mod workbook;
+
 pub struct Workspace {
     pub dir: tempfile::TempDir,
 }

@@ -126,7 +126,7 @@ def test_gold_values_match_across_readers(lake):
         .rows()
     )
     assert [tuple(map(str, r)) for r in via_duckdb] == [tuple(map(str, r)) for r in via_polars]
-    assert len(via_duckdb) == 43
+    assert len(via_duckdb) == 46
 
 
 def test_an_empty_table_reads_with_its_schema(lake):
@@ -174,7 +174,7 @@ def test_a_reader_during_20_rebuilds_always_sees_one_whole_version(lake):
     writer.join()
     assert not failures, failures
     assert counts, "the reader ran"
-    assert set(counts) == {43}, sorted(set(counts))
+    assert set(counts) == {46}, sorted(set(counts))
 
 
 def comparable(lake, tmp):

@@ -99,7 +99,7 @@ impl FileLogEntry {
         Self {
             source_file: relative.to_string(),
             source: routed.source.clone(),
-            format: routed.format.map(|f| f.name().to_string()),
+            format: routed.format_label(),
             file_sha256: sha256.to_string(),
             size_bytes: size as i64,
             outcome: OUTCOME_SKIPPED.to_string(),
@@ -130,7 +130,7 @@ impl FileLogEntry {
         Self {
             source_file: relative.to_string(),
             source: routed.source.clone(),
-            format: routed.format.map(|f| f.name().to_string()),
+            format: routed.format_label(),
             file_sha256: String::new(),
             size_bytes: 0,
             outcome: OUTCOME_REFUSED.to_string(),
@@ -190,7 +190,7 @@ impl FileLogEntry {
         Self {
             source_file: relative.to_string(),
             source: routed.source.clone(),
-            format: routed.format.map(|f| f.name().to_string()),
+            format: routed.format_label(),
             file_sha256: sha256.to_string(),
             size_bytes: size as i64,
             outcome: outcome.to_string(),

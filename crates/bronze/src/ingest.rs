@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::Component;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use paylake_contracts::{
-    all_contracts, known_at_from_path, route_landing_file, FileFormat, SourceContract,
+    all_contracts, known_at_from_path, route_landing_file, Compression, FileFormat, SourceContract,
 };
 use paylake_lake::delta::WrittenObject;
 use paylake_lake::layout;
@@ -43,6 +43,8 @@ use crate::reader::{
     MAX_REASON_BYTES,
 };
 use crate::schema::{bronze_schema, dead_letter_schema};
+use crate::unpack::{corrupt_reason, unpack, InputState};
+use crate::workbook::{WorkbookProblem, WorkbookRecords};
 use crate::BronzeError;
 
 /// How many bad lines per file are also reported on stderr (all are stored).
@@ -363,6 +365,8 @@ fn repeated_text(value: &str, len: usize) -> ArrayRef {
 struct FileLineage {
     source: Option<String>,
     relative: String,
+    /// What the rows' `_source_file` says: the path, and for a workbook `path#Sheet`.
+    rows_file: String,
     sha256: String,
     batch_id: String,
     /// The file's place in this run: names its objects apart from another file's.
@@ -433,6 +437,17 @@ impl RowBuffer {
         self.len += 1;
     }
 
+    /// Drops what is buffered.
+    fn clear(&mut self) {
+        for builder in &mut self.values {
+            builder.finish();
+        }
+        self.rescued.finish();
+        self.lines.finish();
+        self.fingerprints.finish();
+        self.len = 0;
+    }
+
     fn take(&mut self, lineage: &FileLineage) -> Result<RecordBatch, BronzeError> {
         let len = self.len;
         self.len = 0;
@@ -442,7 +457,7 @@ impl RowBuffer {
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
         columns.push(Arc::new(self.rescued.finish()));
-        columns.push(repeated_text(&lineage.relative, len));
+        columns.push(repeated_text(&lineage.rows_file, len));
         columns.push(Arc::new(self.lines.finish()));
         columns.push(repeated_text(&lineage.sha256, len));
         columns.push(repeated_text(&lineage.batch_id, len));
@@ -484,13 +499,18 @@ impl DeadLetterBuffer {
         self.len += 1;
     }
 
+    /// Drops what is buffered.
+    fn clear(&mut self) {
+        *self = Self::new();
+    }
+
     fn take(&mut self, lineage: &FileLineage) -> Result<RecordBatch, BronzeError> {
         let len = self.len;
         self.len = 0;
         let source: ArrayRef = Arc::new(StringArray::from(vec![lineage.source.as_deref(); len]));
         let columns: Vec<ArrayRef> = vec![
             source,
-            repeated_text(&lineage.relative, len),
+            repeated_text(&lineage.rows_file, len),
             Arc::new(self.lines.finish()),
             Arc::new(self.headers.finish()),
             Arc::new(self.reasons.finish()),
@@ -611,6 +631,21 @@ impl FileWriter<'_> {
         };
         sink.write(&batch).await?;
         Ok(())
+    }
+
+    /// Forgets everything read from the file so far: buffered rows and lines are dropped and
+    /// the objects begun are never finished, so they never appear (a damaged archive found
+    /// part-way lands nothing).
+    fn discard(&mut self) {
+        if let Some(rows) = self.rows.as_mut() {
+            rows.clear();
+        }
+        self.dead.clear();
+        self.rows_sink = None;
+        self.dead_sink = None;
+        self.records_read = 0;
+        self.blank_lines = 0;
+        self.headers_dead_lettered = 0;
     }
 
     /// Writes what is buffered and closes the objects; they are committed by the caller, in
@@ -780,6 +815,7 @@ pub async fn run_bronze(
         let lineage = FileLineage {
             source: routed.source.clone(),
             relative: relative.clone(),
+            rows_file: relative.clone(),
             sha256: sha256.clone(),
             batch_id: options.batch_id.clone(),
             sequence: entries.len(),
@@ -806,7 +842,12 @@ pub async fn run_bronze(
 
         let outcome = match (contract, routed.format, routed.problem.as_deref()) {
             (Some(contract), Some(format), None) => {
-                land_records(&mut writer, &file.absolute, contract, format).await?
+                let kind = FileKind {
+                    format,
+                    compression: routed.compression,
+                    size: file.size,
+                };
+                land_records(&mut writer, &file.absolute, contract, kind).await?
             }
             (_, _, problem) => {
                 let reason = problem
@@ -818,7 +859,17 @@ pub async fn run_bronze(
                     added_columns: vec![],
                     missing_columns: vec![],
                 };
-                reject_whole_file(&mut writer, &file.absolute, &problem, false).await?;
+                // Unrouted: its bytes are kept as they are, compressed or not.
+                let raw = Compression::None;
+                reject_whole_file(&mut writer, &file.absolute, raw, &problem, false)
+                    .await
+                    .map_err(|e| match e {
+                        RejectError::Read(source, _) => BronzeError::Landing {
+                            path: file.absolute.display().to_string(),
+                            source,
+                        },
+                        RejectError::Bronze(e) => e,
+                    })?;
                 Landed::Rejected(problem)
             }
         };
@@ -881,28 +932,73 @@ pub(crate) enum Landed {
     Rejected(FileProblem),
 }
 
+/// How a routed landing file is read.
+#[derive(Debug, Clone, Copy)]
+struct FileKind {
+    format: FileFormat,
+    compression: Compression,
+    /// Its size as received, for reasons.
+    size: u64,
+}
+
+/// A read error while landing a compressed file: a damaged archive rejects the file and drops
+/// what was read of it; an error reading the file itself stops the run.
+fn unpack_failure(
+    writer: &mut FileWriter<'_>,
+    path: &Path,
+    kind: FileKind,
+    state: &InputState,
+    error: std::io::Error,
+) -> Result<Landed, BronzeError> {
+    if kind.compression == Compression::None || state.read_failed() {
+        return Err(BronzeError::Landing {
+            path: path.display().to_string(),
+            source: error,
+        });
+    }
+    writer.discard();
+    let reason = corrupt_reason(kind.compression, &error, state, kind.size);
+    Ok(Landed::Rejected(FileProblem::plain(reason)))
+}
+
 async fn land_records(
     writer: &mut FileWriter<'_>,
     path: &Path,
     contract: &SourceContract,
-    format: FileFormat,
+    kind: FileKind,
 ) -> Result<Landed, BronzeError> {
     let io_error = |e| BronzeError::Landing {
         path: path.display().to_string(),
         source: e,
     };
-    let file = BufReader::new(open_regular(path).map_err(io_error)?);
-    match format {
+    let file = open_regular(path).map_err(io_error)?;
+    if kind.format == FileFormat::Excel {
+        return land_workbook(writer, file, contract).await;
+    }
+    let (input, state) = unpack(file, kind.compression).map_err(io_error)?;
+    match kind.format {
         FileFormat::Csv => {
-            let mut records = match CsvRecords::open(file, contract).map_err(io_error)? {
-                Ok(records) => records,
-                Err(problem) => {
-                    reject_whole_file(writer, path, &problem, true).await?;
-                    return Ok(Landed::Rejected(problem));
+            let mut records = match CsvRecords::open(input, contract) {
+                Ok(Ok(records)) => records,
+                Ok(Err(problem)) => {
+                    return match reject_whole_file(writer, path, kind.compression, &problem, true)
+                        .await
+                    {
+                        Ok(()) => Ok(Landed::Rejected(problem)),
+                        Err(RejectError::Read(e, state)) => {
+                            unpack_failure(writer, path, kind, &state, e)
+                        }
+                        Err(RejectError::Bronze(e)) => Err(e),
+                    };
                 }
+                Err(e) => return unpack_failure(writer, path, kind, &state, e),
             };
-            while let Some(parsed) = records.next_record().map_err(io_error)? {
-                push_parsed(writer, parsed).await?;
+            loop {
+                match records.next_record() {
+                    Ok(Some(parsed)) => push_parsed(writer, parsed).await?,
+                    Ok(None) => break,
+                    Err(e) => return unpack_failure(writer, path, kind, &state, e),
+                }
             }
             writer.blank_lines += records.counts.blank;
             Ok(Landed::Records {
@@ -911,9 +1007,13 @@ async fn land_records(
             })
         }
         FileFormat::JsonLines => {
-            let mut records = JsonRecords::new(file, contract);
-            while let Some(parsed) = records.next_record().map_err(io_error)? {
-                push_parsed(writer, parsed).await?;
+            let mut records = JsonRecords::new(input, contract);
+            loop {
+                match records.next_record() {
+                    Ok(Some(parsed)) => push_parsed(writer, parsed).await?,
+                    Ok(None) => break,
+                    Err(e) => return unpack_failure(writer, path, kind, &state, e),
+                }
             }
             writer.blank_lines += records.blank_lines;
             let fingerprint =
@@ -923,7 +1023,54 @@ async fn land_records(
                 drift: records.drift,
             })
         }
+        FileFormat::Excel => Err(BronzeError::Internal(
+            "a workbook reached the line readers".into(),
+        )),
     }
+}
+
+/// Lands one sheet of a workbook (see [`crate::workbook`]): its rows are named `path#Sheet`.
+async fn land_workbook(
+    writer: &mut FileWriter<'_>,
+    mut file: File,
+    contract: &SourceContract,
+) -> Result<Landed, BronzeError> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|source| BronzeError::Landing {
+            path: writer.lineage.relative.clone(),
+            source,
+        })?;
+    let mut records = match WorkbookRecords::open(bytes, contract) {
+        Ok(records) => records,
+        Err(WorkbookProblem::Unreadable(problem)) => return Ok(Landed::Rejected(problem)),
+        Err(WorkbookProblem::Header { problem, records }) => {
+            let records = *records;
+            writer.lineage.rows_file = format!("{}#{}", writer.lineage.relative, records.sheet);
+            for (line, is_header, raw, blank) in records.into_raw_rows() {
+                if blank {
+                    writer.blank_lines += 1;
+                    continue;
+                }
+                if !is_header {
+                    writer.records_read += 1;
+                }
+                writer
+                    .push_dead(line, is_header, &problem.reason, &raw)
+                    .await?;
+            }
+            return Ok(Landed::Rejected(problem));
+        }
+    };
+    writer.lineage.rows_file = format!("{}#{}", writer.lineage.relative, records.sheet);
+    while let Some(parsed) = records.next_record() {
+        push_parsed(writer, parsed).await?;
+    }
+    writer.blank_lines += records.blank_rows;
+    Ok(Landed::Records {
+        fingerprint: records.fingerprint().to_string(),
+        drift: records.drift,
+    })
 }
 
 async fn push_parsed(writer: &mut FileWriter<'_>, parsed: Parsed) -> Result<(), BronzeError> {
@@ -943,22 +1090,43 @@ async fn push_parsed(writer: &mut FileWriter<'_>, parsed: Parsed) -> Result<(), 
     }
 }
 
+/// Why dead-lettering a whole file stopped.
+enum RejectError {
+    /// Its (decompressed) text could not be read.
+    Read(std::io::Error, Arc<InputState>),
+    Bronze(BronzeError),
+}
+
+impl From<BronzeError> for RejectError {
+    fn from(error: BronzeError) -> Self {
+        Self::Bronze(error)
+    }
+}
+
 /// Dead-letters every line of a file, byte for byte, with the file-level reason (blank lines are
 /// counted, a line over [`MAX_LINE_BYTES`] is kept as its first bytes and its byte range).
+/// A compressed file's lines are those of its decompressed text.
 async fn reject_whole_file(
     writer: &mut FileWriter<'_>,
     path: &Path,
+    compression: Compression,
     problem: &FileProblem,
     first_line_is_header: bool,
-) -> Result<(), BronzeError> {
+) -> Result<(), RejectError> {
     let io_error = |e| BronzeError::Landing {
         path: path.display().to_string(),
         source: e,
     };
-    let input = BufReader::new(open_regular(path).map_err(io_error)?);
+    let file = open_regular(path).map_err(io_error)?;
+    let (input, state) = unpack(file, compression).map_err(io_error)?;
     let mut lines = LineReader::new(input, MAX_LINE_BYTES, false);
     let mut header_pending = first_line_is_header;
-    while let Some(line) = lines.next_line().map_err(io_error)? {
+    loop {
+        let line = match lines.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => return Err(RejectError::Read(e, state)),
+        };
         if line.is_blank() {
             writer.blank_lines += 1;
             continue;

@@ -8,6 +8,8 @@ mod ingest;
 pub mod reader;
 pub mod schema;
 pub mod tables;
+pub mod unpack;
+pub mod workbook;
 
 pub use filelog::FileLogEntry;
 pub use ingest::{run_bronze, BronzeOptions, BronzeSummary, SourceSummary};

@@ -84,7 +84,7 @@ pub struct FileProblem {
 }
 
 impl FileProblem {
-    fn plain(reason: String) -> Self {
+    pub(crate) fn plain(reason: String) -> Self {
         Self {
             reason,
             fingerprint: None,
@@ -102,7 +102,7 @@ pub struct Drift {
 }
 
 impl Drift {
-    fn record(&mut self, mapping: &HeaderMapping) {
+    pub(crate) fn record(&mut self, mapping: &HeaderMapping) {
         self.added_columns.extend(
             mapping
                 .extra_columns
@@ -120,7 +120,7 @@ impl Drift {
     }
 }
 
-fn header_problem(mapping: &HeaderMapping, header: &[String]) -> FileProblem {
+pub(crate) fn header_problem(mapping: &HeaderMapping, header: &[String]) -> FileProblem {
     let added: Vec<String> = mapping
         .extra_columns
         .iter()
@@ -155,7 +155,9 @@ fn header_problem(mapping: &HeaderMapping, header: &[String]) -> FileProblem {
     }
 }
 
-fn rescued_json<'a>(extras: impl Iterator<Item = (&'a str, serde_json::Value)>) -> Option<String> {
+pub(crate) fn rescued_json<'a>(
+    extras: impl Iterator<Item = (&'a str, serde_json::Value)>,
+) -> Option<String> {
     let map: serde_json::Map<String, serde_json::Value> =
         extras.map(|(k, v)| (k.to_string(), v)).collect();
     (!map.is_empty()).then(|| serde_json::Value::Object(map).to_string())

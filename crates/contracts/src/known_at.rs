@@ -73,6 +73,14 @@ mod tests {
     }
 
     #[test]
+    fn compressed_files_and_pulled_pages_carry_their_stamp() {
+        let gzip = Path::new("payments/2024-11-18/payments_2024-11-18T09-00.csv.gz");
+        assert_eq!(known_at_from_path(gzip), Some(at(2024, 11, 18, 9, 0, 0)));
+        let page = Path::new("fraud_labels/api/labels_2026-11-28T04-10-05_3fa2b1c4.jsonl");
+        assert_eq!(known_at_from_path(page), Some(at(2026, 11, 28, 4, 10, 5)));
+    }
+
+    #[test]
     fn no_stamp_or_impossible_date_gives_none() {
         assert_eq!(
             known_at_from_path(Path::new("payment_transactions.csv")),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub use known_at::known_at_from_path;
-pub use routing::{route_landing_file, FileFormat, LayoutKind, RoutedFile};
+pub use routing::{route_landing_file, Compression, FileFormat, LayoutKind, RoutedFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContractError {
@@ -51,7 +51,7 @@ pub struct SourceContract {
     pub key: Vec<String>,
     /// File-name prefixes that route a file in the flat landing layout to this source.
     pub flat_prefixes: Vec<String>,
-    /// File formats accepted for this source (`csv`, `jsonl`).
+    /// File formats accepted for this source (`csv`, `jsonl`, `xlsx` for any Excel workbook).
     pub formats: Vec<String>,
     pub columns: Vec<ColumnContract>,
 }

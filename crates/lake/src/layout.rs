@@ -141,6 +141,11 @@ pub fn monitoring_state(step: &str) -> Path {
     Path::from_iter(["_monitoring"]).join(format!("{step}.json"))
 }
 
+/// Where `paylake pull` keeps a source's cursor between runs (`_pull/<source>.json`).
+pub fn pull_state(source: &str) -> Path {
+    Path::from_iter(["_pull"]).join(format!("{source}.json"))
+}
+
 /// The lease a writing step holds on the lake.
 pub fn writer_lease() -> Path {
     Path::from_iter(["_locks", "writer.json"])
@@ -179,6 +184,10 @@ mod tests {
             "quality/gates/silver.json"
         );
         assert_eq!(writer_lease().as_ref(), "_locks/writer.json");
+        assert_eq!(
+            pull_state("fraud_labels").as_ref(),
+            "_pull/fraud_labels.json"
+        );
     }
 
     #[test]
