@@ -899,6 +899,9 @@ async fn serve(lake: Lake, options: paylake_serve::ServeOptions) -> Result<(), F
     Ok(())
 }
 
+/// Stack of each runtime thread (see `main`).
+const PLANNER_STACK_BYTES: usize = 64 * 1024 * 1024;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(Failure { code, error }) = init_logging(cli.verbose, cli.log_format) {

@@ -5,7 +5,7 @@
 //! Everything is written through one fallible writer: a reader that goes away (`| head -1`)
 //! ends the shell quietly with exit 0 instead of a panic.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -194,17 +194,23 @@ async fn finish(
 /// Piped stdin: lines run as soon as they complete a statement.
 async fn run_stdin(shell: &Shell, renderer: &mut Renderer) -> Result<(), Stop> {
     let mut buffer = InputBuffer::new();
-    let mut lines = std::io::stdin().lock().lines();
+    // One line per read, the lock held only while reading: the run is a task that may move
+    // between threads, so nothing that is not Send may live across an await.
+    let stdin = std::io::stdin();
     loop {
-        let line = tokio::task::block_in_place(|| lines.next());
-        match line {
-            Some(Ok(line)) => push(shell, renderer, &mut buffer, &line, Some("stdin")).await?,
-            Some(Err(e)) => {
+        let mut line = String::new();
+        match tokio::task::block_in_place(|| stdin.read_line(&mut line)) {
+            Ok(0) => return finish(shell, renderer, &mut buffer, Some("stdin")).await,
+            Ok(_) => {
+                let line = line.strip_suffix('\n').unwrap_or(&line);
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                push(shell, renderer, &mut buffer, line, Some("stdin")).await?
+            }
+            Err(e) => {
                 return Err(Stop::Failed(usage(anyhow::anyhow!(
                     "cannot read stdin: {e}"
                 ))))
             }
-            None => return finish(shell, renderer, &mut buffer, Some("stdin")).await,
         }
     }
 }
@@ -340,7 +346,7 @@ fn located(mut failure: Failure, origin: Option<&str>, line: Option<usize>) -> F
 struct Renderer {
     format: OutputFormat,
     max_rows: Option<usize>,
-    out: Box<dyn Write>,
+    out: Box<dyn Write + Send>,
     /// The output file, renamed over its target once every statement ran.
     file: Option<OutputFile>,
     /// The Parquet writer, with the columns every result must have.
@@ -353,9 +359,9 @@ impl Renderer {
         max_rows: Option<usize>,
         mut file: Option<OutputFile>,
     ) -> Result<Self, Failure> {
-        let out: Box<dyn Write> = match &mut file {
+        let out: Box<dyn Write + Send> = match &mut file {
             Some(file) => Box::new(std::io::BufWriter::new(file.file().try_clone()?)),
-            None => Box::new(std::io::stdout().lock()),
+            None => Box::new(std::io::stdout()),
         };
         Ok(Self {
             format,
