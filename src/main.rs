@@ -90,7 +90,7 @@ Examples:
 
 const SERVE_EXAMPLE: &str = "\
 Examples:
-  PAYLAKE_TOKEN=s3cret paylake --lake lake serve --bind 127.0.0.1:50051
+  PAYLAKE_TOKEN=s3cret paylake --lake lake/ serve --bind 127.0.0.1:50051
   Python:  adbc_driver_flightsql.dbapi.connect(\"grpc://127.0.0.1:50051\",
              db_kwargs={\"adbc.flight.sql.authorization_header\": \"Bearer s3cret\"})
   JDBC:    jdbc:arrow-flight-sql://127.0.0.1:50051?useEncryption=false&token=s3cret";

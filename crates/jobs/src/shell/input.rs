@@ -96,9 +96,16 @@ impl InputBuffer {
         Self::default()
     }
 
-    /// Whether a statement is being continued (for the REPL's prompt).
+    /// Whether a statement is being continued (for the REPL's prompt): text that is only
+    /// spaces and finished comments holds none, so a helper command may follow it.
     pub fn is_empty(&self) -> bool {
-        self.pending.trim().is_empty()
+        match Tokenizer::new(&GenericDialect {}, &self.pending).tokenize() {
+            Ok(tokens) => tokens
+                .iter()
+                .all(|token| matches!(token, Token::Whitespace(_))),
+            // An open quote or comment: a statement is being continued.
+            Err(_) => false,
+        }
     }
 
     /// Forgets a statement being typed (Ctrl-C in the REPL).
@@ -181,6 +188,22 @@ mod tests {
             text: text.to_string(),
             line,
         }
+    }
+
+    #[test]
+    fn comments_before_a_helper_command_do_not_hold_it_back() {
+        let mut buffer = InputBuffer::new();
+        assert_eq!(buffer.push_line("-- the lake at a glance"), Ok(None));
+        assert_eq!(
+            buffer.push_line(".tables"),
+            Ok(Some(Input::Command {
+                command: Command::Tables,
+                line: 2
+            }))
+        );
+        assert_eq!(buffer.push_line("/* open"), Ok(None));
+        assert!(!buffer.is_empty(), "an open comment continues");
+        assert_eq!(buffer.finish(), Some(sql("/* open\n", 3)));
     }
 
     #[test]
