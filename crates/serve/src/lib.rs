@@ -286,18 +286,30 @@ fn one_batch(
 }
 
 /// View types (DataFusion's default for strings) sent as plain strings and binaries, which every
-/// Flight SQL client (the JDBC driver included) reads.
+/// Flight SQL client (the JDBC driver included) reads; dictionaries (Delta partition columns)
+/// sent as their values, which is what arrow-flight's encoder does with the batches.
 fn wire_schema(schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|field| match field.data_type() {
-            DataType::Utf8View => field.as_ref().clone().with_data_type(DataType::Utf8),
-            DataType::BinaryView => field.as_ref().clone().with_data_type(DataType::Binary),
-            _ => field.as_ref().clone(),
-        })
+        .map(|field| field.as_ref().clone().with_data_type(wire_type(field.data_type())))
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+fn wire_type(data_type: &DataType) -> DataType {
+    match data_type {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::Dictionary(_, values) => wire_type(values),
+        DataType::List(item) => DataType::List(Arc::new(
+            item.as_ref().clone().with_data_type(wire_type(item.data_type())),
+        )),
+        DataType::LargeList(item) => DataType::LargeList(Arc::new(
+            item.as_ref().clone().with_data_type(wire_type(item.data_type())),
+        )),
+        other => other.clone(),
+    }
 }
 
 fn to_wire(
