@@ -292,7 +292,12 @@ fn wire_schema(schema: &Schema) -> SchemaRef {
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|field| field.as_ref().clone().with_data_type(wire_type(field.data_type())))
+        .map(|field| {
+            field
+                .as_ref()
+                .clone()
+                .with_data_type(wire_type(field.data_type()))
+        })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
@@ -303,10 +308,14 @@ fn wire_type(data_type: &DataType) -> DataType {
         DataType::BinaryView => DataType::Binary,
         DataType::Dictionary(_, values) => wire_type(values),
         DataType::List(item) => DataType::List(Arc::new(
-            item.as_ref().clone().with_data_type(wire_type(item.data_type())),
+            item.as_ref()
+                .clone()
+                .with_data_type(wire_type(item.data_type())),
         )),
         DataType::LargeList(item) => DataType::LargeList(Arc::new(
-            item.as_ref().clone().with_data_type(wire_type(item.data_type())),
+            item.as_ref()
+                .clone()
+                .with_data_type(wire_type(item.data_type())),
         )),
         other => other.clone(),
     }
@@ -456,7 +465,7 @@ impl FlightSqlService for LakeFlightService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.flight_info(&schema, query.as_any(), request.into_inner())
     }
 
@@ -538,7 +547,7 @@ impl FlightSqlService for LakeFlightService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.flight_info(&schema, query.as_any(), request.into_inner())
     }
 

@@ -117,9 +117,15 @@ async fn statements_run_read_only_behind_the_token_and_the_server_stops_cleanly(
             .await
             .unwrap_err()
             .to_string();
-        assert!(error.contains("bearer token is required"), "{token:?}: {error}");
+        assert!(
+            error.contains("bearer token is required"),
+            "{token:?}: {error}"
+        );
         let error = stranger.get_catalogs().await.unwrap_err().to_string();
-        assert!(error.contains("bearer token is required"), "{token:?}: {error}");
+        assert!(
+            error.contains("bearer token is required"),
+            "{token:?}: {error}"
+        );
     }
 
     running.stop.send(()).unwrap();

@@ -20,7 +20,7 @@ pub fn for_planning_error(
     }
     let missing: Vec<String> = references
         .iter()
-        .map(|reference| display_name(reference))
+        .map(display_name)
         .filter(|name| !is_known(name, known_tables))
         .collect();
     let first = missing.first()?;
