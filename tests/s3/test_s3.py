@@ -87,7 +87,8 @@ def contents(lake, names, out):
         paylake(lake, "export", name, "--all-columns", "--format", "csv", "--output", target)
         with open(target, newline="") as f:
             rows = list(csv.reader(f))
-        header, body = rows[0], rows[1:]
+        # An empty table exports as an empty file.
+        header, body = (rows[0], rows[1:]) if rows else ([], [])
         keep = [i for i, column in enumerate(header) if column not in VOLATILE]
         tables[name] = ([header[i] for i in keep], sorted(tuple(r[i] for i in keep) for r in body))
     return tables

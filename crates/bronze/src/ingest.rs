@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use object_store::path::Path as ObjectPath;
 use datafusion::arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Int64Builder, StringArray, StringBuilder,
     TimestampMicrosecondArray,
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use object_store::path::Path as ObjectPath;
 use paylake_contracts::{
     all_contracts, known_at_from_path, route_landing_file, Compression, FileFormat, SourceContract,
 };
@@ -38,8 +38,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::commit::PendingCommits;
-use crate::landing::{Landing, RemoveOnDrop, StoreLanding};
 use crate::filelog::{self, FileLogEntry};
+use crate::landing::{Landing, RemoveOnDrop, StoreLanding};
 use crate::reader::{
     clip, CsvRecords, Drift, FileProblem, JsonRecords, LineReader, Parsed, MAX_LINE_BYTES,
     MAX_REASON_BYTES,
@@ -323,7 +323,10 @@ fn discover(landing: &Path) -> Result<Vec<Found>, BronzeError> {
 }
 
 /// Lists a store landing prefix: each object is to be copied to `scratch/<relative name>`.
-async fn discover_objects(landing: &StoreLanding, scratch: &Path) -> Result<Vec<Found>, BronzeError> {
+async fn discover_objects(
+    landing: &StoreLanding,
+    scratch: &Path,
+) -> Result<Vec<Found>, BronzeError> {
     let listing = landing.list().await?;
     let mut found: Vec<Found> = listing
         .hidden
@@ -355,7 +358,13 @@ async fn local_copy(
         (Landing::Store(store), Some(key)) => {
             let guard = RemoveOnDrop(file.absolute.clone());
             let size = store.fetch(key, &file.absolute).await?;
-            Ok((LandingFile { size, ..file.clone() }, Some(guard)))
+            Ok((
+                LandingFile {
+                    size,
+                    ..file.clone()
+                },
+                Some(guard),
+            ))
         }
         _ => Ok((file.clone(), None)),
     }
@@ -364,7 +373,9 @@ async fn local_copy(
 /// Errors about a fetched copy name the object (`s3://bucket/key`), not the scratch file.
 fn named_by_origin(landing: &Landing, file: &LandingFile) -> impl Fn(BronzeError) -> BronzeError {
     let origin = match (landing, &file.object) {
-        (Landing::Store(store), Some(key)) => Some((file.absolute.display().to_string(), store.uri_of(key))),
+        (Landing::Store(store), Some(key)) => {
+            Some((file.absolute.display().to_string(), store.uri_of(key)))
+        }
         _ => None,
     };
     move |error| match (error, &origin) {

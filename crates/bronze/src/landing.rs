@@ -153,7 +153,12 @@ impl StoreLanding {
                 .await
                 .map_err(local_error)?;
         }
-        let mut stream = self.store.get(key).await.map_err(store_error)?.into_stream();
+        let mut stream = self
+            .store
+            .get(key)
+            .await
+            .map_err(store_error)?
+            .into_stream();
         let mut file = tokio::fs::File::create(to).await.map_err(local_error)?;
         let mut copied = 0u64;
         while let Some(chunk) = stream.try_next().await.map_err(store_error)? {
@@ -220,7 +225,10 @@ mod tests {
 
         let scratch = tempfile::tempdir().unwrap();
         let to = scratch.path().join(&listing.objects[0].relative);
-        assert_eq!(landing.fetch(&listing.objects[0].key, &to).await.unwrap(), 1);
+        assert_eq!(
+            landing.fetch(&listing.objects[0].key, &to).await.unwrap(),
+            1
+        );
         assert_eq!(std::fs::read(&to).unwrap(), b"x");
         drop(RemoveOnDrop(to.clone()));
         assert!(!to.exists());
@@ -231,7 +239,10 @@ mod tests {
         let landing = in_memory("landing");
         let scratch = tempfile::tempdir().unwrap();
         let err = landing
-            .fetch(&ObjectPath::from("landing/gone.csv"), &scratch.path().join("x"))
+            .fetch(
+                &ObjectPath::from("landing/gone.csv"),
+                &scratch.path().join("x"),
+            )
             .await
             .unwrap_err();
         assert!(

@@ -1291,6 +1291,27 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_second_writer_staged_on_the_same_version_fails_cleanly() {
         let (_dir, lake, ctx) = test_lake();
+        second_writer_conflicts(&lake, &ctx).await;
+    }
+
+    /// The same race on an `s3://` table: deltalake must accept the URL with paylake's store
+    /// (its default log store, registered for `s3://`) and its put-if-absent must refuse the
+    /// late commit. The in-memory store answers `PutMode::Create` as S3 answers `If-None-Match`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_second_writer_on_an_s3_table_fails_cleanly() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let lake = Lake::over_store(store, "s3://bank-lake", "prod/lake");
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        assert!(table_url(&lake, &TableName::new(Layer::Gold, "contested"))
+            .unwrap()
+            .as_str()
+            .starts_with("s3://bank-lake/prod/lake/gold/"));
+        second_writer_conflicts(&lake, &ctx).await;
+    }
+
+    async fn second_writer_conflicts(lake: &Lake, ctx: &SessionContext) {
+        let (lake, ctx) = (lake.clone(), ctx.clone());
         let table = TableName::new(Layer::Gold, "contested");
         let base = stage_rows(&lake, &ctx, &table, 2, "r0").await;
         commit_overwrite(&lake, &base, &facts("r0")).await.unwrap();

@@ -272,6 +272,19 @@ impl Lake {
         })
     }
 
+    /// A lake over any store, addressed as `store_url` (tests: an in-memory store posing as
+    /// S3).
+    #[cfg(test)]
+    pub(crate) fn over_store(store: Arc<dyn ObjectStore>, store_url: &str, root: &str) -> Self {
+        Self {
+            store,
+            store_url: ObjectStoreUrl::parse(store_url).expect("a test store URL"),
+            root: Path::from(root),
+            display: format!("{store_url}/{root}"),
+            folder: None,
+        }
+    }
+
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.store)
     }
@@ -462,7 +475,10 @@ mod tests {
         for uri in ["gs://bucket/lake", "az://container/lake", "hdfs://nn/lake"] {
             let err = Lake::open(uri).unwrap_err();
             let scheme = uri.split("://").next().unwrap();
-            assert!(err.to_string().contains(&format!("scheme '{scheme}'")), "{err}");
+            assert!(
+                err.to_string().contains(&format!("scheme '{scheme}'")),
+                "{err}"
+            );
             assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
         }
         assert!(Lake::open("file://relative").is_err());
