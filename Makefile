@@ -68,8 +68,8 @@ airflow-test: build
 
 # The pipeline with landing and lake on S3 (moto's server on 127.0.0.1 and a free port, stopped
 # whatever happens), compared table by table with the local run; Bronze and Gold killed mid-run
-# and re-run. tests/s3/run.sh creates its own venv once ($(HOME)/.cache/paylake/s3-venv/<pinned
-# versions>: moto[server], pytest).
+# and re-run (about 25 s on 2 cores). tests/s3/run.sh creates its own venv once
+# ($(HOME)/.cache/paylake/s3-venv/<pinned versions>: moto[server], pytest).
 s3-test: build
 	PAYLAKE_BIN=$(BIN) tests/s3/run.sh
 

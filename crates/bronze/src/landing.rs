@@ -29,9 +29,9 @@ pub enum Landing {
 #[derive(Debug, Clone)]
 pub struct StoreLanding {
     store: Arc<dyn ObjectStore>,
+    /// `s3://bucket`: with a key, how messages name an object.
+    bucket_uri: String,
     prefix: ObjectPath,
-    /// `s3://bucket/prefix`, for messages and the run summary.
-    display: String,
 }
 
 impl Landing {
@@ -40,18 +40,11 @@ impl Landing {
     pub fn parse(uri: &str) -> Result<Self, LakeError> {
         Ok(match Location::parse(uri)? {
             Location::Local(folder) => Self::Folder(folder),
-            Location::S3 { bucket, prefix } => {
-                let display = if prefix.as_ref().is_empty() {
-                    format!("s3://{bucket}")
-                } else {
-                    format!("s3://{bucket}/{prefix}")
-                };
-                Self::Store(StoreLanding {
-                    store: paylake_lake::s3_store(&bucket)?,
-                    prefix,
-                    display,
-                })
-            }
+            Location::S3 { bucket, prefix } => Self::Store(StoreLanding {
+                store: paylake_lake::s3_store(&bucket)?,
+                bucket_uri: format!("s3://{bucket}"),
+                prefix,
+            }),
         })
     }
 
@@ -59,7 +52,7 @@ impl Landing {
     pub fn display(&self) -> String {
         match self {
             Self::Folder(folder) => folder.display().to_string(),
-            Self::Store(store) => store.display.clone(),
+            Self::Store(store) => store.display(),
         }
     }
 }
@@ -83,14 +76,16 @@ pub(crate) struct Listing {
 impl StoreLanding {
     /// `s3://bucket/<key>`: how an error names an object.
     pub(crate) fn uri_of(&self, key: &ObjectPath) -> String {
-        let bucket_uri = match self.display.split_once("://") {
-            Some((scheme, rest)) => {
-                let bucket = rest.split('/').next().unwrap_or_default();
-                format!("{scheme}://{bucket}")
-            }
-            None => self.display.clone(),
-        };
-        format!("{bucket_uri}/{key}")
+        format!("{}/{key}", self.bucket_uri)
+    }
+
+    /// `s3://bucket/prefix`.
+    fn display(&self) -> String {
+        if self.prefix.as_ref().is_empty() {
+            self.bucket_uri.clone()
+        } else {
+            self.uri_of(&self.prefix)
+        }
     }
 
     pub(crate) async fn list(&self) -> Result<Listing, BronzeError> {
@@ -101,7 +96,7 @@ impl StoreLanding {
             .try_collect()
             .await
             .map_err(|source| BronzeError::LandingStore {
-                uri: self.display.clone(),
+                uri: self.display(),
                 source,
             })?;
         let skip = self.prefix.parts().count();
@@ -188,8 +183,8 @@ mod tests {
     fn in_memory(prefix: &str) -> StoreLanding {
         StoreLanding {
             store: Arc::new(InMemory::new()),
+            bucket_uri: "s3://bucket".to_string(),
             prefix: ObjectPath::from(prefix),
-            display: format!("s3://bucket/{prefix}"),
         }
     }
 
@@ -221,6 +216,10 @@ mod tests {
         assert_eq!(
             landing.uri_of(&listing.objects[0].key),
             "s3://bucket/landing/payments/a.csv"
+        );
+        assert_eq!(
+            Landing::Store(landing.clone()).display(),
+            "s3://bucket/landing"
         );
 
         let scratch = tempfile::tempdir().unwrap();
