@@ -41,7 +41,8 @@ Example:
 const BRONZE_EXAMPLE: &str = "\
 Examples:
   paylake --lake lake/ bronze --landing data/
-  PAYLAKE_LAKE=/srv/lake PAYLAKE_LANDING=/srv/landing paylake bronze --json --nothing-new-exit-code 99";
+  PAYLAKE_LAKE=/srv/lake PAYLAKE_LANDING=/srv/landing paylake bronze --json --nothing-new-exit-code 99
+  AWS_REGION=eu-west-1 paylake --lake s3://bank-lake/lake bronze --landing s3://bank-landing/incoming";
 const PULL_EXAMPLE: &str = "\
 Examples:
   paylake --lake lake/ pull fraud_labels --url https://labels.example/api/v1/labels --landing data/
@@ -103,8 +104,9 @@ Examples:
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// The lake: a folder or file:///absolute/path. Required; only `bronze` creates a lake,
-    /// every other command needs one that exists.
+    /// The lake: a folder, file:///absolute/path or s3://bucket/prefix (S3 settings from the
+    /// AWS_* variables). Required; only `bronze` creates a lake, every other command needs one
+    /// that exists.
     #[arg(long, global = true, env = "PAYLAKE_LAKE", value_name = "DIR|URI")]
     lake: Option<String>,
     /// Print the summary as one line of JSON, the last line on stdout (e.g. for Airflow XCom).
@@ -131,9 +133,10 @@ enum Command {
     /// Land new files from a landing folder into Bronze (raw text + lineage, exactly once).
     #[command(after_help = BRONZE_EXAMPLE)]
     Bronze {
-        /// Landing folder: flat take-home layout or one folder per source.
-        #[arg(long, env = "PAYLAKE_LANDING", value_name = "DIR")]
-        landing: PathBuf,
+        /// Landing folder (flat take-home layout or one folder per source): a path or
+        /// s3://bucket/prefix.
+        #[arg(long, env = "PAYLAKE_LANDING", value_name = "DIR|URI")]
+        landing: String,
         /// Rows per Parquet record batch (bounds memory).
         #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
         batch_rows: u64,
@@ -539,6 +542,18 @@ pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
 
 pub const EXIT_GATE_FAILED: u8 = 3;
 
+/// Opening an existing lake: a bad URI or no lake there is a usage error; a store that cannot
+/// be reached (network, credentials refused) is a runtime failure.
+fn open_failure(error: paylake_lake::LakeError) -> Failure {
+    match error {
+        paylake_lake::LakeError::Store { .. } => Failure {
+            code: 1,
+            error: error.into(),
+        },
+        other => usage(other),
+    }
+}
+
 pub fn job_failure(error: JobError) -> Failure {
     use paylake_quality::QualityError;
     let code = match error {
@@ -652,11 +667,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         )));
     };
     let lake = if cli.command.creates_lake() {
-        Lake::open(uri)
+        Lake::open(uri).map_err(usage)?
     } else {
-        Lake::open_existing(uri)
-    }
-    .map_err(usage)?;
+        Lake::open_existing(uri).await.map_err(open_failure)?
+    };
     let nothing_new_exit_code = cli.command.nothing_new_exit_code();
     let now = Utc::now();
     let json = cli.json;

@@ -9,7 +9,7 @@ use datafusion::arrow::array::{Array, Float64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
-use paylake_bronze::{run_bronze, BronzeOptions, BronzeSummary};
+use paylake_bronze::{run_bronze, BronzeOptions, BronzeSummary, Landing};
 use paylake_jobs::engine::format_bytes;
 use paylake_jobs::incremental::BuildMode;
 use paylake_jobs::{
@@ -113,7 +113,8 @@ fn print_sources(layer: &str, sources: &[SourceOutcome]) {
 
 /// What `paylake bronze` was asked to do.
 pub struct BronzeSettings {
-    pub landing: PathBuf,
+    /// A folder or `s3://bucket/prefix`.
+    pub landing: String,
     pub batch_rows: u64,
     pub compact_after_files: usize,
     /// Rows known after this time count as new too (`--new-since`).
@@ -132,11 +133,15 @@ pub async fn bronze(
         compact_after_files,
         new_since,
     } = settings;
-    if !landing.is_dir() {
-        return Err(usage(anyhow::anyhow!(
-            "landing folder {} does not exist",
-            landing.display()
-        )));
+    let landing = Landing::parse(&landing).map_err(usage)?;
+    // A key prefix exists as soon as an object is put under it: only a folder can be missing.
+    if let Landing::Folder(folder) = &landing {
+        if !folder.is_dir() {
+            return Err(usage(anyhow::anyhow!(
+                "landing folder {} does not exist",
+                folder.display()
+            )));
+        }
     }
     let abort_after_rows = match std::env::var("PAYLAKE_ABORT_AFTER_ROWS") {
         Ok(v) => Some(

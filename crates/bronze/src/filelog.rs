@@ -450,7 +450,7 @@ mod tests {
     fn options(landing: &std::path::Path) -> BronzeOptions {
         let now = Utc::now();
         BronzeOptions {
-            landing: landing.to_path_buf(),
+            landing: crate::Landing::Folder(landing.to_path_buf()),
             batch_rows: 1000,
             ingested_at: now,
             batch_id: format!("test-{}", now.timestamp_micros()),

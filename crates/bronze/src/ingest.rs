@@ -25,6 +25,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use object_store::path::Path as ObjectPath;
 use paylake_contracts::{
     all_contracts, known_at_from_path, route_landing_file, Compression, FileFormat, SourceContract,
 };
@@ -38,6 +39,7 @@ use sha2::{Digest, Sha256};
 
 use crate::commit::PendingCommits;
 use crate::filelog::{self, FileLogEntry};
+use crate::landing::{Landing, RemoveOnDrop, StoreLanding};
 use crate::reader::{
     clip, CsvRecords, Drift, FileProblem, JsonRecords, LineReader, Parsed, MAX_LINE_BYTES,
     MAX_REASON_BYTES,
@@ -52,7 +54,7 @@ const BAD_LINES_LOGGED_PER_FILE: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct BronzeOptions {
-    pub landing: PathBuf,
+    pub landing: Landing,
     /// Rows per record batch written to Parquet: bounds memory whatever the file size.
     pub batch_rows: usize,
     /// The run's ingestion time; also the knowledge time of files whose path carries none.
@@ -113,6 +115,9 @@ struct LandingFile {
     /// The name it has in the landing folder (a symlink's own name).
     relative: PathBuf,
     size: u64,
+    /// For a store landing: the object to copy to `absolute` (in the run's scratch folder)
+    /// before it is read.
+    object: Option<ObjectPath>,
 }
 
 /// What discovery found at one path of the landing folder.
@@ -276,6 +281,7 @@ fn discover(landing: &Path) -> Result<Vec<Found>, BronzeError> {
                         absolute: real,
                         relative,
                         size: target_meta.len(),
+                        object: None,
                     }));
                 } else {
                     let kind = special_kind(&target_meta.file_type());
@@ -293,6 +299,7 @@ fn discover(landing: &Path) -> Result<Vec<Found>, BronzeError> {
                     absolute: path,
                     relative,
                     size: meta.len(),
+                    object: None,
                 }));
             } else {
                 let kind = special_kind(&meta.file_type());
@@ -313,6 +320,73 @@ fn discover(landing: &Path) -> Result<Vec<Found>, BronzeError> {
     walk(&root, &root, Path::new(""), &mut chain, &mut found)?;
     found.sort_by(|a, b| a.relative().cmp(b.relative()));
     Ok(found)
+}
+
+/// Lists a store landing prefix: each object is to be copied to `scratch/<relative name>`.
+async fn discover_objects(
+    landing: &StoreLanding,
+    scratch: &Path,
+) -> Result<Vec<Found>, BronzeError> {
+    let listing = landing.list().await?;
+    let mut found: Vec<Found> = listing
+        .hidden
+        .into_iter()
+        .map(|(relative, reason)| Found::Refused {
+            relative,
+            reason: reason.to_string(),
+        })
+        .collect();
+    found.extend(listing.objects.into_iter().map(|object| {
+        Found::File(LandingFile {
+            absolute: scratch.join(&object.relative),
+            relative: object.relative,
+            size: object.size,
+            object: Some(object.key),
+        })
+    }));
+    found.sort_by(|a, b| a.relative().cmp(b.relative()));
+    Ok(found)
+}
+
+/// The landing file as the readers open it: a store object is copied to the scratch folder
+/// first (and its copy removed when the guard drops), with its size as copied.
+async fn local_copy(
+    landing: &Landing,
+    file: &LandingFile,
+) -> Result<(LandingFile, Option<RemoveOnDrop>), BronzeError> {
+    match (landing, &file.object) {
+        (Landing::Store(store), Some(key)) => {
+            let guard = RemoveOnDrop(file.absolute.clone());
+            let size = store.fetch(key, &file.absolute).await?;
+            Ok((
+                LandingFile {
+                    size,
+                    ..file.clone()
+                },
+                Some(guard),
+            ))
+        }
+        _ => Ok((file.clone(), None)),
+    }
+}
+
+/// Errors about a fetched copy name the object (`s3://bucket/key`), not the scratch file.
+fn named_by_origin(landing: &Landing, file: &LandingFile) -> impl Fn(BronzeError) -> BronzeError {
+    let origin = match (landing, &file.object) {
+        (Landing::Store(store), Some(key)) => {
+            Some((file.absolute.display().to_string(), store.uri_of(key)))
+        }
+        _ => None,
+    };
+    move |error| match (error, &origin) {
+        (BronzeError::Landing { path, source }, Some((copy, uri))) if &path == copy => {
+            BronzeError::Landing {
+                path: uri.clone(),
+                source,
+            }
+        }
+        (error, _) => error,
+    }
 }
 
 /// A landing path as the lake records it: `/`-separated, relative to the landing folder.
@@ -707,7 +781,22 @@ pub async fn run_bronze(
     options: &BronzeOptions,
 ) -> Result<BronzeSummary, BronzeError> {
     let contracts = all_contracts()?;
-    let found = discover(&options.landing)?;
+    // A store landing's objects are copied into a scratch folder one at a time; the folder
+    // is removed when the run ends.
+    let (found, _scratch) = match &options.landing {
+        Landing::Folder(folder) => (discover(folder)?, None),
+        Landing::Store(store) => {
+            let scratch = tempfile::Builder::new()
+                .prefix("paylake-landing-")
+                .tempdir()
+                .map_err(|source| BronzeError::Landing {
+                    path: std::env::temp_dir().display().to_string(),
+                    source,
+                })?;
+            let found = discover_objects(store, scratch.path()).await?;
+            (found, Some(scratch))
+        }
+    };
     crate::tables::ensure_tables(lake).await?;
     let mut pending = PendingCommits::new(&options.batch_id, options.abort_before_file_log);
     let logged = filelog::read_logged_files(lake).await?;
@@ -769,7 +858,7 @@ pub async fn run_bronze(
             });
         summary.files_seen += 1;
 
-        let file = match item {
+        let listed = match item {
             Found::File(file) => file,
             Found::Refused { reason, .. } => {
                 summary.files_refused += 1;
@@ -789,7 +878,10 @@ pub async fn run_bronze(
                 continue;
             }
         };
-        let sha256 = sha256_of(&file.absolute)?;
+        let (file, _copy) = local_copy(&options.landing, listed).await?;
+        let file = &file;
+        let name_errors = named_by_origin(&options.landing, file);
+        let sha256 = sha256_of(&file.absolute).map_err(&name_errors)?;
 
         let pair = (relative.clone(), sha256.clone());
         if logged_pairs.contains(&pair) {
@@ -847,7 +939,9 @@ pub async fn run_bronze(
                     compression: routed.compression,
                     size: file.size,
                 };
-                land_records(&mut writer, &file.absolute, contract, kind).await?
+                land_records(&mut writer, &file.absolute, contract, kind)
+                    .await
+                    .map_err(&name_errors)?
             }
             (_, _, problem) => {
                 let reason = problem
@@ -869,7 +963,8 @@ pub async fn run_bronze(
                             source,
                         },
                         RejectError::Bronze(e) => e,
-                    })?;
+                    })
+                    .map_err(&name_errors)?;
                 Landed::Rejected(problem)
             }
         };
@@ -920,7 +1015,7 @@ pub async fn run_bronze(
         ingested_at: options
             .ingested_at
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        landing: options.landing.display().to_string(),
+        landing: options.landing.display(),
         sources: summaries.into_values().collect(),
         files: entries,
     })

@@ -5,6 +5,7 @@ mod commit;
 pub mod compact;
 pub mod filelog;
 mod ingest;
+pub mod landing;
 pub mod reader;
 pub mod schema;
 pub mod tables;
@@ -13,6 +14,7 @@ pub mod workbook;
 
 pub use filelog::FileLogEntry;
 pub use ingest::{run_bronze, BronzeOptions, BronzeSummary, SourceSummary};
+pub use landing::Landing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BronzeError {
@@ -21,6 +23,12 @@ pub enum BronzeError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("cannot read landing object {uri}: {source}")]
+    LandingStore {
+        uri: String,
+        #[source]
+        source: object_store::Error,
     },
     #[error(transparent)]
     Lake(#[from] paylake_lake::LakeError),

@@ -35,6 +35,9 @@ use datafusion::prelude::DataFrame;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, MetadataExt, StructType, Transaction};
+use deltalake_core::logstore::{
+    default_logstore, logstore_factories, LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig,
+};
 use deltalake_core::operations::vacuum::VacuumMode;
 use deltalake_core::operations::write::writer::{DeltaWriter, WriterConfig};
 use deltalake_core::protocol::{DeltaOperation, SaveMode};
@@ -81,7 +84,48 @@ pub fn table_url(lake: &Lake, table: &TableName) -> Result<Url> {
     })
 }
 
+/// Makes deltalake commit to `s3://` tables through its default log store: the next
+/// `_delta_log/<version>.json` is written with `PutMode::Create`, which object_store sends to S3
+/// as a conditional put (`If-None-Match: *`), so of two writers racing for a version exactly one
+/// wins and the other gets a conflict. deltalake-core knows only `file://` and `memory://` unless
+/// its `s3` feature (the AWS SDK, and a DynamoDB lock for stores without conditional puts) is
+/// built; paylake hands deltalake its own S3 store and needs only this mapping.
+fn register_s3_log_store() {
+    #[derive(Debug)]
+    struct ConditionalPutLogStores;
+
+    impl LogStoreFactory for ConditionalPutLogStores {
+        fn with_options(
+            &self,
+            prefixed_store: ObjectStoreRef,
+            root_store: ObjectStoreRef,
+            location: &Url,
+            options: &StorageConfig,
+        ) -> deltalake_core::DeltaResult<Arc<dyn LogStore>> {
+            Ok(default_logstore(
+                prefixed_store,
+                root_store,
+                location,
+                options,
+            ))
+        }
+    }
+
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        let factories = logstore_factories();
+        for scheme in ["s3://", "s3a://"] {
+            if let Ok(key) = Url::parse(scheme) {
+                factories
+                    .entry(key)
+                    .or_insert_with(|| Arc::new(ConditionalPutLogStores));
+            }
+        }
+    });
+}
+
 fn builder(lake: &Lake, table: &TableName) -> Result<DeltaTableBuilder> {
+    register_s3_log_store();
     let url = table_url(lake, table)?;
     DeltaTableBuilder::from_url(url.clone())
         .map(|b| b.with_storage_backend(lake.store(), url))
@@ -1247,6 +1291,27 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_second_writer_staged_on_the_same_version_fails_cleanly() {
         let (_dir, lake, ctx) = test_lake();
+        second_writer_conflicts(&lake, &ctx).await;
+    }
+
+    /// The same race on an `s3://` table: deltalake must accept the URL with paylake's store
+    /// (its default log store, registered for `s3://`) and its put-if-absent must refuse the
+    /// late commit. The in-memory store answers `PutMode::Create` as S3 answers `If-None-Match`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_second_writer_on_an_s3_table_fails_cleanly() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let lake = Lake::over_store(store, "s3://bank-lake", "prod/lake");
+        let ctx = SessionContext::new();
+        lake.register_with(&ctx).unwrap();
+        assert!(table_url(&lake, &TableName::new(Layer::Gold, "contested"))
+            .unwrap()
+            .as_str()
+            .starts_with("s3://bank-lake/prod/lake/gold/"));
+        second_writer_conflicts(&lake, &ctx).await;
+    }
+
+    async fn second_writer_conflicts(lake: &Lake, ctx: &SessionContext) {
+        let (lake, ctx) = (lake.clone(), ctx.clone());
         let table = TableName::new(Layer::Gold, "contested");
         let base = stage_rows(&lake, &ctx, &table, 2, "r0").await;
         commit_overwrite(&lake, &base, &facts("r0")).await.unwrap();

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
@@ -79,66 +80,176 @@ pub struct Lake {
     store_url: ObjectStoreUrl,
     root: Path,
     display: String,
-    folder: std::path::PathBuf,
+    /// The lake's folder when it is on this machine; `None` for an object-store lake.
+    folder: Option<std::path::PathBuf>,
 }
 
-/// The local folder a lake URI names: a plain path or `file:///absolute/path`.
-fn local_folder_of(uri: &str) -> Result<std::path::PathBuf> {
-    let invalid = |reason: &str| LakeError::InvalidUri {
-        uri: uri.to_string(),
-        reason: reason.to_string(),
-    };
-    if uri.trim().is_empty() {
-        return Err(invalid("empty path"));
-    }
-    if let Some(rest) = uri.strip_prefix("file://") {
-        if !rest.starts_with('/') {
-            return Err(invalid("file:// URIs must be absolute (file:///path)"));
+/// Where a lake or landing URI points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A plain path (`lake/`) or `file:///absolute/path`.
+    Local(std::path::PathBuf),
+    /// `s3://bucket/prefix`: an S3 bucket (AWS or any S3-compatible store) and a key prefix,
+    /// possibly empty.
+    S3 { bucket: String, prefix: Path },
+}
+
+impl Location {
+    /// Parses a lake or landing URI. Schemes other than `file` and `s3` are refused, naming the
+    /// scheme, so a typo never becomes a local folder called `gs:`.
+    pub fn parse(uri: &str) -> Result<Self> {
+        let invalid = |reason: &str| LakeError::InvalidUri {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        };
+        if uri.trim().is_empty() {
+            return Err(invalid("empty path"));
         }
-        Ok(std::path::PathBuf::from(rest))
-    } else if uri.contains("://") {
-        let scheme = uri.split("://").next().unwrap_or_default();
-        Err(invalid(&format!(
-            "scheme '{scheme}' is not supported by this build (use a local path or file:///)"
-        )))
+        let Some((scheme, _)) = uri.split_once("://") else {
+            return Ok(Self::Local(std::path::PathBuf::from(uri)));
+        };
+        match scheme {
+            "file" => {
+                let rest = &uri["file://".len()..];
+                if !rest.starts_with('/') {
+                    return Err(invalid("file:// URIs must be absolute (file:///path)"));
+                }
+                Ok(Self::Local(std::path::PathBuf::from(rest)))
+            }
+            "s3" => {
+                let url = Url::parse(uri).map_err(|e| invalid(&e.to_string()))?;
+                let bucket = url.host_str().unwrap_or_default();
+                if bucket.is_empty() {
+                    return Err(invalid("no bucket (use s3://bucket/prefix)"));
+                }
+                if url.query().is_some() || url.fragment().is_some() {
+                    return Err(invalid(
+                        "settings go in AWS_* environment variables, not in the URI",
+                    ));
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(invalid(
+                        "credentials go in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, not in the URI",
+                    ));
+                }
+                let prefix = Path::from_url_path(url.path())
+                    .map_err(|e| invalid(&format!("not a usable key prefix: {e}")))?;
+                Ok(Self::S3 {
+                    bucket: bucket.to_string(),
+                    prefix,
+                })
+            }
+            other => Err(invalid(&format!(
+                "scheme '{other}' is not supported by this build \
+                 (use a local path, file:///absolute/path or s3://bucket/prefix)"
+            ))),
+        }
+    }
+}
+
+/// An S3 bucket's store, configured from the standard `AWS_*` environment variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+/// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, …). Errors name the bucket, never a credential.
+pub fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    let store = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| LakeError::InvalidUri {
+            uri: format!("s3://{bucket}"),
+            reason: format!("cannot configure the S3 store: {e}"),
+        })?;
+    Ok(Arc::new(store))
+}
+
+/// `s3://bucket/prefix` for messages.
+fn s3_display(bucket: &str, prefix: &Path) -> String {
+    if prefix.as_ref().is_empty() {
+        format!("s3://{bucket}")
     } else {
-        Ok(std::path::PathBuf::from(uri))
+        format!("s3://{bucket}/{prefix}")
     }
 }
 
 impl Lake {
     /// Opens a lake from a URI: a plain path (`lake/`), `file:///abs/path`, or `s3://bucket/prefix`.
     ///
-    /// Local folders are created when missing: only a step that lands data should do this.
+    /// Local folders are created when missing: only a step that lands data should do this. On
+    /// an object store nothing is created: objects appear as they are written.
     pub fn open(uri: &str) -> Result<Self> {
-        let local_dir = local_folder_of(uri)?;
-        std::fs::create_dir_all(&local_dir).map_err(|e| LakeError::InvalidUri {
-            uri: uri.to_string(),
-            reason: format!("cannot create the lake folder: {e}"),
-        })?;
-        Self::open_folder(uri, &local_dir)
+        match Location::parse(uri)? {
+            Location::Local(local_dir) => {
+                std::fs::create_dir_all(&local_dir).map_err(|e| LakeError::InvalidUri {
+                    uri: uri.to_string(),
+                    reason: format!("cannot create the lake folder: {e}"),
+                })?;
+                Self::open_folder(uri, &local_dir)
+            }
+            Location::S3 { bucket, prefix } => Self::open_s3(uri, &bucket, prefix),
+        }
     }
 
-    /// Opens a lake that must already exist: a folder holding at least one of the lake's own
-    /// top-level folders ([`layout::LAKE_FOLDERS`]). Nothing is created, so a mistyped path is
-    /// [`LakeError::NoLake`] instead of a new empty lake.
-    pub fn open_existing(uri: &str) -> Result<Self> {
-        let local_dir = local_folder_of(uri)?;
-        let holds_a_lake = layout::LAKE_FOLDERS
-            .iter()
-            .any(|folder| local_dir.join(folder).is_dir());
-        if !holds_a_lake {
-            let reason = if local_dir.is_dir() {
-                "the folder holds no lake"
-            } else {
-                "the folder does not exist"
-            };
-            return Err(LakeError::NoLake {
-                path: local_dir.display().to_string(),
-                reason: reason.to_string(),
-            });
+    /// Opens a lake that must already exist: a folder (or key prefix) holding at least one of
+    /// the lake's own top-level folders ([`layout::LAKE_FOLDERS`]). Nothing is created, so a
+    /// mistyped path is [`LakeError::NoLake`] instead of a new empty lake.
+    pub async fn open_existing(uri: &str) -> Result<Self> {
+        match Location::parse(uri)? {
+            Location::Local(local_dir) => {
+                let holds_a_lake = layout::LAKE_FOLDERS
+                    .iter()
+                    .any(|folder| local_dir.join(folder).is_dir());
+                if !holds_a_lake {
+                    let reason = if local_dir.is_dir() {
+                        "the folder holds no lake"
+                    } else {
+                        "the folder does not exist"
+                    };
+                    return Err(LakeError::NoLake {
+                        path: local_dir.display().to_string(),
+                        reason: reason.to_string(),
+                    });
+                }
+                Self::open_folder(uri, &local_dir)
+            }
+            Location::S3 { bucket, prefix } => {
+                let lake = Self::open_s3(uri, &bucket, prefix)?;
+                let at_bucket_root = lake.root.as_ref().is_empty();
+                let top = lake
+                    .store
+                    .list_with_delimiter((!at_bucket_root).then_some(&lake.root))
+                    .await
+                    .map_err(|source| LakeError::Store {
+                        path: lake.display.clone(),
+                        source,
+                    })?;
+                let holds_a_lake = top.common_prefixes.iter().any(|folder| {
+                    folder
+                        .filename()
+                        .is_some_and(|name| layout::LAKE_FOLDERS.contains(&name))
+                });
+                if !holds_a_lake {
+                    return Err(LakeError::NoLake {
+                        path: lake.display,
+                        reason: "the prefix holds none of the lake's folders".to_string(),
+                    });
+                }
+                Ok(lake)
+            }
         }
-        Self::open_folder(uri, &local_dir)
+    }
+
+    fn open_s3(uri: &str, bucket: &str, prefix: Path) -> Result<Self> {
+        let store_url =
+            ObjectStoreUrl::parse(format!("s3://{bucket}")).map_err(|e| LakeError::InvalidUri {
+                uri: uri.to_string(),
+                reason: format!("cannot build store URL: {e}"),
+            })?;
+        Ok(Self {
+            store: s3_store(bucket)?,
+            store_url,
+            display: s3_display(bucket, &prefix),
+            root: prefix,
+            folder: None,
+        })
     }
 
     fn open_folder(uri: &str, local_dir: &std::path::Path) -> Result<Self> {
@@ -157,8 +268,21 @@ impl Lake {
             store_url,
             root,
             display: absolute.display().to_string(),
-            folder: absolute,
+            folder: Some(absolute),
         })
+    }
+
+    /// A lake over any store, addressed as `store_url` (tests: an in-memory store posing as
+    /// S3).
+    #[cfg(test)]
+    pub(crate) fn over_store(store: Arc<dyn ObjectStore>, store_url: &str, root: &str) -> Self {
+        Self {
+            store,
+            store_url: ObjectStoreUrl::parse(store_url).expect("a test store URL"),
+            root: Path::from(root),
+            display: format!("{store_url}/{root}"),
+            folder: None,
+        }
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {
@@ -183,10 +307,10 @@ impl Lake {
         Ok(meta.size)
     }
 
-    /// The lake's folder on this machine (absolute, symlinks resolved): exports and other
-    /// ordinary files must stay out of it.
-    pub fn local_folder(&self) -> &std::path::Path {
-        &self.folder
+    /// The lake's folder on this machine (absolute, symlinks resolved) when the lake is local:
+    /// exports and other ordinary files must stay out of it. `None` for an object-store lake.
+    pub fn local_folder(&self) -> Option<&std::path::Path> {
+        self.folder.as_deref()
     }
 
     /// A human-readable name of the lake root, for messages.
@@ -272,6 +396,9 @@ impl Lake {
     /// Removes empty folders below a lake-relative prefix. Object stores have no folders; a
     /// local lake does, and deleting objects leaves them behind.
     pub fn prune_empty_folders(&self, relative: &Path) {
+        if self.folder.is_none() {
+            return;
+        }
         fn prune(dir: &std::path::Path) -> bool {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return false;
@@ -318,24 +445,82 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_schemes_are_configuration_errors() {
-        let err = Lake::open("gs://bucket/lake").unwrap_err();
-        assert!(err.to_string().contains("scheme 'gs'"), "{err}");
-        assert!(Lake::open("file://relative").is_err());
+    fn lake_uris_name_a_folder_or_an_s3_prefix() {
+        assert_eq!(
+            Location::parse("lake/").unwrap(),
+            Location::Local("lake/".into())
+        );
+        assert_eq!(
+            Location::parse("file:///srv/lake").unwrap(),
+            Location::Local("/srv/lake".into())
+        );
+        assert_eq!(
+            Location::parse("s3://bank-lake/prod/lake/").unwrap(),
+            Location::S3 {
+                bucket: "bank-lake".into(),
+                prefix: Path::from("prod/lake"),
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://bank-lake").unwrap(),
+            Location::S3 {
+                bucket: "bank-lake".into(),
+                prefix: Path::default(),
+            }
+        );
     }
 
     #[test]
-    fn opening_an_existing_lake_never_creates_one() {
+    fn unsupported_schemes_are_configuration_errors() {
+        for uri in ["gs://bucket/lake", "az://container/lake", "hdfs://nn/lake"] {
+            let err = Lake::open(uri).unwrap_err();
+            let scheme = uri.split("://").next().unwrap();
+            assert!(
+                err.to_string().contains(&format!("scheme '{scheme}'")),
+                "{err}"
+            );
+            assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
+        }
+        assert!(Lake::open("file://relative").is_err());
+        let err = Location::parse("s3:///lake").unwrap_err();
+        assert!(err.to_string().contains("no bucket"), "{err}");
+        let err = Location::parse("s3://key:secret@bucket/lake").unwrap_err();
+        assert!(err.to_string().contains("AWS_ACCESS_KEY_ID"), "{err}");
+    }
+
+    #[test]
+    fn an_s3_lake_is_addressed_by_bucket_and_prefix_and_creates_nothing() {
+        let lake = Lake::open("s3://bank-lake/prod/lake").unwrap();
+        assert_eq!(lake.display(), "s3://bank-lake/prod/lake");
+        assert_eq!(lake.local_folder(), None);
+        assert_eq!(
+            lake.folder_url(&Path::from("silver/payments")),
+            "s3://bank-lake/prod/lake/silver/payments/"
+        );
+        assert_eq!(
+            lake.relative(&Path::from("prod/lake/gold/x.parquet")),
+            Path::from("gold/x.parquet")
+        );
+    }
+
+    #[tokio::test]
+    async fn opening_an_existing_lake_never_creates_one() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("typo");
-        let err = Lake::open_existing(missing.to_str().unwrap()).unwrap_err();
+        let err = Lake::open_existing(missing.to_str().unwrap())
+            .await
+            .unwrap_err();
         assert!(matches!(err, LakeError::NoLake { .. }), "{err}");
         assert!(!missing.exists(), "a read-only open created the folder");
         let not_a_lake = dir.path().join("empty");
         std::fs::create_dir(&not_a_lake).unwrap();
-        let err = Lake::open_existing(not_a_lake.to_str().unwrap()).unwrap_err();
+        let err = Lake::open_existing(not_a_lake.to_str().unwrap())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("holds no lake"), "{err}");
         std::fs::create_dir(not_a_lake.join("bronze")).unwrap();
-        assert!(Lake::open_existing(not_a_lake.to_str().unwrap()).is_ok());
+        assert!(Lake::open_existing(not_a_lake.to_str().unwrap())
+            .await
+            .is_ok());
     }
 }
