@@ -242,7 +242,7 @@ fn sql_kind(statement: &SqlStatement) -> String {
 /// lake schema stay refused.
 pub fn session_write_statements(
     sql: &str,
-    lake_folder: &Path,
+    lake_folder: Option<&Path>,
 ) -> Result<Vec<DFStatement>, JobError> {
     let statements: VecDeque<DFStatement> =
         DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
@@ -262,7 +262,10 @@ pub fn session_write_statements(
     Ok(statements.into())
 }
 
-fn session_write_allowed(statement: &DFStatement, lake_folder: &Path) -> Result<(), String> {
+fn session_write_allowed(
+    statement: &DFStatement,
+    lake_folder: Option<&Path>,
+) -> Result<(), String> {
     match statement {
         DFStatement::Statement(statement) => match statement.visit(&mut SessionWritesOnly) {
             ControlFlow::Break(what) => Err(what),
@@ -303,8 +306,9 @@ fn outside_lake_schemas(kind: &str, names: &[ObjectName]) -> Result<(), String> 
     Ok(())
 }
 
-/// `COPY … TO` writes only local files outside the lake's folder.
-fn copy_target_outside(target: &str, lake_folder: &Path) -> Result<(), String> {
+/// `COPY … TO` writes only local files, outside the lake's folder when the lake is local (a
+/// lake in an object store cannot be reached by a local path).
+fn copy_target_outside(target: &str, lake_folder: Option<&Path>) -> Result<(), String> {
     let refuse = |reason: &str| Err(format!("COPY TO '{target}': {reason}"));
     let local = match target.strip_prefix("file://") {
         Some(rest) => rest,
@@ -341,7 +345,7 @@ fn copy_target_outside(target: &str, lake_folder: &Path) -> Result<(), String> {
             },
         }
     };
-    if resolved.starts_with(lake_folder) {
+    if let Some(lake_folder) = lake_folder.filter(|folder| resolved.starts_with(folder)) {
         return refuse(&format!(
             "it is inside the lake {} (the lake is written only by paylake's steps)",
             lake_folder.display()
@@ -434,7 +438,8 @@ pub struct Shell {
     ctx: SessionContext,
     engine: Engine,
     options: ShellOptions,
-    lake_folder: PathBuf,
+    /// The lake's local folder; `None` for a lake in an object store.
+    lake_folder: Option<PathBuf>,
 }
 
 impl Shell {
@@ -452,7 +457,7 @@ impl Shell {
             ctx,
             engine,
             options,
-            lake_folder: lake.local_folder().to_path_buf(),
+            lake_folder: lake.local_folder().map(Path::to_path_buf),
         })
     }
 
@@ -463,7 +468,7 @@ impl Shell {
     /// Parses `sql` into statements, each checked against what this session may do.
     pub fn statements(&self, sql: &str) -> Result<Vec<DFStatement>, JobError> {
         if self.options.allow_writes {
-            session_write_statements(sql, &self.lake_folder)
+            session_write_statements(sql, self.lake_folder.as_deref())
         } else {
             read_only_statements(sql)
         }
