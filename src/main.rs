@@ -260,16 +260,8 @@ enum Command {
         /// The interactive shell's history (default: ~/.paylake_history).
         #[arg(long, env = "PAYLAKE_HISTORY_FILE")]
         history_file: Option<PathBuf>,
-        /// Stop a statement after this long (e.g. 30s, 5m, 1h; 0 = no timeout): exit 1.
-        #[arg(long, default_value = "5m", value_parser = parse_timeout)]
-        timeout: Timeout,
-        /// Memory the query may hold (e.g. 1GiB, 512MiB, or unlimited); sorts and
-        /// aggregations spill beyond it, a query that still cannot fit exits 1.
-        #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
-        memory_limit: MemoryLimit,
-        /// Folder for spill files (default: the system temp folder).
-        #[arg(long, env = "PAYLAKE_SPILL_DIR")]
-        spill_dir: Option<PathBuf>,
+        #[command(flatten)]
+        limits: QueryLimits,
     },
     /// Serve the lake over Arrow Flight SQL (read-only, like `paylake sql`) for notebooks
     /// (ADBC, e.g. Python's adbc-driver-flightsql) and BI tools (the Arrow Flight SQL JDBC or
@@ -284,16 +276,8 @@ enum Command {
         /// variable: command lines are visible to other users).
         #[arg(long, env = "PAYLAKE_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Stop a query after this long (e.g. 30s, 5m; 0 = no timeout).
-        #[arg(long, default_value = "5m", value_parser = parse_timeout)]
-        timeout: Timeout,
-        /// Memory each query may hold (e.g. 1GiB, or unlimited); beyond it, sorts and
-        /// aggregations spill, and a query that still cannot fit fails.
-        #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
-        memory_limit: MemoryLimit,
-        /// Folder for spill files (default: the system temp folder).
-        #[arg(long, env = "PAYLAKE_SPILL_DIR")]
-        spill_dir: Option<PathBuf>,
+        #[command(flatten)]
+        limits: QueryLimits,
     },
     /// The versions of a table: time, operation, run, as-of, rows, audit verdict.
     #[command(after_help = HISTORY_EXAMPLE)]
@@ -423,6 +407,32 @@ impl From<ExportFormatArg> for paylake_jobs::ExportFormat {
         match format {
             ExportFormatArg::Csv => Self::Csv,
             ExportFormatArg::Parquet => Self::Parquet,
+        }
+    }
+}
+
+/// What one ad-hoc query may take, in `paylake sql` and `paylake serve`.
+#[derive(clap::Args, Debug)]
+pub struct QueryLimits {
+    /// Stop a statement after this long (e.g. 30s, 5m, 1h; 0 = no timeout): exit 1, or the
+    /// call fails.
+    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+    timeout: Timeout,
+    /// Memory a query may hold (e.g. 1GiB, 512MiB, or unlimited); sorts and aggregations spill
+    /// beyond it, and a query that still cannot fit fails.
+    #[arg(long, env = "PAYLAKE_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_memory_limit)]
+    memory_limit: MemoryLimit,
+    /// Folder for spill files (default: the system temp folder).
+    #[arg(long, env = "PAYLAKE_SPILL_DIR")]
+    spill_dir: Option<PathBuf>,
+}
+
+impl QueryLimits {
+    fn engine(&self) -> paylake_jobs::EngineSettings {
+        paylake_jobs::EngineSettings {
+            memory_limit: self.memory_limit.0,
+            spill_dir: self.spill_dir.clone(),
+            ..paylake_jobs::EngineSettings::default()
         }
     }
 }
@@ -781,9 +791,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             max_rows,
             allow_writes,
             history_file,
-            timeout,
-            memory_limit,
-            spill_dir,
+            limits,
         } => {
             let args = sql::SqlArgs {
                 query,
@@ -793,14 +801,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 max_rows,
                 history_file,
                 options: paylake_jobs::shell::ShellOptions {
-                    timeout: timeout.0,
+                    timeout: limits.timeout.0,
                     allow_writes,
                 },
-                engine: paylake_jobs::EngineSettings {
-                    memory_limit: memory_limit.0,
-                    spill_dir,
-                    ..paylake_jobs::EngineSettings::default()
-                },
+                engine: limits.engine(),
             };
             sql::sql(&lake, args, json)
                 .await
@@ -809,19 +813,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Serve {
             bind,
             token,
-            timeout,
-            memory_limit,
-            spill_dir,
+            limits,
         } => {
             let options = paylake_serve::ServeOptions {
                 bind,
                 token,
-                engine: paylake_jobs::EngineSettings {
-                    memory_limit: memory_limit.0,
-                    spill_dir,
-                    ..paylake_jobs::EngineSettings::default()
-                },
-                timeout: timeout.0,
+                engine: limits.engine(),
+                timeout: limits.timeout.0,
             };
             serve(lake.clone(), options)
                 .await

@@ -96,14 +96,19 @@ pub fn format_timeout(timeout: Duration) -> String {
     format!("{millis}ms")
 }
 
-/// Parses `sql` into its statements and refuses the text unless every one is a query.
-pub fn read_only_statements(sql: &str) -> Result<Vec<DFStatement>, JobError> {
-    let statements: VecDeque<DFStatement> =
-        DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-            .map_err(|e| JobError::Query(e.to_string()))?;
+/// The statements of `sql`, at least one.
+fn parse_statements(sql: &str) -> Result<VecDeque<DFStatement>, JobError> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|e| JobError::Query(e.to_string()))?;
     if statements.is_empty() {
         return Err(JobError::Query("no statement to run".into()));
     }
+    Ok(statements)
+}
+
+/// Parses `sql` into its statements and refuses the text unless every one is a query.
+pub fn read_only_statements(sql: &str) -> Result<Vec<DFStatement>, JobError> {
+    let statements = parse_statements(sql)?;
     for (index, statement) in statements.iter().enumerate() {
         if let Some(kind) = refused_kind(statement) {
             return Err(JobError::ReadOnly {
@@ -244,12 +249,7 @@ pub fn session_write_statements(
     sql: &str,
     lake_folder: Option<&Path>,
 ) -> Result<Vec<DFStatement>, JobError> {
-    let statements: VecDeque<DFStatement> =
-        DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-            .map_err(|e| JobError::Query(e.to_string()))?;
-    if statements.is_empty() {
-        return Err(JobError::Query("no statement to run".into()));
-    }
+    let statements = parse_statements(sql)?;
     for (index, statement) in statements.iter().enumerate() {
         if let Err(what) = session_write_allowed(statement, lake_folder) {
             return Err(JobError::WriteRefused {

@@ -208,7 +208,14 @@ pub fn delta_schema(schema: &Schema) -> SchemaRef {
 
 /// Casts a batch to the Delta schema of its table.
 pub fn to_delta_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let arrow = |e: datafusion::arrow::error::ArrowError| LakeError::Arrow(e.to_string());
+    cast_batch(batch, schema).map_err(|e| LakeError::Arrow(e.to_string()))
+}
+
+/// Casts each column of a batch whose type differs from `schema`'s (same columns, in order).
+pub fn cast_batch(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, datafusion::arrow::error::ArrowError> {
     let columns = batch
         .columns()
         .iter()
@@ -217,11 +224,11 @@ pub fn to_delta_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordB
             if column.data_type() == field.data_type() {
                 Ok(Arc::clone(column))
             } else {
-                cast(column, field.data_type()).map_err(arrow)
+                cast(column, field.data_type())
             }
         })
-        .collect::<Result<Vec<_>>>()?;
-    RecordBatch::try_new(Arc::clone(schema), columns).map_err(arrow)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// Parquet as every lake table writes it: zstd-compressed.

@@ -33,7 +33,6 @@ use arrow_flight::{
     IpcMessage, SchemaAsIpc, Ticket,
 };
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::common::TableReference;
@@ -243,7 +242,7 @@ impl LakeFlightService {
             // Keeps the session (its engine and spill folder) until the last batch.
             let _session = &shell;
             let batch = batch.map_err(|e| FlightError::Tonic(Box::new(engine_status(e))))?;
-            to_wire(&batch, &target).map_err(FlightError::Arrow)
+            paylake_lake::delta::cast_batch(&batch, &target).map_err(FlightError::Arrow)
         });
         Ok(encoded(schema, batches))
     }
@@ -319,25 +318,6 @@ fn wire_type(data_type: &DataType) -> DataType {
         )),
         other => other.clone(),
     }
-}
-
-fn to_wire(
-    batch: &RecordBatch,
-    schema: &SchemaRef,
-) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(Arc::clone(column))
-            } else {
-                cast(column, field.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// A shell error as a gRPC status: the client's mistakes are `invalid_argument`.
