@@ -10,7 +10,7 @@ VENV ?= $(HOME)/.cache/paylake/venv
 PYTHON_READERS := deltalake polars "duckdb==1.5.5" duckdb-extension-delta pyarrow pytest
 
 .PHONY: all build bronze silver gold test lint clean export bench bench-incremental promtool interop-test venv fuzz chaos \
-	airflow-test flight-test flight-venv repl-test serve s3-test
+	airflow-test flight-test flight-venv repl-test serve s3-test cluster-test
 
 # The make targets always exit 0 when there is nothing new, whatever the caller's environment.
 unexport PAYLAKE_NOTHING_NEW_EXIT_CODE
@@ -49,6 +49,7 @@ test: promtool
 	$(MAKE) flight-test
 	$(MAKE) airflow-test
 	$(MAKE) s3-test
+	$(MAKE) cluster-test
 	$(MAKE) chaos
 
 # Python readers of the lake (deltalake, Polars, DuckDB 1.5.5 with its offline delta extension).
@@ -96,7 +97,13 @@ airflow-test: build
 # and re-run (about 25 s on 2 cores). tests/s3/run.sh creates its own venv once
 # ($(HOME)/.cache/paylake/s3-venv/<pinned versions>: moto[server], pytest).
 s3-test: build
-	PAYLAKE_BIN=$(BIN) tests/s3/run.sh
+	PAYLAKE_BIN=$(BIN) tests/s3/run.sh tests/s3/test_s3.py
+
+# Silver and Gold on a Ballista cluster on loopback (`paylake cluster scheduler` and two
+# executors as processes), the lake on moto's S3: the sample and CLUSTER_TEST_PAYMENTS generated
+# payments (default 200,000), every table compared with the local engine's.
+cluster-test: build
+	PAYLAKE_BIN=$(BIN) CLUSTER_TEST_PAYMENTS=$(CLUSTER_TEST_PAYMENTS) tests/s3/run.sh tests/s3/test_cluster.py
 
 # The adversarial suite (issue 13, tests/adversarial/README.md): the bad-file corpus, kill -9 at
 # 24 points with a re-run compared to a clean run, two writers at once, a full disk (tmpfs, as
@@ -111,6 +118,7 @@ chaos: build venv
 # Property tests of the Bronze readers (random bytes, quotes, BOMs, CRLF, blank lines, long
 # lines) with many more cases than the 256 each gets in `make test`.
 FUZZ_CASES ?= 20000
+CLUSTER_TEST_PAYMENTS ?= 200000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --workspace -- fuzz_
 

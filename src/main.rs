@@ -1,5 +1,6 @@
 //! `paylake`: the command line of the payment lakehouse.
 
+mod cluster;
 mod inspect;
 mod sql;
 mod steps;
@@ -95,6 +96,13 @@ Examples:
   Python:  adbc_driver_flightsql.dbapi.connect(\"grpc://127.0.0.1:50051\",
              db_kwargs={\"adbc.flight.sql.authorization_header\": \"Bearer s3cret\"})
   JDBC:    jdbc:arrow-flight-sql://127.0.0.1:50051?useEncryption=false&token=s3cret";
+
+const CLUSTER_EXAMPLE: &str = "\
+Examples (one scheduler, two executors, the lake on S3 that every node can read):
+  paylake cluster scheduler --bind 0.0.0.0:50050 --external-host sched.internal
+  paylake cluster executor --scheduler sched.internal:50050 --bind-host 0.0.0.0 \\
+      --external-host worker1.internal --work-dir /mnt/scratch
+  paylake --lake s3://bank-lake/paylake silver --engine ballista://sched.internal:50050";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -279,6 +287,10 @@ enum Command {
         #[command(flatten)]
         limits: QueryLimits,
     },
+    /// Run a node of a Ballista cluster: `silver`/`gold --engine ballista://HOST:PORT` plan
+    /// their models on it.
+    #[command(subcommand, after_help = CLUSTER_EXAMPLE)]
+    Cluster(cluster::ClusterCommand),
     /// The versions of a table: time, operation, run, as-of, rows, audit verdict.
     #[command(after_help = HISTORY_EXAMPLE)]
     History {
@@ -463,6 +475,10 @@ pub struct JobArgs {
     /// default a run rebuilds only the keys whose inputs changed since the last run).
     #[arg(long)]
     full_refresh: bool,
+    /// Where the models run: `local` (this process) or `ballista://HOST:PORT`, a Ballista
+    /// scheduler whose executors see the lake at the same URL (S3, or one shared folder).
+    #[arg(long, env = "PAYLAKE_ENGINE", default_value = "local", value_name = "local|ballista://HOST:PORT")]
+    engine: paylake_cluster::QueryEngine,
 }
 
 impl JobArgs {
@@ -476,6 +492,7 @@ impl JobArgs {
             profile: false,
             explain: None,
             full_refresh: false,
+            engine: paylake_cluster::QueryEngine::Local,
         }
     }
 }
@@ -578,7 +595,8 @@ pub fn job_failure(error: JobError) -> Failure {
         | JobError::NoSuchTable { .. }
         | JobError::Quality(QualityError::Expectations { .. })
         | JobError::Lake(paylake_lake::LakeError::NoSuchTable { .. })
-        | JobError::Lake(paylake_lake::LakeError::NoLake { .. }) => 2,
+        | JobError::Lake(paylake_lake::LakeError::NoLake { .. })
+        | JobError::Cluster(paylake_cluster::ClusterError::Unsupported { .. }) => 2,
         JobError::GateClosed { .. } => EXIT_GATE_FAILED,
         _ => 1,
     };
@@ -670,6 +688,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let metrics_file = cli.command.metrics_file().map(std::path::Path::to_path_buf);
     if let Some(path) = &metrics_file {
         check_metrics_path(path)?;
+    }
+    if let Command::Cluster(node) = cli.command {
+        return cluster::run(node).await.map(|()| ExitCode::SUCCESS);
     }
     let Some(uri) = cli.lake.as_deref() else {
         return Err(usage(anyhow::anyhow!(

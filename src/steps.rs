@@ -209,6 +209,7 @@ fn run_options(job: &JobArgs, now: DateTime<Utc>) -> RunOptions {
             memory_limit: job.memory_limit.0,
             spill_dir: job.spill_dir.clone(),
             target_partitions: None,
+            query_engine: job.engine.clone(),
         },
         full_refresh: job.full_refresh,
         ..RunOptions::new(run_id(now), now)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make s3-test`: the pipeline with its landing and its lake on S3, against moto's S3 server on
-# loopback. Creates (once) a venv with pinned moto[server] and pytest under
+# `make s3-test` and `make cluster-test`: the pipeline with its landing and its lake on S3 (and,
+# for the cluster test, Silver and Gold on a Ballista scheduler and two executors), against
+# moto's S3 server on loopback. Creates (once) a venv with pinned moto[server] and pytest under
 # $HOME/.cache/paylake/s3-venv/<versions>, starts `moto_server` on 127.0.0.1 and a free port,
 # runs tests/s3 against it, and stops the server whatever happens.
 # Needs PAYLAKE_BIN (the Makefile passes the release binary).
@@ -51,4 +52,5 @@ export AWS_ALLOW_HTTP=true
 export AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=paylake-test
 export AWS_SECRET_ACCESS_KEY=paylake-test-secret-never-printed
-"$venv/bin/python" -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed tests/s3 "$@"
+# The tests to run (default: all of tests/s3), with any pytest options.
+"$venv/bin/python" -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed "${@:-tests/s3}"

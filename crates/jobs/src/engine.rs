@@ -15,6 +15,8 @@ use datafusion::execution::memory_pool::{
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
+use paylake_cluster::QueryEngine;
+use paylake_lake::{Lake, TableScans};
 use serde::Serialize;
 
 use crate::JobError;
@@ -32,6 +34,8 @@ pub struct EngineSettings {
     pub spill_dir: Option<PathBuf>,
     /// Parallel partitions per query (default: the number of cores).
     pub target_partitions: Option<usize>,
+    /// Where the SQL runs: in this process, or on a Ballista cluster (`--engine`).
+    pub query_engine: QueryEngine,
 }
 
 impl Default for EngineSettings {
@@ -40,6 +44,18 @@ impl Default for EngineSettings {
             memory_limit: Some(DEFAULT_MEMORY_LIMIT),
             spill_dir: None,
             target_partitions: None,
+            query_engine: QueryEngine::Local,
+        }
+    }
+}
+
+impl EngineSettings {
+    /// The lake as this engine must read it: a cluster gets plain Parquet scans of each
+    /// table version's files (its executors cannot run Delta's provider).
+    pub fn lake_for_engine(&self, lake: &Lake) -> Lake {
+        match self.query_engine {
+            QueryEngine::Local => lake.clone(),
+            QueryEngine::Ballista { .. } => lake.clone().with_table_scans(TableScans::ParquetFiles),
         }
     }
 }

@@ -114,6 +114,8 @@ pub enum JobError {
     #[error(transparent)]
     Lake(#[from] paylake_lake::LakeError),
     #[error(transparent)]
+    Cluster(#[from] paylake_cluster::ClusterError),
+    #[error(transparent)]
     Bronze(#[from] paylake_bronze::BronzeError),
     #[error(transparent)]
     Contract(#[from] paylake_contracts::ContractError),

@@ -21,7 +21,8 @@ use crate::engine::{ModelProfile, ProfiledWork};
 use crate::incremental::{self, BuildMode, BuildPlan, BuildSummary, FullReason, Watermark};
 use crate::models::load_models;
 use crate::runner::{
-    build_layer, commit_layer, discard_all, explain_model, BuiltLayer, RunOptions,
+    build_layer, commit_layer, discard_all, explain_model, remove_cluster_scratch, BuiltLayer,
+    RunOptions,
 };
 use crate::{JobError, PublishedTable, SourceOutcome};
 
@@ -277,6 +278,27 @@ pub async fn run_silver(
     options: &RunOptions,
     expectations_dir: Option<&Path>,
 ) -> Result<StepReport, JobError> {
+    removing_cluster_scratch(lake, options, silver_step(lake, options, expectations_dir)).await
+}
+
+/// Runs `step`, then removes what it wrote to the lake's scratch on a cluster.
+async fn removing_cluster_scratch<T>(
+    lake: &Lake,
+    options: &RunOptions,
+    step: impl std::future::Future<Output = Result<T, JobError>>,
+) -> Result<T, JobError> {
+    let result = step.await;
+    if !options.engine.query_engine.is_local() {
+        remove_cluster_scratch(lake, &options.run_id).await;
+    }
+    result
+}
+
+async fn silver_step(
+    lake: &Lake,
+    options: &RunOptions,
+    expectations_dir: Option<&Path>,
+) -> Result<StepReport, JobError> {
     // Unreadable expectations are a configuration error: find out before building anything.
     let suites = load_suites(Layer::Silver.name(), expectations_dir)?;
     let bronze = incremental::bronze_versions(lake).await?;
@@ -354,6 +376,14 @@ pub async fn run_gold(
     options: &RunOptions,
     expectations_dir: Option<&Path>,
 ) -> Result<StepReport, JobError> {
+    removing_cluster_scratch(lake, options, gold_step(lake, options, expectations_dir)).await
+}
+
+async fn gold_step(
+    lake: &Lake,
+    options: &RunOptions,
+    expectations_dir: Option<&Path>,
+) -> Result<StepReport, JobError> {
     let suites = load_suites(Layer::Gold.name(), expectations_dir)?;
     let silver = audited_silver(lake).await?;
     let read_versions: BTreeMap<String, u64> =
@@ -406,5 +436,10 @@ pub async fn explain(
         Layer::Gold => audited_silver(lake).await?,
         _ => HashMap::new(),
     };
-    explain_model(lake, layer, options, &pinned, model).await
+    removing_cluster_scratch(
+        lake,
+        options,
+        explain_model(lake, layer, options, &pinned, model),
+    )
+    .await
 }

@@ -12,7 +12,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
 use datafusion::common::{ScalarValue, TableReference};
-use datafusion::execution::TaskContext;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionContext};
 use paylake_lake::delta::{self, Replaces, StagedVersion};
@@ -107,8 +108,12 @@ pub async fn new_session(
     pinned: &HashMap<TableName, u64>,
     engine: &Engine,
 ) -> Result<SessionContext, JobError> {
-    let ctx =
-        SessionContext::new_with_config_rt(engine.session_config(), Arc::clone(&engine.runtime));
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(engine.session_config())
+        .with_runtime_env(Arc::clone(&engine.runtime))
+        .build();
+    let ctx = paylake_cluster::remote_session(&engine.settings.query_engine, state).await?;
     register_catalog(&ctx, lake, pinned).await?;
     Ok(ctx)
 }
@@ -166,10 +171,28 @@ pub fn register_params(ctx: &SessionContext, options: &RunOptions) -> Result<(),
             Arc::new(StringArray::from(vec![options.run_id.as_str()])),
         ],
     )?;
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
+    let table: Arc<dyn TableProvider> = if options.engine.query_engine.is_local() {
+        Arc::new(datafusion::datasource::MemTable::try_new(
+            schema,
+            vec![vec![batch]],
+        )?)
+    } else {
+        // A cluster cannot be sent an in-memory table: the same row as literals.
+        let values = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(field, column)| {
+                Ok(lit(ScalarValue::try_from_array(column, 0)?).alias(field.name()))
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let row = LogicalPlanBuilder::empty(true).project(values)?.build()?;
+        paylake_lake::files_scan::view(row)
+    };
     let reference = TableReference::partial(PARAMS_SCHEMA, "run");
     ctx.deregister_table(reference.clone())?;
-    ctx.register_table(reference, Arc::new(table))?;
+    ctx.register_table(reference, table)?;
     Ok(())
 }
 
@@ -240,6 +263,7 @@ pub async fn build_layer(
     pinned: &HashMap<TableName, u64>,
     plan: &BuildPlan,
 ) -> Result<BuiltLayer, JobError> {
+    let lake = &options.engine.lake_for_engine(lake);
     let mut built = start_layer(lake, layer, options, pinned).await?;
     if let BuildPlan::Incremental(changes) = plan {
         if layer == Layer::Silver {
@@ -303,6 +327,7 @@ pub async fn explain_model(
     pinned: &HashMap<TableName, u64>,
     model: &str,
 ) -> Result<String, JobError> {
+    let lake = &options.engine.lake_for_engine(lake);
     let mut built = start_layer(lake, layer, options, pinned).await?;
     let models = std::mem::take(&mut built.models);
     let name = model
@@ -367,10 +392,12 @@ async fn plan_model(
         }
     }
     let planned = ctx.sql(sql).await;
-    let mut state = state.write();
-    for (key, before) in previous {
-        if let Some(value) = before {
-            state.config_mut().options_mut().set(&key, &value)?;
+    {
+        let mut state = state.write();
+        for (key, before) in previous {
+            if let Some(value) = before {
+                state.config_mut().options_mut().set(&key, &value)?;
+            }
         }
     }
     planned
@@ -437,6 +464,10 @@ async fn stage_models(
         let started = std::time::Instant::now();
         let failed = |source| engine_error(model, &options.engine, source);
         let frame = plan_model(ctx, model, &model.sql).await.map_err(failed)?;
+        if !options.engine.query_engine.is_local() {
+            let plan = frame.clone().into_optimized_plan().map_err(failed)?;
+            paylake_cluster::check_plan(&model.qualified(), &plan)?;
+        }
         if model.materialization == Materialization::View {
             register(ctx, layer, &model.name, frame.into_view())?;
             continue;
@@ -461,11 +492,23 @@ async fn stage_models(
         let plan = frame.create_physical_plan().await.map_err(failed)?;
         let rows_out = match model.materialization {
             Materialization::Temporary => {
-                let dir = built.engine.temporary_model_dir(&model.qualified());
-                let rows = write_temporary(Arc::clone(&plan), task, &dir)
-                    .await
-                    .map_err(failed)?;
-                let location = format!("{}/", dir.display());
+                let (rows, location) = if options.engine.query_engine.is_local() {
+                    let dir = built.engine.temporary_model_dir(&model.qualified());
+                    let rows = write_temporary(Arc::clone(&plan), task, &dir)
+                        .await
+                        .map_err(failed)?;
+                    (rows, format!("{}/", dir.display()))
+                } else {
+                    // Executors read it next: it goes where all of them can see it.
+                    let dir = layout::cluster_model(&options.run_id, &model.qualified());
+                    let rows = write_temporary_to_lake(Arc::clone(&plan), task, lake, &dir)
+                        .await
+                        .map_err(|e| match e {
+                            paylake_lake::LakeError::Engine { source, .. } => failed(source),
+                            other => JobError::Lake(other),
+                        })?;
+                    (rows, lake.folder_url(&dir))
+                };
                 let table = ctx
                     .read_parquet(location, ParquetReadOptions::default())
                     .await
@@ -583,6 +626,50 @@ async fn write_temporary(
         })??;
     }
     Ok(rows)
+}
+
+/// A temporary model of a cluster run, written into the lake's scratch for this run (one
+/// Parquet object per output partition) so that every executor can read it.
+async fn write_temporary_to_lake(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    lake: &Lake,
+    dir: &object_store::path::Path,
+) -> paylake_lake::Result<u64> {
+    use futures::StreamExt;
+    let engine = |source| paylake_lake::LakeError::Engine {
+        doing: format!("writing {dir}"),
+        source,
+    };
+    let schema = plan.schema();
+    let streams =
+        datafusion::physical_plan::execute_stream_partitioned(plan, task).map_err(engine)?;
+    let mut rows = 0u64;
+    for (index, mut stream) in streams.into_iter().enumerate() {
+        let path = dir.clone().join(format!("part-{index:04}.parquet"));
+        let mut sink = paylake_lake::sink::ParquetObjectSink::create(lake, &path, Arc::clone(&schema))?;
+        while let Some(batch) = stream.next().await {
+            sink.write(&batch.map_err(engine)?).await?;
+        }
+        rows += sink.finish().await?.0;
+    }
+    Ok(rows)
+}
+
+/// Removes what a cluster run wrote to the lake's scratch (best effort: a leftover folder
+/// holds nothing any table names).
+pub async fn remove_cluster_scratch(lake: &Lake, run_id: &str) {
+    let scratch = layout::cluster_scratch(run_id);
+    let removed = async {
+        for object in lake.list(&scratch).await? {
+            lake.delete(&lake.relative(&object.location)).await?;
+        }
+        lake.prune_empty_folders(&scratch);
+        Ok::<_, paylake_lake::LakeError>(())
+    };
+    if let Err(e) = removed.await {
+        tracing::warn!("could not remove the run's scratch {scratch} from the lake: {e}");
+    }
 }
 
 /// Commits every staged version of a layer, each with the run's facts; returns what was

@@ -318,7 +318,7 @@ impl TableFunctionImpl for TableVersion {
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async move {
                 let delta = delta::open_version(&lake, &table, version).await?;
-                delta::provider_of(&table, &delta).await
+                delta::provider_of(&lake, &table, &delta).await
             })
         })
         .map_err(to_datafusion)

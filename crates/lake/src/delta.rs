@@ -26,7 +26,8 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::datasource::MemTable;
+use datafusion::datasource::{provider_as_source, MemTable};
+use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::execution::TaskContext;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -48,8 +49,9 @@ use object_store::path::Path;
 use serde::Serialize;
 use url::Url;
 
+use crate::files_scan::{self, VersionFiles};
 use crate::layout::{self, TableName};
-use crate::{Lake, LakeError, Result};
+use crate::{Lake, LakeError, Result, TableScans};
 
 /// Commit-info keys paylake writes into every commit it makes (beside Delta's own).
 pub const INFO_RUN_ID: &str = "paylake.run_id";
@@ -312,12 +314,20 @@ pub async fn provider(
             None => return Ok(None),
         },
     };
-    provider_of(table, &delta).await.map(Some)
+    provider_of(lake, table, &delta).await.map(Some)
 }
 
 /// The provider of an opened table version: read-only (an `INSERT` planned on it is refused;
-/// Delta's own provider would append).
-pub async fn provider_of(table: &TableName, delta: &DeltaTable) -> Result<Arc<dyn TableProvider>> {
+/// Delta's own provider would append). A lake that hands out files scans gives a view over the
+/// version's Parquet files instead.
+pub async fn provider_of(
+    lake: &Lake,
+    table: &TableName,
+    delta: &DeltaTable,
+) -> Result<Arc<dyn TableProvider>> {
+    if lake.table_scans() == TableScans::ParquetFiles {
+        return files_scan::provider(lake, table, &VersionFiles::of(table, delta)?, None);
+    }
     let provider = delta
         .table_provider()
         .await
@@ -532,7 +542,16 @@ pub fn staged_provider(lake: &Lake, staged: &StagedVersion) -> Result<Arc<dyn Ta
         doing: format!("auditing {}", staged.table),
         source,
     };
+    let portable = lake.table_scans() == TableScans::ParquetFiles;
     if staged.adds.is_empty() {
+        if portable {
+            let nothing = VersionFiles {
+                schema: Arc::clone(&staged.schema),
+                partition_by: staged.partition_by.clone(),
+                files: vec![],
+            };
+            return files_scan::provider(lake, &staged.table, &nothing, None);
+        }
         let empty = MemTable::try_new(Arc::clone(&staged.schema), vec![vec![]]).map_err(engine)?;
         return Ok(Arc::new(empty));
     }
@@ -565,8 +584,16 @@ pub fn staged_provider(lake: &Lake, staged: &StagedVersion) -> Result<Arc<dyn Ta
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(Arc::new(Schema::new(file_fields)));
-    let provider = ListingTable::try_new(config).map_err(engine)?;
-    Ok(Arc::new(provider))
+    let provider: Arc<dyn TableProvider> =
+        Arc::new(ListingTable::try_new(config).map_err(engine)?);
+    if portable {
+        // A view, so that the plan holds the listing scan itself (which serializes).
+        let scan = LogicalPlanBuilder::scan(staged.table.to_string(), provider_as_source(provider), None)
+            .and_then(LogicalPlanBuilder::build)
+            .map_err(engine)?;
+        return Ok(files_scan::view(scan));
+    }
+    Ok(provider)
 }
 
 /// Makes a staged version the table's current one: one commit that removes every file of the
@@ -995,6 +1022,13 @@ pub async fn files_provider(
     file_column: Option<&str>,
 ) -> Result<Arc<dyn TableProvider>> {
     let delta = open_version(lake, table, version).await?;
+    if lake.table_scans() == TableScans::ParquetFiles {
+        let mut files = VersionFiles::of(table, &delta)?;
+        if let Some(paths) = paths {
+            files = files.only(&paths);
+        }
+        return files_scan::provider(lake, table, &files, file_column);
+    }
     let mut builder = delta.table_provider();
     if let Some(paths) = paths {
         builder = builder.with_file_paths(paths);

@@ -12,6 +12,8 @@
 //! quality/reports/<run>.html, latest.html           data-quality reports
 //! _monitoring/<step>.json                           what each step's last run did
 //! _locks/writer.json                                the lake's writer lease
+//! _scratch/<run>/models/<layer>.<model>/            a cluster run's temporary models
+//! <layer>/<table>/_paylake_no_files/                never written: an empty scan's folder
 //! ```
 //! Bronze objects are named by content hash and batch, and added to their table with the hash
 //! as the Delta transaction id, so the same content lands once.
@@ -146,6 +148,23 @@ pub fn pull_state(source: &str) -> Path {
     Path::from_iter(["_pull"]).join(format!("{source}.json"))
 }
 
+/// Where a run on a cluster writes its temporary models, so that every executor reads them;
+/// removed when the run ends.
+pub fn cluster_scratch(run_id: &str) -> Path {
+    Path::from_iter(["_scratch", run_id])
+}
+
+/// The folder of one temporary model in a cluster run's scratch.
+pub fn cluster_model(run_id: &str, qualified_model: &str) -> Path {
+    cluster_scratch(run_id).join("models").join(qualified_model)
+}
+
+/// A folder under a table that never holds files: a scan of it is an empty table that keeps
+/// its schema when a plan is sent to a cluster.
+pub fn no_files_folder(table: &TableName) -> Path {
+    table_root(table).join("_paylake_no_files")
+}
+
 /// The lease a writing step holds on the lake.
 pub fn writer_lease() -> Path {
     Path::from_iter(["_locks", "writer.json"])
@@ -184,6 +203,14 @@ mod tests {
             "quality/gates/silver.json"
         );
         assert_eq!(writer_lease().as_ref(), "_locks/writer.json");
+        assert_eq!(
+            cluster_model("r1", "silver.stg_payments").as_ref(),
+            "_scratch/r1/models/silver.stg_payments"
+        );
+        assert_eq!(
+            no_files_folder(&TableName::new(Layer::Silver, "t")).as_ref(),
+            "silver/t/_paylake_no_files"
+        );
         assert_eq!(
             pull_state("fraud_labels").as_ref(),
             "_pull/fraud_labels.json"

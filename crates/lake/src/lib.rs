@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod delta;
+pub mod files_scan;
 pub mod layout;
 pub mod lease;
 pub mod sink;
@@ -82,6 +83,19 @@ pub struct Lake {
     display: String,
     /// The lake's folder when it is on this machine; `None` for an object-store lake.
     folder: Option<std::path::PathBuf>,
+    /// How tables are handed to query engines.
+    scans: TableScans,
+}
+
+/// How the lake hands a table version to a query engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TableScans {
+    /// Delta Lake's own DataFusion provider (statistics, partition pruning).
+    #[default]
+    Delta,
+    /// The version's data files as plain Parquet listing scans: a plan that serializes, so a
+    /// Ballista cluster can run it (executors need no Delta code, only the object store).
+    ParquetFiles,
 }
 
 /// Where a lake or landing URI points.
@@ -249,6 +263,7 @@ impl Lake {
             display: s3_display(bucket, &prefix),
             root: prefix,
             folder: None,
+            scans: TableScans::Delta,
         })
     }
 
@@ -269,6 +284,7 @@ impl Lake {
             root,
             display: absolute.display().to_string(),
             folder: Some(absolute),
+            scans: TableScans::Delta,
         })
     }
 
@@ -282,7 +298,23 @@ impl Lake {
             root: Path::from(root),
             display: format!("{store_url}/{root}"),
             folder: None,
+            scans: TableScans::Delta,
         }
+    }
+
+    /// The same lake, handing its tables to engines as `scans`.
+    pub fn with_table_scans(mut self, scans: TableScans) -> Self {
+        self.scans = scans;
+        self
+    }
+
+    pub fn table_scans(&self) -> TableScans {
+        self.scans
+    }
+
+    /// The URL of a lake-relative object, as query engines address it.
+    pub fn object_url(&self, relative: &Path) -> String {
+        format!("{}{}", self.store_url.as_str(), self.path(relative))
     }
 
     pub fn store(&self) -> Arc<dyn ObjectStore> {

@@ -1,0 +1,87 @@
+//! The client side: a session whose queries run on the cluster, and the check every model's
+//! plan passes before it is sent.
+
+use std::time::Duration;
+
+use ballista::prelude::SessionContextExt;
+use ballista_core::serde::BallistaLogicalExtensionCodec;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::NullTreatment;
+
+use crate::{ClusterError, QueryEngine};
+
+/// A session whose queries are planned into stages by the scheduler of `engine` and run on its
+/// executors; `state` carries the settings, catalog and object stores of the run. Fails fast,
+/// naming the scheduler, when nothing answers at its address.
+pub async fn remote_session(
+    engine: &QueryEngine,
+    state: SessionState,
+) -> Result<SessionContext, ClusterError> {
+    let QueryEngine::Ballista { host, port } = engine else {
+        return Ok(SessionContext::new_with_state(state));
+    };
+    let unreachable = |reason: String| ClusterError::Unreachable {
+        url: engine.to_string(),
+        reason,
+    };
+    let address = format!("{host}:{port}");
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(&address),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => return Err(unreachable("no answer within 10 s".into())),
+    }
+    let url = engine
+        .scheduler_url()
+        .ok_or_else(|| unreachable("not a cluster engine".into()))?;
+    SessionContext::remote_with_state(&url, state)
+        .await
+        .map_err(|e| unreachable(e.to_string()))
+}
+
+/// Refuses a plan the cluster would not run as the local engine does:
+/// - a window function with `IGNORE NULLS`: Ballista 55's physical plan codec drops the
+///   option for window functions such as `last_value`, so the rows would differ;
+/// - anything DataFusion's plan codec cannot carry (in-memory tables, custom table providers
+///   such as Delta's, unknown extension nodes).
+pub fn check_plan(model: &str, plan: &LogicalPlan) -> Result<(), ClusterError> {
+    let unsupported = |reason: String| ClusterError::Unsupported {
+        model: model.to_string(),
+        reason,
+    };
+    let mut ignores_nulls = None;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::WindowFunction(window) = e {
+                    if window.params.null_treatment == Some(NullTreatment::IgnoreNulls.into()) {
+                        ignores_nulls = Some(window.fun.to_string());
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })
+    .map_err(|e| unsupported(e.to_string()))?;
+    if let Some(function) = ignores_nulls {
+        return Err(unsupported(format!(
+            "it uses {function}(…) IGNORE NULLS OVER (…), which Ballista 55 drops when it sends \
+             the plan to executors; a forward fill that works on both engines is \
+             count(x) OVER (PARTITION BY k ORDER BY t) AS grp, then max(x) OVER (PARTITION BY k, grp)"
+        )));
+    }
+    datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec(
+        plan,
+        &BallistaLogicalExtensionCodec::default(),
+    )
+    .map_err(|e| unsupported(format!("its plan cannot be sent to the scheduler: {}", e.find_root())))?;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+"""Silver and Gold on a real Ballista cluster on loopback: one `paylake cluster scheduler` and two
+`paylake cluster executor` processes, the lake on moto's S3 (started by tests/s3/run.sh), every
+table compared with the local engine's run of the same files."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    AS_OF,
+    BIN,
+    BUCKET,
+    ROOT,
+    assert_same,
+    contents,
+    local_tables,
+    paylake,
+    pipeline,
+    s3_tables,
+    table_names,
+)
+
+GENERATED_PAYMENTS = int(os.environ.get("CLUSTER_TEST_PAYMENTS", "200000"))
+STARTUP_SECONDS = 60
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, process, log):
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"a cluster node exited with {process.returncode}:\n{Path(log).read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    pytest.fail(f"nothing listens on port {port} after {STARTUP_SECONDS} s:\n{Path(log).read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A scheduler and two executors as separate processes; yields the --engine URL."""
+    work = tmp_path_factory.mktemp("cluster")
+    nodes = []
+
+    def start(name, args, port):
+        log = work / f"{name}.log"
+        with open(log, "w") as out:
+            process = subprocess.Popen([BIN, "cluster", *args], stdout=out, stderr=subprocess.STDOUT)
+        nodes.append(process)
+        wait_for_port(port, process, log)
+
+    scheduler = free_port()
+    try:
+        start("scheduler", ["scheduler", "--bind", f"127.0.0.1:{scheduler}"], scheduler)
+        for n in (1, 2):
+            flight, grpc = free_port(), free_port()
+            start(
+                f"executor{n}",
+                [
+                    "executor",
+                    "--scheduler", f"127.0.0.1:{scheduler}",
+                    "--flight-port", flight,
+                    "--grpc-port", grpc,
+                    "--concurrent-tasks", "2",
+                    "--work-dir", work / f"executor{n}",
+                ],
+                flight,
+            )
+        yield f"ballista://127.0.0.1:{scheduler}"
+    finally:
+        for process in nodes:
+            process.terminate()
+        for process in nodes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def on_cluster(lake, landing, engine):
+    """Bronze as always, then Silver and Gold planned on the cluster."""
+    paylake(lake, "bronze", "--landing", landing)
+    for step in ("silver", "gold"):
+        started = time.monotonic()
+        paylake(lake, step, "--as-of", AS_OF, "--engine", engine)
+        print(f"cluster-test: {step} on the cluster in {time.monotonic() - started:.1f} s")
+
+
+def scratch_left(s3, prefix):
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/_scratch/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_the_sample_on_the_cluster_equals_the_local_engine(s3, local_run, cluster, tmp_path):
+    names, expected, _ = local_run
+    lake = f"s3://{BUCKET}/cluster/lake"
+    on_cluster(lake, f"s3://{BUCKET}/landing", cluster)
+    assert_same(contents(lake, names, tmp_path), expected)
+    # The temporary models the executors read were written to the lake's scratch, then removed.
+    assert scratch_left(s3, "cluster/lake") == []
+
+
+def test_generated_payments_on_the_cluster_equal_the_local_engine(s3, cluster, tmp_path):
+    landing = tmp_path / "landing"
+    subprocess.run(
+        [sys.executable, ROOT / "bench" / "generate.py", str(GENERATED_PAYMENTS), "--flat", landing],
+        check=True,
+        capture_output=True,
+    )
+    local = tmp_path / "local-lake"
+    pipeline(local, landing)
+    names = table_names(lambda layer: local_tables(local, layer))
+    expected = contents(local, names, tmp_path / "local-export")
+
+    lake = f"s3://{BUCKET}/generated/lake"
+    on_cluster(lake, landing, cluster)
+    assert_same(contents(lake, names, tmp_path / "cluster-export"), expected)
+
+
+def test_a_model_the_cluster_would_run_differently_is_refused(s3, cluster, tmp_path):
+    lake = f"s3://{BUCKET}/refused/lake"
+    paylake(lake, "bronze", "--landing", f"s3://{BUCKET}/landing")
+    paylake(lake, "silver", "--as-of", AS_OF)
+    models = tmp_path / "sql"
+    shutil.copytree(ROOT / "sql", models)
+    (models / "gold" / "last_known_flag.sql").write_text(
+        "-- paylake: materialized=table\n"
+        "SELECT payment_id, last_value(src_risk_flag) IGNORE NULLS OVER (\n"
+        "  PARTITION BY src_account_id ORDER BY \"timestamp\"\n"
+        "  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS last_known_flag\n"
+        "FROM gold.unified_payments\n"
+    )
+    refused = paylake(lake, "gold", "--sql-dir", models, "--engine", cluster, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "gold.last_known_flag cannot run on the Ballista cluster" in refused.stderr
+    assert "IGNORE NULLS" in refused.stderr and "--engine local" in refused.stderr
+    # Nothing was published: Gold was never built in this lake.
+    assert s3_tables(s3, "refused/lake", "gold") == []
+    # The local engine runs the same models.
+    paylake(lake, "gold", "--sql-dir", models)
+
+
+def test_an_unreachable_scheduler_is_named(s3):
+    lake = f"s3://{BUCKET}/unreachable/lake"
+    paylake(lake, "bronze", "--landing", f"s3://{BUCKET}/landing")
+    port = free_port()
+    failed = paylake(lake, "silver", "--engine", f"ballista://127.0.0.1:{port}", check=False)
+    assert failed.returncode == 1, failed.stderr
+    assert f"cannot reach the Ballista scheduler at ballista://127.0.0.1:{port}" in failed.stderr
