@@ -98,11 +98,11 @@ Examples:
   JDBC:    jdbc:arrow-flight-sql://127.0.0.1:50051?useEncryption=false&token=s3cret";
 
 const CLUSTER_EXAMPLE: &str = "\
-Examples (one scheduler, two executors, the lake on S3 that every node can read):
+Examples (every node must reach the lake at the same URL: s3://…, or one shared folder):
   paylake cluster scheduler --bind 0.0.0.0:50050 --external-host sched.internal
   paylake cluster executor --scheduler sched.internal:50050 --bind-host 0.0.0.0 \\
       --external-host worker1.internal --work-dir /mnt/scratch
-  paylake --lake s3://bank-lake/paylake silver --engine ballista://sched.internal:50050";
+  paylake --lake lake/ silver --engine ballista://sched.internal:50050";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -689,23 +689,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     if let Some(path) = &metrics_file {
         check_metrics_path(path)?;
     }
-    if let Command::Cluster(node) = cli.command {
-        return cluster::run(node).await.map(|()| ExitCode::SUCCESS);
-    }
+    // A cluster node serves whatever lake its clients name: it opens none itself.
+    let command = match cli.command {
+        Command::Cluster(node) => return cluster::run(node).await.map(|()| ExitCode::SUCCESS),
+        command => command,
+    };
     let Some(uri) = cli.lake.as_deref() else {
         return Err(usage(anyhow::anyhow!(
             "no lake given: pass --lake DIR (e.g. --lake lake/) or set PAYLAKE_LAKE"
         )));
     };
-    let lake = if cli.command.creates_lake() {
+    let lake = if command.creates_lake() {
         Lake::open(uri).map_err(usage)?
     } else {
         Lake::open_existing(uri).await.map_err(open_failure)?
     };
-    let nothing_new_exit_code = cli.command.nothing_new_exit_code();
+    let nothing_new_exit_code = command.nothing_new_exit_code();
     let now = Utc::now();
     let json = cli.json;
-    let step = match &cli.command {
+    let step = match &command {
         Command::Bronze { .. } => Some("bronze"),
         Command::Silver { job, .. } | Command::Gold { job, .. } if job.explain.is_some() => None,
         Command::Silver { .. } | Command::Quarantine { .. } => Some("silver"),
@@ -714,7 +716,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     };
     let writes = step.is_some()
         || matches!(
-            cli.command,
+            command,
             Command::Vacuum { .. } | Command::Optimize { .. }
         );
     // One writing step at a time per lake; readers never wait.
@@ -733,7 +735,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         None
     };
     let started = std::time::Instant::now();
-    let outcome = match cli.command {
+    let outcome = match command {
         Command::Bronze {
             landing,
             batch_rows,
@@ -831,6 +833,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .await
                 .map(|()| steps::StepMetrics::none())
         }
+        // Dispatched above, before a lake is opened.
+        Command::Cluster(node) => cluster::run(node)
+            .await
+            .map(|()| steps::StepMetrics::none()),
         Command::Serve {
             bind,
             token,

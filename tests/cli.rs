@@ -441,3 +441,26 @@ fn rows_known_after_new_since_count_as_new_though_this_run_landed_none() {
     ]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn an_engine_other_than_local_or_a_ballista_scheduler_is_a_usage_error() {
+    let ws = Workspace::new();
+    for (args, env) in [
+        (vec!["silver", "--engine", "spark://h:7077"], None),
+        (vec!["gold"], Some("ballista://h:port")),
+    ] {
+        let mut command = paylake(ws.dir.path());
+        command.args(["--lake", "lake"]).args(&args);
+        if let Some(value) = env {
+            command.env("PAYLAKE_ENGINE", value);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains("invalid --engine"),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    assert!(!ws.lake().exists());
+}

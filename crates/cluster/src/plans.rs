@@ -7,9 +7,9 @@ use ballista::prelude::SessionContextExt;
 use ballista_core::serde::BallistaLogicalExtensionCodec;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::expr::NullTreatment;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::NullTreatment;
 
 use crate::{ClusterError, QueryEngine};
 
@@ -61,7 +61,7 @@ pub fn check_plan(model: &str, plan: &LogicalPlan) -> Result<(), ClusterError> {
         node.apply_expressions(|expr| {
             expr.apply(|e| {
                 if let Expr::WindowFunction(window) = e {
-                    if window.params.null_treatment == Some(NullTreatment::IgnoreNulls.into()) {
+                    if window.params.null_treatment == Some(NullTreatment::IgnoreNulls) {
                         ignores_nulls = Some(window.fun.to_string());
                         return Ok(TreeNodeRecursion::Stop);
                     }
@@ -84,4 +84,55 @@ pub fn check_plan(model: &str, plan: &LogicalPlan) -> Result<(), ClusterError> {
     )
     .map_err(|e| unsupported(format!("its plan cannot be sent to the scheduler: {}", e.find_root())))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, Int64Array};
+    use datafusion::arrow::record_batch::RecordBatch;
+
+    use super::*;
+
+    async fn plan(ctx: &SessionContext, sql: &str) -> LogicalPlan {
+        ctx.sql(sql)
+            .await
+            .and_then(|frame| frame.into_optimized_plan())
+            .expect("plans")
+    }
+
+    #[tokio::test]
+    async fn refuses_what_the_cluster_would_run_differently_or_cannot_carry() {
+        let ctx = SessionContext::new();
+        let column = |values: Vec<Option<i64>>| Arc::new(Int64Array::from(values)) as ArrayRef;
+        let batch = RecordBatch::try_from_iter([
+            ("k", column(vec![Some(1), Some(1)])),
+            ("v", column(vec![Some(1), None])),
+        ])
+        .expect("a batch");
+        ctx.register_batch("t", batch).expect("registered");
+
+        let forward_fill = plan(
+            &ctx,
+            "SELECT last_value(v) IGNORE NULLS OVER (PARTITION BY k ORDER BY v) AS f \
+             FROM (SELECT column1 AS k, column2 AS v FROM (VALUES (1, 1), (1, NULL)))",
+        )
+        .await;
+        let refused = check_plan("gold.m", &forward_fill).unwrap_err().to_string();
+        assert!(refused.starts_with("gold.m cannot run on the Ballista cluster"), "{refused}");
+        assert!(refused.contains("IGNORE NULLS") && refused.contains("--engine local"));
+
+        let in_memory = plan(&ctx, "SELECT k FROM t").await;
+        let refused = check_plan("silver.m", &in_memory).unwrap_err().to_string();
+        assert!(refused.contains("cannot be sent to the scheduler"), "{refused}");
+
+        let respecting_nulls = plan(
+            &ctx,
+            "SELECT last_value(v) OVER (PARTITION BY k ORDER BY v) AS f \
+             FROM (SELECT column1 AS k, column2 AS v FROM (VALUES (1, 1), (1, NULL)))",
+        )
+        .await;
+        check_plan("gold.m", &respecting_nulls).expect("plain windows are sent");
+    }
 }
