@@ -57,7 +57,7 @@ def cluster(tmp_path_factory):
     def start(name, args, port):
         log = work / f"{name}.log"
         with open(log, "w") as out:
-            process = subprocess.Popen([BIN, "cluster", *args], stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen([BIN, "cluster", *map(str, args)], stdout=out, stderr=subprocess.STDOUT)
         nodes.append(process)
         wait_for_port(port, process, log)
 

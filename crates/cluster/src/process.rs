@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ballista::prelude::SessionConfigExt;
+use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::SessionConfig;
 
 use crate::{ClusterError, LakeStores};
 
@@ -100,6 +103,15 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         })),
         ..Default::default()
     };
+    // Ballista's default registry holds DataFusion's core functions only; the models also use
+    // nested ones (`string_to_array`, …): give executors every function a client session has.
+    let functions =
+        ballista_core::utils::default_session_builder(SessionConfig::new_with_ballista())
+            .map_err(|e| ClusterError::Process {
+                process: "executor",
+                reason: e.to_string(),
+            })?;
+    config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&functions)));
     if let Some(tasks) = options.concurrent_tasks {
         config.vcores = tasks.max(1);
     }

@@ -21,6 +21,7 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{lit, Expr, LogicalPlan, LogicalPlanBuilder};
+use deltalake_core::kernel::engine::arrow_conversion::TryIntoArrow;
 use deltalake_core::DeltaTable;
 use object_store::path::Path;
 
@@ -57,9 +58,18 @@ impl VersionFiles {
                 partition_values: file.partition_values_map(),
             })
             .collect();
+        let schema: Schema =
+            snapshot
+                .schema()
+                .as_ref()
+                .try_into_arrow()
+                .map_err(|e| LakeError::Corrupt {
+                    path: table.to_string(),
+                    reason: format!("its schema has no Arrow equivalent: {e}"),
+                })?;
         Ok(Self {
-            schema: snapshot.arrow_schema(),
-            partition_by: snapshot.metadata().partition_columns().clone(),
+            schema: Arc::new(schema),
+            partition_by: snapshot.metadata().partition_columns().to_vec(),
             files,
         })
     }
@@ -224,5 +234,5 @@ fn join(root: &Path, relative: &str) -> Path {
     relative
         .split('/')
         .filter(|part| !part.is_empty())
-        .fold(root.clone(), |path, part| path.child(part))
+        .fold(root.clone(), |path, part| path.join(part))
 }
