@@ -15,7 +15,11 @@ pub enum ClusterCommand {
     /// the executors that registered with it.
     Scheduler {
         /// Address the scheduler listens on (clients use ballista://HOST:PORT of it).
-        #[arg(long, env = "PAYLAKE_SCHEDULER_BIND", default_value = "127.0.0.1:50050")]
+        #[arg(
+            long,
+            env = "PAYLAKE_SCHEDULER_BIND",
+            default_value = "127.0.0.1:50050"
+        )]
         bind: SocketAddr,
         /// Host name executors and clients reach this scheduler by (default: the bind address).
         #[arg(long)]

@@ -477,7 +477,12 @@ pub struct JobArgs {
     full_refresh: bool,
     /// Where the models run: `local` (this process) or `ballista://HOST:PORT`, a Ballista
     /// scheduler whose executors see the lake at the same URL (S3, or one shared folder).
-    #[arg(long, env = "PAYLAKE_ENGINE", default_value = "local", value_name = "local|ballista://HOST:PORT")]
+    #[arg(
+        long,
+        env = "PAYLAKE_ENGINE",
+        default_value = "local",
+        value_name = "local|ballista://HOST:PORT"
+    )]
     engine: paylake_cluster::QueryEngine,
 }
 
@@ -714,11 +719,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Gold { .. } => Some("gold"),
         _ => None,
     };
-    let writes = step.is_some()
-        || matches!(
-            command,
-            Command::Vacuum { .. } | Command::Optimize { .. }
-        );
+    let writes =
+        step.is_some() || matches!(command, Command::Vacuum { .. } | Command::Optimize { .. });
     // One writing step at a time per lake; readers never wait.
     let lease = if writes {
         let what = step.unwrap_or("maintenance");

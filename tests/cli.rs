@@ -455,7 +455,12 @@ fn an_engine_other_than_local_or_a_ballista_scheduler_is_a_usage_error() {
             command.env("PAYLAKE_ENGINE", value);
         }
         let output = command.output().unwrap();
-        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
         assert!(
             stderr(&output).contains("invalid --engine"),
             "{args:?}: {}",

@@ -19,7 +19,9 @@ async fn rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
         .collect()
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let text = pretty_format_batches(&batches).expect("printable").to_string();
+    let text = pretty_format_batches(&batches)
+        .expect("printable")
+        .to_string();
     let mut lines: Vec<String> = text.lines().skip(3).map(str::to_string).collect();
     lines.sort();
     lines
@@ -43,7 +45,9 @@ async fn files_scans_read_what_delta_reads_and_can_be_sent_to_a_cluster() {
         .expect("a session");
 
     let tables = catalog::all_tables(&lake).await.expect("tables");
-    assert!(tables.iter().any(|t| t.to_string() == "gold.unified_payments"));
+    assert!(tables
+        .iter()
+        .any(|t| t.to_string() == "gold.unified_payments"));
     let mut empty_tables = 0;
     for table in &tables {
         let sql = format!("SELECT * FROM {table}");
@@ -70,7 +74,10 @@ async fn files_scans_read_what_delta_reads_and_can_be_sent_to_a_cluster() {
     let refused = paylake_cluster::check_plan("gold.unified_payments", &plan)
         .expect_err("a Delta scan cannot be sent")
         .to_string();
-    assert!(refused.contains("gold.unified_payments cannot run on the Ballista cluster"), "{refused}");
+    assert!(
+        refused.contains("gold.unified_payments cannot run on the Ballista cluster"),
+        "{refused}"
+    );
 
     // Each row can name its file (incremental runs find the files holding changed keys).
     let table = paylake_lake::layout::TableName::parse("gold.unified_payments").expect("a name");
@@ -96,6 +103,9 @@ async fn files_scans_read_what_delta_reads_and_can_be_sent_to_a_cluster() {
         }
     };
     let expected = files_by_name(lake.clone()).await;
-    assert!(expected.len() > 1, "unified_payments is partitioned into several files");
+    assert!(
+        expected.len() > 1,
+        "unified_payments is partitioned into several files"
+    );
     assert_eq!(files_by_name(files_lake).await, expected);
 }

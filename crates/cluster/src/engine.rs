@@ -103,7 +103,12 @@ mod tests {
 
     #[test]
     fn refuses_other_engines_naming_the_value() {
-        for bad in ["spark://x:7077", "ballista://", "ballista://h:port", "Local"] {
+        for bad in [
+            "spark://x:7077",
+            "ballista://",
+            "ballista://h:port",
+            "Local",
+        ] {
             let error = bad.parse::<QueryEngine>().unwrap_err().to_string();
             assert!(error.contains(bad), "{error}");
         }

@@ -9,7 +9,7 @@ mod process;
 mod stores;
 
 pub use engine::QueryEngine;
-pub use plans::{check_plan, remote_session};
+pub use plans::{check_plan, session_on};
 pub use process::{run_executor, run_scheduler, ExecutorOptions, SchedulerOptions};
 pub use stores::LakeStores;
 

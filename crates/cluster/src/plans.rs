@@ -13,10 +13,10 @@ use datafusion::prelude::SessionContext;
 
 use crate::{ClusterError, QueryEngine};
 
-/// A session whose queries are planned into stages by the scheduler of `engine` and run on its
-/// executors; `state` carries the settings, catalog and object stores of the run. Fails fast,
-/// naming the scheduler, when nothing answers at its address.
-pub async fn remote_session(
+/// A session on `engine` with `state` (the run's settings, catalog and object stores): as it is
+/// for the local engine; on a cluster, one whose queries the scheduler plans into stages its
+/// executors run. Fails fast, naming the scheduler, when nothing answers at its address.
+pub async fn session_on(
     engine: &QueryEngine,
     state: SessionState,
 ) -> Result<SessionContext, ClusterError> {
@@ -82,7 +82,12 @@ pub fn check_plan(model: &str, plan: &LogicalPlan) -> Result<(), ClusterError> {
         plan,
         &BallistaLogicalExtensionCodec::default(),
     )
-    .map_err(|e| unsupported(format!("its plan cannot be sent to the scheduler: {}", e.find_root())))?;
+    .map_err(|e| {
+        unsupported(format!(
+            "its plan cannot be sent to the scheduler: {}",
+            e.find_root()
+        ))
+    })?;
     Ok(())
 }
 
@@ -120,12 +125,18 @@ mod tests {
         )
         .await;
         let refused = check_plan("gold.m", &forward_fill).unwrap_err().to_string();
-        assert!(refused.starts_with("gold.m cannot run on the Ballista cluster"), "{refused}");
+        assert!(
+            refused.starts_with("gold.m cannot run on the Ballista cluster"),
+            "{refused}"
+        );
         assert!(refused.contains("IGNORE NULLS") && refused.contains("--engine local"));
 
         let in_memory = plan(&ctx, "SELECT k FROM t").await;
         let refused = check_plan("silver.m", &in_memory).unwrap_err().to_string();
-        assert!(refused.contains("cannot be sent to the scheduler"), "{refused}");
+        assert!(
+            refused.contains("cannot be sent to the scheduler"),
+            "{refused}"
+        );
 
         let respecting_nulls = plan(
             &ctx,

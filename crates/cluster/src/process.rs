@@ -94,8 +94,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         work_dir: options.work_dir.as_ref().map(|d| d.display().to_string()),
         memory_pool_size: options.memory_limit,
         override_runtime_producer: Some(Arc::new(move |_| {
-            let mut runtime =
-                RuntimeEnvBuilder::new().with_object_store_registry(stores.clone());
+            let mut runtime = RuntimeEnvBuilder::new().with_object_store_registry(stores.clone());
             if let Some(dir) = &work_dir {
                 runtime = runtime.with_temp_file_path(dir);
             }
@@ -105,12 +104,13 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
     };
     // Ballista's default registry holds DataFusion's core functions only; the models also use
     // nested ones (`string_to_array`, …): give executors every function a client session has.
-    let functions =
-        ballista_core::utils::default_session_builder(SessionConfig::new_with_ballista())
-            .map_err(|e| ClusterError::Process {
-                process: "executor",
-                reason: e.to_string(),
-            })?;
+    let functions = ballista_core::utils::default_session_builder(
+        SessionConfig::new_with_ballista(),
+    )
+    .map_err(|e| ClusterError::Process {
+        process: "executor",
+        reason: e.to_string(),
+    })?;
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&functions)));
     if let Some(tasks) = options.concurrent_tasks {
         config.vcores = tasks.max(1);

@@ -21,7 +21,11 @@ fn key(url: &Url) -> String {
 }
 
 impl ObjectStoreRegistry for LakeStores {
-    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
         self.stores.write().ok()?.insert(key(url), store)
     }
 

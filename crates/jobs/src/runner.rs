@@ -113,7 +113,7 @@ pub async fn new_session(
         .with_config(engine.session_config())
         .with_runtime_env(Arc::clone(&engine.runtime))
         .build();
-    let ctx = paylake_cluster::remote_session(&engine.settings.query_engine, state).await?;
+    let ctx = paylake_cluster::session_on(&engine.settings.query_engine, state).await?;
     register_catalog(&ctx, lake, pinned).await?;
     Ok(ctx)
 }
@@ -392,12 +392,10 @@ async fn plan_model(
         }
     }
     let planned = ctx.sql(sql).await;
-    {
-        let mut state = state.write();
-        for (key, before) in previous {
-            if let Some(value) = before {
-                state.config_mut().options_mut().set(&key, &value)?;
-            }
+    let mut state = state.write();
+    for (key, before) in previous {
+        if let Some(value) = before {
+            state.config_mut().options_mut().set(&key, &value)?;
         }
     }
     planned
@@ -463,6 +461,11 @@ async fn stage_models(
         let ctx = &built.ctx;
         let started = std::time::Instant::now();
         let failed = |source| engine_error(model, &options.engine, source);
+        // An engine error inside a lake write is the model failing (or running out of memory).
+        let write_failed = |error| match error {
+            paylake_lake::LakeError::Engine { source, .. } => failed(source),
+            other => JobError::Lake(other),
+        };
         let frame = plan_model(ctx, model, &model.sql).await.map_err(failed)?;
         if !options.engine.query_engine.is_local() {
             let plan = frame.clone().into_optimized_plan().map_err(failed)?;
@@ -503,10 +506,7 @@ async fn stage_models(
                     let dir = layout::cluster_model(&options.run_id, &model.qualified());
                     let rows = write_temporary_to_lake(Arc::clone(&plan), task, lake, &dir)
                         .await
-                        .map_err(|e| match e {
-                            paylake_lake::LakeError::Engine { source, .. } => failed(source),
-                            other => JobError::Lake(other),
-                        })?;
+                        .map_err(write_failed)?;
                     (rows, lake.folder_url(&dir))
                 };
                 let table = ctx
@@ -527,10 +527,7 @@ async fn stage_models(
                     &options.run_id,
                 )
                 .await
-                .map_err(|e| match e {
-                    paylake_lake::LakeError::Engine { source, .. } => failed(source),
-                    other => JobError::Lake(other),
-                })?;
+                .map_err(write_failed)?;
                 let version = StagedVersion {
                     replaces,
                     ..version
@@ -647,7 +644,8 @@ async fn write_temporary_to_lake(
     let mut rows = 0u64;
     for (index, mut stream) in streams.into_iter().enumerate() {
         let path = dir.clone().join(format!("part-{index:04}.parquet"));
-        let mut sink = paylake_lake::sink::ParquetObjectSink::create(lake, &path, Arc::clone(&schema))?;
+        let mut sink =
+            paylake_lake::sink::ParquetObjectSink::create(lake, &path, Arc::clone(&schema))?;
         while let Some(batch) = stream.next().await {
             sink.write(&batch.map_err(engine)?).await?;
         }

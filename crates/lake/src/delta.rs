@@ -27,8 +27,8 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::{provider_as_source, MemTable};
-use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::ExecutionPlan;
@@ -584,13 +584,13 @@ pub fn staged_provider(lake: &Lake, staged: &StagedVersion) -> Result<Arc<dyn Ta
     let config = ListingTableConfig::new(url)
         .with_listing_options(options)
         .with_schema(Arc::new(Schema::new(file_fields)));
-    let provider: Arc<dyn TableProvider> =
-        Arc::new(ListingTable::try_new(config).map_err(engine)?);
+    let provider: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config).map_err(engine)?);
     if portable {
         // A view, so that the plan holds the listing scan itself (which serializes).
-        let scan = LogicalPlanBuilder::scan(staged.table.to_string(), provider_as_source(provider), None)
-            .and_then(LogicalPlanBuilder::build)
-            .map_err(engine)?;
+        let scan =
+            LogicalPlanBuilder::scan(staged.table.to_string(), provider_as_source(provider), None)
+                .and_then(LogicalPlanBuilder::build)
+                .map_err(engine)?;
         return Ok(files_scan::view(scan));
     }
     Ok(provider)

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::TableProvider;
 use datafusion::catalog::view::ViewTable;
+use datafusion::catalog::TableProvider;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -150,7 +150,9 @@ pub fn provider(
         )?;
         plan = Some(match plan {
             None => group,
-            Some(before) => before.union(group.build().map_err(&failed)?).map_err(&failed)?,
+            Some(before) => before
+                .union(group.build().map_err(&failed)?)
+                .map_err(&failed)?,
         });
     }
     let plan = plan
