@@ -29,6 +29,18 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The run exited 2 (a usage error) and its stderr says every one of `says`.
+fn assert_usage_error(output: &Output, args: &[&str], says: &[&str]) {
+    let stderr = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    for text in says {
+        assert!(
+            stderr.contains(text),
+            "{args:?} does not say {text:?}: {stderr}"
+        );
+    }
+}
+
 fn with_sample(ws: &Workspace) {
     common::copy_tree(&common::sample_data(), &ws.landing());
 }
@@ -43,17 +55,7 @@ fn no_lake_given_is_a_usage_error_and_nothing_is_created() {
         vec!["silver"],
     ] {
         let output = paylake(ws.dir.path()).args(&args).output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains("no lake given") && stderr(&output).contains("PAYLAKE_LAKE"),
-            "{}",
-            stderr(&output)
-        );
+        assert_usage_error(&output, &args, &["no lake given", "PAYLAKE_LAKE"]);
     }
     // Before: the default `lake/` was created in the working folder.
     assert!(!ws.dir.path().join("lake").exists());
@@ -126,17 +128,7 @@ fn only_bronze_creates_a_lake_every_other_command_says_there_is_none() {
                 .args(&args)
                 .output()
                 .unwrap();
-            assert_eq!(
-                output.status.code(),
-                Some(2),
-                "{args:?}: {}",
-                stderr(&output)
-            );
-            assert!(
-                stderr(&output).contains(&format!("no lake at {}", lake.display())),
-                "{args:?}: {}",
-                stderr(&output)
-            );
+            assert_usage_error(&output, &args, &[&format!("no lake at {}", lake.display())]);
         }
     }
     assert!(
@@ -455,17 +447,7 @@ fn an_engine_other_than_local_or_a_ballista_scheduler_is_a_usage_error() {
             command.env("PAYLAKE_ENGINE", value);
         }
         let output = command.output().unwrap();
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            stderr(&output)
-        );
-        assert!(
-            stderr(&output).contains("invalid --engine"),
-            "{args:?}: {}",
-            stderr(&output)
-        );
+        assert_usage_error(&output, &args, &["invalid --engine"]);
     }
     assert!(!ws.lake().exists());
 }
