@@ -313,7 +313,9 @@ async fn silver_step(
         .collect();
     let mut built = build_layer(lake, Layer::Silver, options, &pinned, &plan).await?;
     if matches!(plan, BuildPlan::Incremental(_)) {
-        incremental::restore_bronze(&built.ctx, lake, &bronze).await?;
+        // The session may be a cluster's: hand Bronze back as the engine reads it.
+        let lake = options.engine.lake_for_engine(lake);
+        incremental::restore_bronze(&built.ctx, &lake, &bronze).await?;
     }
     let (results, report) = audit_or_discard(lake, &mut built, &suites, options).await?;
     let mut verdict = verdict(Layer::Silver, options, &results);
