@@ -13,7 +13,8 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::execution::{SessionStateBuilder, TaskContext};
-use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::logical_expr::{EmptyRelation, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{col, lit, ParquetReadOptions, SessionConfig, SessionContext};
 use paylake_lake::delta::{self, Replaces, StagedVersion};
@@ -467,10 +468,6 @@ async fn stage_models(
             other => JobError::Lake(other),
         };
         let frame = plan_model(ctx, model, &model.sql).await.map_err(failed)?;
-        if !options.engine.query_engine.is_local() {
-            let plan = frame.clone().into_optimized_plan().map_err(failed)?;
-            paylake_cluster::check_plan(&model.qualified(), &plan)?;
-        }
         if model.materialization == Materialization::View {
             register(ctx, layer, &model.name, frame.into_view())?;
             continue;
@@ -491,8 +488,27 @@ async fn stage_models(
             }
             _ => (frame, Replaces::Everything),
         };
+        // Views are checked inside the models that read them. Ballista plans a query that folds
+        // to an empty relation as a result with no columns: such a model (it reads nothing) is
+        // planned here, with its own schema.
+        let mut known_empty = false;
+        if !options.engine.query_engine.is_local() {
+            let plan = frame.clone().into_optimized_plan().map_err(failed)?;
+            paylake_cluster::check_plan(&model.qualified(), &plan)?;
+            known_empty = matches!(
+                plan,
+                LogicalPlan::EmptyRelation(EmptyRelation {
+                    produce_one_row: false,
+                    ..
+                })
+            );
+        }
         let task = Arc::new(frame.task_ctx());
-        let plan = frame.create_physical_plan().await.map_err(failed)?;
+        let plan: Arc<dyn ExecutionPlan> = if known_empty {
+            Arc::new(EmptyExec::new(Arc::clone(frame.schema().inner())))
+        } else {
+            frame.create_physical_plan().await.map_err(failed)?
+        };
         let rows_out = match model.materialization {
             Materialization::Temporary => {
                 let (rows, location) = if options.engine.query_engine.is_local() {
