@@ -4,11 +4,13 @@
 //! (`paylake cluster scheduler|executor`) with the object stores a lake can live in.
 
 mod engine;
+mod leaves;
 mod plans;
 mod process;
 mod stores;
 
 pub use engine::QueryEngine;
+pub use leaves::DataFreeLeavesAsMemoryScans;
 pub use plans::{check_plan, session_on};
 pub use process::{run_executor, run_scheduler, ExecutorOptions, SchedulerOptions};
 pub use stores::LakeStores;

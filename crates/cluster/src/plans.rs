@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use ballista::prelude::SessionContextExt;
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::serde::BallistaLogicalExtensionCodec;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::execution::SessionState;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::expr::NullTreatment;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
@@ -41,6 +42,16 @@ pub async fn session_on(
     let url = engine
         .scheduler_url()
         .ok_or_else(|| unreachable("not a cluster engine".into()))?;
+    // Ballista 55's adaptive planner re-plans a union over an empty input into new stages
+    // forever (an incremental run's Bronze narrowed to no keys); the static planner runs it.
+    let config = state
+        .config()
+        .clone()
+        .upgrade_for_ballista()
+        .with_ballista_adaptive_query_planner(false);
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_config(config)
+        .build();
     SessionContext::remote_with_state(&url, state)
         .await
         .map_err(|e| unreachable(e.to_string()))

@@ -15,7 +15,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 
-use crate::{ClusterError, LakeStores};
+use crate::{ClusterError, DataFreeLeavesAsMemoryScans, LakeStores};
 
 /// `paylake cluster scheduler`.
 #[derive(Debug, Clone)]
@@ -66,6 +66,7 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<(), ClusterError
                 .build_arc()?;
             Ok(SessionStateBuilder::new_from_existing(state)
                 .with_runtime_env(runtime)
+                .with_physical_optimizer_rule(Arc::new(DataFreeLeavesAsMemoryScans))
                 .build())
         }));
     config.bind_host = options.bind.ip().to_string();
