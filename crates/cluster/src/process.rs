@@ -60,7 +60,8 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<(), ClusterError
         .with_hostname(options.external_host.clone())
         .with_port(options.bind.port())
         .with_override_session_builder(Arc::new(move |config| {
-            let state = ballista_core::utils::default_session_builder(config)?;
+            let mut state = ballista_core::utils::default_session_builder(config)?;
+            paylake_functions::register(&mut state)?;
             let runtime = RuntimeEnvBuilder::new()
                 .with_object_store_registry(stores.clone())
                 .build_arc()?;
@@ -104,14 +105,16 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         ..Default::default()
     };
     // Ballista's default registry holds DataFusion's core functions only; the models also use
-    // nested ones (`string_to_array`, …): give executors every function a client session has.
-    let functions = ballista_core::utils::default_session_builder(
-        SessionConfig::new_with_ballista(),
-    )
-    .map_err(|e| ClusterError::Process {
+    // nested ones (`string_to_array`, …) and paylake's window functions: give executors every
+    // function a client session has.
+    let executor_error = |e: datafusion::error::DataFusionError| ClusterError::Process {
         process: "executor",
         reason: e.to_string(),
-    })?;
+    };
+    let mut functions =
+        ballista_core::utils::default_session_builder(SessionConfig::new_with_ballista())
+            .map_err(executor_error)?;
+    paylake_functions::register(&mut functions).map_err(executor_error)?;
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&functions)));
     if let Some(tasks) = options.concurrent_tasks {
         config.vcores = tasks.max(1);

@@ -148,6 +148,26 @@ const EMBEDDED_GOLD: &[(&str, &str)] = &[
         include_str!("../../../sql/gold/unified_payments.sql"),
     ),
     (
+        "int_training_payments",
+        include_str!("../../../sql/gold/int_training_payments.sql"),
+    ),
+    (
+        "int_account_as_of",
+        include_str!("../../../sql/gold/int_account_as_of.sql"),
+    ),
+    (
+        "int_risk_as_of",
+        include_str!("../../../sql/gold/int_risk_as_of.sql"),
+    ),
+    (
+        "int_source_behaviour",
+        include_str!("../../../sql/gold/int_source_behaviour.sql"),
+    ),
+    (
+        "int_destination_senders",
+        include_str!("../../../sql/gold/int_destination_senders.sql"),
+    ),
+    (
         "payment_training",
         include_str!("../../../sql/gold/payment_training.sql"),
     ),
@@ -356,7 +376,19 @@ mod tests {
             Materialization::Table
         );
         let gold = load_models(Layer::Gold, None).unwrap();
-        assert_eq!(gold[0].partition_by, vec!["payment_date".to_string()]);
+        let gold_position = |name: &str| gold.iter().position(|m| m.name == name).unwrap();
+        for feature in ["int_account_as_of", "int_source_behaviour"] {
+            assert!(gold_position("int_training_payments") < gold_position(feature));
+            assert!(gold_position(feature) < gold_position("payment_training"));
+            assert_eq!(
+                gold[gold_position(feature)].materialization,
+                Materialization::Temporary
+            );
+        }
+        for table in ["unified_payments", "payment_training"] {
+            let model = &gold[gold_position(table)];
+            assert_eq!(model.partition_by, vec!["payment_date".to_string()]);
+        }
         let training = gold.iter().find(|m| m.name == "payment_training").unwrap();
         let names: Vec<&str> = training.checks.iter().map(|c| c.name.as_str()).collect();
         assert!(names.contains(&"one_row_per_payment"), "{names:?}");

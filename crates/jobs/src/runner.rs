@@ -114,7 +114,9 @@ pub async fn new_session(
         .with_config(engine.session_config())
         .with_runtime_env(Arc::clone(&engine.runtime))
         .build();
-    let ctx = paylake_cluster::session_on(&engine.settings.query_engine, state).await?;
+    let mut ctx = paylake_cluster::session_on(&engine.settings.query_engine, state).await?;
+    // After `session_on`: a cluster session's window functions are replaced by Ballista's.
+    paylake_functions::register(&mut ctx)?;
     register_catalog(&ctx, lake, pinned).await?;
     Ok(ctx)
 }
