@@ -11,6 +11,8 @@
 //!   itself. `trailing_sum(1, ts, 3600)` counts them.
 //! - `trailing_distinct(value, ts, seconds)`: how many distinct non-NULL `value`s those rows
 //!   hold.
+//! - `seen_before(value, ts)`: whether an earlier row of the partition, at a strictly earlier
+//!   time, holds the same `value` (NULL counts as a value).
 //! - `carry_forward(value, marker)`: `value` of the latest row so far, this one included,
 //!   whose `marker` is not NULL. This is an as-of lookup over a stream of facts and lookups.
 //!
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{
@@ -39,6 +41,7 @@ pub fn window_functions() -> Vec<Arc<WindowUDF>> {
     vec![
         Arc::new(WindowUDF::from(TrailingSum::new())),
         Arc::new(WindowUDF::from(TrailingDistinct::new())),
+        Arc::new(WindowUDF::from(SeenBefore::new())),
         Arc::new(WindowUDF::from(CarryForward::new())),
     ]
 }
@@ -319,6 +322,62 @@ impl PartitionEvaluator for TrailingDistinctEvaluator {
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
+struct SeenBefore {
+    signature: Signature,
+}
+
+impl SeenBefore {
+    fn new() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl WindowUDFImpl for SeenBefore {
+    fn name(&self) -> &str {
+        "seen_before"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(args.name(), DataType::Boolean, true)))
+    }
+
+    fn partition_evaluator(
+        &self,
+        _args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(SeenBeforeEvaluator))
+    }
+}
+
+#[derive(Debug)]
+struct SeenBeforeEvaluator;
+
+impl PartitionEvaluator for SeenBeforeEvaluator {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let name = "seen_before";
+        let [value, ts] = values else {
+            return exec_err!("{name} takes (value, ts)");
+        };
+        let (times, rows) = sorted_times(name, ts)?;
+        // The earliest time of each value; rows come in time order, so the first is the earliest.
+        let mut first_seen: HashMap<ScalarValue, i64> = HashMap::new();
+        let mut out: Vec<Option<bool>> = vec![None; num_rows];
+        for (&row, &time) in rows.iter().zip(&times) {
+            let key = ScalarValue::try_from_array(value, row)?;
+            let first = *first_seen.entry(key).or_insert(time);
+            out[row] = Some(first < time);
+        }
+        Ok(Arc::new(BooleanArray::from(out)))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
 struct CarryForward {
     signature: Signature,
 }
@@ -481,6 +540,30 @@ mod tests {
 | p5 | 2    | 4.00 | 1        |
 | p6 | 0    | 0.00 | 0        |
 +----+------+------+----------+";
+        assert_eq!(table, expected);
+    }
+
+    #[tokio::test]
+    async fn seen_before_needs_the_same_value_at_a_strictly_earlier_time() {
+        let ctx = session();
+        let table = rows(
+            &ctx,
+            "SELECT id, seen_before(peer, ts) OVER (PARTITION BY account ORDER BY ts) AS seen
+             FROM payments ORDER BY id",
+        )
+        .await;
+        // p3 meets p1's x from an earlier time; p2's y and p5's z are new; p4's NULL is new.
+        let expected = "\
++----+-------+
+| id | seen  |
++----+-------+
+| p1 | false |
+| p2 | false |
+| p3 | true  |
+| p4 | false |
+| p5 | false |
+| p6 | false |
++----+-------+";
         assert_eq!(table, expected);
     }
 
