@@ -4,17 +4,10 @@
 -- its snapshots and its lookups; a snapshot sorts before a lookup at the same instant, and among
 -- snapshots at the same instant the later file wins. `carry_forward` fills each lookup from the
 -- latest snapshot before it in one pass.
-WITH lookups AS (
-    SELECT payment_id, 'src' AS role, src_account_id AS account_id, ts
-    FROM gold.int_training_payments
-    UNION ALL
-    SELECT payment_id, 'dest' AS role, dest_account_id AS account_id, ts
-    FROM gold.int_training_payments
-),
-account_stream AS (
+WITH account_stream AS (
     SELECT account_id, ts AS at, 1 AS kind, '' AS tiebreak, payment_id, role,
         CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS known_at
-    FROM lookups
+    FROM gold.int_training_lookups
     UNION ALL
     SELECT h.account_id, h.known_at AS at, 0 AS kind, h.snapshot_file AS tiebreak,
         CAST(NULL AS VARCHAR) AS payment_id, CAST(NULL AS VARCHAR) AS role, h.opening_date,

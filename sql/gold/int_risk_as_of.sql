@@ -2,17 +2,10 @@
 -- Each payment's source and destination risk flag as known at the payment: the latest risk
 -- batch known at or before its timestamp that mentions the account (a later 0 clears an
 -- earlier flag). The same stream as gold.int_account_as_of, over risk batches.
-WITH lookups AS (
-    SELECT payment_id, 'src' AS role, src_account_id AS account_id, ts
-    FROM gold.int_training_payments
-    UNION ALL
-    SELECT payment_id, 'dest' AS role, dest_account_id AS account_id, ts
-    FROM gold.int_training_payments
-),
-risk_stream AS (
+WITH risk_stream AS (
     SELECT account_id, ts AS at, 1 AS kind, '' AS tiebreak, payment_id, role,
         CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS known_at
-    FROM lookups
+    FROM gold.int_training_lookups
     UNION ALL
     SELECT r.account_id, r.known_at AS at, 0 AS kind, r.batch_file AS tiebreak,
         CAST(NULL AS VARCHAR) AS payment_id, CAST(NULL AS VARCHAR) AS role, r.risk_flag,

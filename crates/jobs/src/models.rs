@@ -152,6 +152,10 @@ const EMBEDDED_GOLD: &[(&str, &str)] = &[
         include_str!("../../../sql/gold/int_training_payments.sql"),
     ),
     (
+        "int_training_lookups",
+        include_str!("../../../sql/gold/int_training_lookups.sql"),
+    ),
+    (
         "int_account_as_of",
         include_str!("../../../sql/gold/int_account_as_of.sql"),
     ),
