@@ -478,6 +478,15 @@ pub async fn stage_plan(
             Path::from(stage.as_str()),
         ));
     let config = writer_config(&delta, table, &schema, partition_by)?;
+    let plan = grouped_by_partition(
+        plan,
+        partition_by,
+        task.session_config().target_partitions(),
+    )
+    .map_err(|source| LakeError::Engine {
+        doing: format!("planning {table}"),
+        source,
+    })?;
     // One writer per output partition, each in its own task: encoding and compressing
     // Parquet is the expensive part of a build, and it then uses every core.
     let streams =
@@ -488,29 +497,15 @@ pub async fn stage_plan(
             }
         })?;
     let mut tasks = tokio::task::JoinSet::new();
-    for mut stream in streams {
-        let mut writer = DeltaWriter::new(Arc::clone(&store), config.clone());
-        let schema = Arc::clone(&schema);
-        let table = table.clone();
-        tasks.spawn(async move {
-            let mut rows = 0u64;
-            while let Some(batch) = stream.next().await {
-                let batch = batch.map_err(|source| LakeError::Engine {
-                    doing: format!("building {table}"),
-                    source,
-                })?;
-                rows += batch.num_rows() as u64;
-                writer
-                    .write(&to_delta_batch(&batch, &schema)?)
-                    .await
-                    .map_err(delta_error(&table, "writing"))?;
-            }
-            let adds = writer
-                .close()
-                .await
-                .map_err(delta_error(&table, "writing"))?;
-            Ok::<_, LakeError>((rows, adds))
-        });
+    for stream in streams {
+        tasks.spawn(write_stream(
+            stream,
+            Arc::clone(&store),
+            config.clone(),
+            Arc::clone(&schema),
+            partition_by.to_vec(),
+            table.clone(),
+        ));
     }
     let mut rows = 0u64;
     let mut adds = Vec::new();
@@ -534,6 +529,116 @@ pub async fn stage_plan(
         partition_by: partition_by.to_vec(),
         replaces: Replaces::Everything,
     })
+}
+
+/// `plan` with its rows hashed by the table's partition columns over `streams` streams and
+/// sorted by them within each stream, so that every partition value arrives in one run and on
+/// one stream. A writer then holds one open file at a time instead of one per partition value:
+/// an open Parquet file keeps a compressor, a dictionary and a row group per column, outside the
+/// engine's memory pool (measured: ~400 MiB of zstd contexts for 90 dates × 40 columns × 2
+/// streams at 300k rows). The sort spills under the pool; an unpartitioned plan is unchanged.
+fn grouped_by_partition(
+    plan: Arc<dyn ExecutionPlan>,
+    partition_by: &[String],
+    streams: usize,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort::SortExec;
+    use datafusion::physical_plan::Partitioning;
+
+    let schema = plan.schema();
+    let keys = partition_by
+        .iter()
+        .map(|name| col(name, &schema))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let Some(ordering) = LexOrdering::new(keys.iter().cloned().map(PhysicalSortExpr::new_default))
+    else {
+        return Ok(plan);
+    };
+    let hashed = Arc::new(RepartitionExec::try_new(
+        plan,
+        Partitioning::Hash(keys, streams.max(1)),
+    )?);
+    Ok(Arc::new(
+        SortExec::new(ordering, hashed).with_preserve_partitioning(true),
+    ))
+}
+
+/// Writes one stream of a staged version. A stream grouped by partition value (see
+/// [`grouped_by_partition`]) gets a fresh writer at each new value, so the finished files are
+/// closed as soon as their value's run ends. Returns the rows written and the files added.
+async fn write_stream(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    store: ObjectStoreRef,
+    config: WriterConfig,
+    schema: SchemaRef,
+    partition_by: Vec<String>,
+    table: TableName,
+) -> Result<(u64, Vec<Add>)> {
+    let engine = |source| LakeError::Engine {
+        doing: format!("building {table}"),
+        source,
+    };
+    let key_columns = partition_by
+        .iter()
+        .map(|name| schema.index_of(name))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| engine(e.into()))?;
+    let mut rows = 0u64;
+    let mut adds = Vec::new();
+    let mut writer = DeltaWriter::new(Arc::clone(&store), config.clone());
+    let mut current_key: Option<Vec<datafusion::scalar::ScalarValue>> = None;
+    while let Some(batch) = stream.next().await {
+        let batch = to_delta_batch(&batch.map_err(engine)?, &schema)?;
+        rows += batch.num_rows() as u64;
+        if key_columns.is_empty() {
+            writer
+                .write(&batch)
+                .await
+                .map_err(delta_error(&table, "writing"))?;
+            continue;
+        }
+        let keys: Vec<_> = key_columns
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let runs = datafusion::arrow::compute::partition(&keys)
+            .map_err(|e| engine(e.into()))?
+            .ranges();
+        for run in runs {
+            let key = keys
+                .iter()
+                .map(|column| datafusion::scalar::ScalarValue::try_from_array(column, run.start))
+                .collect::<datafusion::error::Result<Vec<_>>>()
+                .map_err(engine)?;
+            if current_key.as_ref().is_some_and(|current| *current != key) {
+                let finished = std::mem::replace(
+                    &mut writer,
+                    DeltaWriter::new(Arc::clone(&store), config.clone()),
+                );
+                adds.extend(
+                    finished
+                        .close()
+                        .await
+                        .map_err(delta_error(&table, "writing"))?,
+                );
+            }
+            current_key = Some(key);
+            writer
+                .write(&batch.slice(run.start, run.end - run.start))
+                .await
+                .map_err(delta_error(&table, "writing"))?;
+        }
+    }
+    adds.extend(
+        writer
+            .close()
+            .await
+            .map_err(delta_error(&table, "writing"))?,
+    );
+    Ok((rows, adds))
 }
 
 /// A provider over a staged version's files, to audit it before it is committed.
