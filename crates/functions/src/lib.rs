@@ -22,6 +22,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+mod chunked;
+pub use chunked::{ChunkedWindowAggExec, ChunkedWindows, CHUNK_ROWS};
+
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, UInt32Array,
 };

@@ -113,6 +113,9 @@ pub async fn new_session(
         .with_default_features()
         .with_config(engine.session_config())
         .with_runtime_env(Arc::clone(&engine.runtime))
+        // Last, once sorts are placed: windows evaluated a few partitions at a time. A cluster
+        // session plans on the scheduler, where this rule does not run.
+        .with_physical_optimizer_rule(Arc::new(paylake_functions::ChunkedWindows))
         .build();
     let mut ctx = paylake_cluster::session_on(&engine.settings.query_engine, state).await?;
     // After `session_on`: a cluster session's window functions are replaced by Ballista's.
