@@ -3,8 +3,8 @@
 -- timestamp <= T known by T. Every feature uses only facts known at or before the payment;
 -- labels count only when known by T. Bounds are documented in docs/point-in-time.md.
 -- The features are intermediate models, each computed once from one sorted stream per account
--- (gold.int_account_as_of, gold.int_risk_as_of, gold.int_source_behaviour,
--- gold.int_destination_senders); this model joins them to the payments by payment_id.
+-- (gold.int_accounts_as_of, gold.int_source_behaviour, gold.int_destination_senders); this
+-- model joins them to the payments by payment_id.
 -- The one-row `params` comes first in every cross join: the engine buffers the left side and
 -- emits one batch per buffered row, so a large left side would stream one-row batches.
 WITH params AS (
@@ -37,10 +37,10 @@ SELECT
     CAST(CAST(p.ts AS DATE) AS BIGINT) - CAST(a.dest_opening_date AS BIGINT) AS dest_account_age_days,
     arrow_cast(a.src_account_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_account_known_at,
     arrow_cast(a.dest_account_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_account_known_at,
-    COALESCE(r.src_risk_flag, 0) AS src_risk_flag,
-    COALESCE(r.dest_risk_flag, 0) AS dest_risk_flag,
-    arrow_cast(r.src_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_risk_known_at,
-    arrow_cast(r.dest_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_risk_known_at,
+    COALESCE(a.src_risk_flag, 0) AS src_risk_flag,
+    COALESCE(a.dest_risk_flag, 0) AS dest_risk_flag,
+    arrow_cast(a.src_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_risk_known_at,
+    arrow_cast(a.dest_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_risk_known_at,
     b.src_count_1h,
     COALESCE(b.src_amount_1h, 0) AS src_amount_1h,
     b.src_count_24h,
@@ -76,8 +76,7 @@ SELECT
     to_char(p.ts, '%Y-%m-%d') AS payment_date
 FROM params
 CROSS JOIN gold.int_training_payments AS p
-LEFT JOIN gold.int_account_as_of AS a ON a.payment_id = p.payment_id
-LEFT JOIN gold.int_risk_as_of AS r ON r.payment_id = p.payment_id
+LEFT JOIN gold.int_accounts_as_of AS a ON a.payment_id = p.payment_id
 LEFT JOIN gold.int_source_behaviour AS b ON b.payment_id = p.payment_id
 LEFT JOIN gold.int_destination_senders AS s ON s.payment_id = p.payment_id
 LEFT JOIN labels AS l ON l.payment_id = p.payment_id

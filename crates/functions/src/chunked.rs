@@ -9,7 +9,9 @@
 //! Its input is sorted by the partition keys, so a partition is complete as soon as a row of the
 //! next one arrives. [`ChunkedWindowAggExec`] buffers about [`CHUNK_ROWS`] rows, evaluates the
 //! complete partitions among them exactly as `WindowAggExec` would (each partition alone), emits
-//! them, and keeps only the unfinished last one. The buffer is reserved in the memory pool.
+//! them, and keeps only the unfinished last one. The buffer is reserved in the memory pool; when
+//! the pool has no room for it, the chunk is evaluated early, and only an unfinished partition
+//! larger than the room left is an error (resources exhausted, naming this operator).
 //! [`ChunkedWindows`] swaps it in for every partitioned `WindowAggExec` of a plan.
 
 use std::pin::Pin;
@@ -171,7 +173,10 @@ impl ExecutionPlan for ChunkedWindowAggExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
+        // Registered as able to spill: it gives memory back by evaluating its chunk early, so
+        // a fair pool lets it hold its share beside the sorts that feed it.
         let reservation = MemoryConsumer::new(format!("ChunkedWindowAggExec[{partition}]"))
+            .with_can_spill(true)
             .register(context.memory_pool());
         Ok(Box::pin(ChunkedWindowStream {
             schema: self.schema(),
@@ -318,13 +323,12 @@ impl Stream for ChunkedWindowStream {
                         Ok(batch) => batch,
                         Err(error) => return Poll::Ready(Some(Err(error))),
                     };
-                    let size = rows_size(&batch);
-                    if let Err(error) = self.reservation.try_grow(size) {
-                        return Poll::Ready(Some(Err(error)));
-                    }
+                    // Under memory pressure the chunk shrinks: the complete partitions are
+                    // evaluated now, and only an unfinished one that does not fit is an error.
+                    let fits = self.reservation.try_grow(rows_size(&batch)).is_ok();
                     self.buffered_rows += batch.num_rows();
                     self.buffered.push(batch);
-                    if self.buffered_rows < self.evaluate_at {
+                    if fits && self.buffered_rows < self.evaluate_at {
                         continue;
                     }
                     self.evaluate_buffered(false)

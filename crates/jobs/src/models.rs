@@ -152,16 +152,8 @@ const EMBEDDED_GOLD: &[(&str, &str)] = &[
         include_str!("../../../sql/gold/int_training_payments.sql"),
     ),
     (
-        "int_training_lookups",
-        include_str!("../../../sql/gold/int_training_lookups.sql"),
-    ),
-    (
-        "int_account_as_of",
-        include_str!("../../../sql/gold/int_account_as_of.sql"),
-    ),
-    (
-        "int_risk_as_of",
-        include_str!("../../../sql/gold/int_risk_as_of.sql"),
+        "int_accounts_as_of",
+        include_str!("../../../sql/gold/int_accounts_as_of.sql"),
     ),
     (
         "int_source_behaviour",
@@ -381,7 +373,7 @@ mod tests {
         );
         let gold = load_models(Layer::Gold, None).unwrap();
         let gold_position = |name: &str| gold.iter().position(|m| m.name == name).unwrap();
-        for feature in ["int_account_as_of", "int_source_behaviour"] {
+        for feature in ["int_accounts_as_of", "int_source_behaviour"] {
             assert!(gold_position("int_training_payments") < gold_position(feature));
             assert!(gold_position(feature) < gold_position("payment_training"));
             assert_eq!(

@@ -537,17 +537,40 @@ pub async fn stage_plan(
 /// an open Parquet file keeps a compressor, a dictionary and a row group per column, outside the
 /// engine's memory pool (measured: ~400 MiB of zstd contexts for 90 dates × 40 columns × 2
 /// streams at 300k rows). The sort spills under the pool; an unpartitioned plan is unchanged.
+///
+/// Columns are cast to the table's Delta types (`delta_schema`) before the sort, as the writer
+/// would cast them anyway: string views out of a join share large buffers, and the sort would
+/// reserve each batch as if it owned them (measured: 25 MiB for one 8k-row batch).
 fn grouped_by_partition(
     plan: Arc<dyn ExecutionPlan>,
     partition_by: &[String],
     streams: usize,
 ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_expr::expressions::{cast, col};
     use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+    use datafusion::physical_plan::projection::ProjectionExec;
     use datafusion::physical_plan::repartition::RepartitionExec;
     use datafusion::physical_plan::sorts::sort::SortExec;
     use datafusion::physical_plan::Partitioning;
 
+    if partition_by.is_empty() {
+        return Ok(plan);
+    }
+    let input_schema = plan.schema();
+    let target = delta_schema(&input_schema);
+    let casts = input_schema
+        .fields()
+        .iter()
+        .zip(target.fields())
+        .map(|(field, delta)| {
+            let column = col(field.name(), &input_schema)?;
+            Ok((
+                cast(column, &input_schema, delta.data_type().clone())?,
+                field.name().clone(),
+            ))
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(casts, plan)?);
     let schema = plan.schema();
     let keys = partition_by
         .iter()
