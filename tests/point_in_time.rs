@@ -571,10 +571,12 @@ fn broken_invariant_fails_the_build_and_keeps_the_published_table() {
         &sql_dir,
     );
     let model = sql_dir.join("gold/payment_training.sql");
-    let text = std::fs::read_to_string(&model).unwrap().replace(
-        "arrow_cast(r.src_risk_known_at,",
-        "arrow_cast(r.src_risk_known_at + INTERVAL '400 days',",
+    let original = std::fs::read_to_string(&model).unwrap();
+    let text = original.replace(
+        "arrow_cast(a.src_risk_known_at,",
+        "arrow_cast(a.src_risk_known_at + INTERVAL '400 days',",
     );
+    assert_ne!(text, original, "the model no longer has the line this test breaks");
     std::fs::write(&model, text).unwrap();
     let output = ws.run(&[
         "gold",
