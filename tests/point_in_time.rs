@@ -576,7 +576,10 @@ fn broken_invariant_fails_the_build_and_keeps_the_published_table() {
         "arrow_cast(a.src_risk_known_at,",
         "arrow_cast(a.src_risk_known_at + INTERVAL '400 days',",
     );
-    assert_ne!(text, original, "the model no longer has the line this test breaks");
+    assert_ne!(
+        text, original,
+        "the model no longer has the line this test breaks"
+    );
     std::fs::write(&model, text).unwrap();
     let output = ws.run(&[
         "gold",

@@ -130,6 +130,58 @@ impl MemoryPool for PeakTrackingPool {
     }
 }
 
+/// Scratch folders are `<spill dir>/paylake-run-*`, each holding the id of the process that
+/// owns it in `owner.pid`.
+const SCRATCH_PREFIX: &str = "paylake-run-";
+const SCRATCH_OWNER: &str = "owner.pid";
+
+/// Removes scratch folders whose process is gone. A run removes its own folder when it ends, but
+/// a killed run (SIGKILL, OOM, a lost machine) cannot, and its spills can be gigabytes. A folder
+/// without an owner file, or whose owner still runs, is left alone.
+fn remove_abandoned_scratch(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SCRATCH_PREFIX)
+        {
+            continue;
+        }
+        let folder = entry.path();
+        let Some(owner) = std::fs::read_to_string(folder.join(SCRATCH_OWNER))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner != std::process::id() && !process_is_running(owner) {
+            match std::fs::remove_dir_all(&folder) {
+                Ok(()) => tracing::info!(
+                    "removed the scratch folder {} of a run that ended without cleaning up (process {owner})",
+                    folder.display()
+                ),
+                Err(error) => tracing::warn!(
+                    "could not remove the abandoned scratch folder {}: {error}",
+                    folder.display()
+                ),
+            }
+        }
+    }
+}
+
+/// Whether process `pid` exists. Only Linux is asked (`/proc`); elsewhere every owner counts as
+/// running, so nothing is removed.
+fn process_is_running(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
 /// The engine of one run: settings, the runtime every session of the run shares, and the
 /// run's scratch folder (spills and temporary models), removed when the engine is dropped.
 pub struct Engine {
@@ -149,13 +201,21 @@ impl Engine {
             path: root.display().to_string(),
             source,
         })?;
+        remove_abandoned_scratch(&root);
         let scratch = tempfile::Builder::new()
-            .prefix("paylake-run-")
+            .prefix(SCRATCH_PREFIX)
             .tempdir_in(&root)
             .map_err(|source| JobError::Write {
                 path: root.display().to_string(),
                 source,
             })?;
+        let owner = scratch.path().join(SCRATCH_OWNER);
+        std::fs::write(&owner, std::process::id().to_string()).map_err(|source| {
+            JobError::Write {
+                path: owner.display().to_string(),
+                source,
+            }
+        })?;
         let inner: Arc<dyn MemoryPool> = match settings.memory_limit {
             Some(bytes) => Arc::new(FairSpillPool::new(
                 usize::try_from(bytes).unwrap_or(usize::MAX),
@@ -388,5 +448,34 @@ mod tests {
             !scratch.exists(),
             "the scratch folder is removed with the engine"
         );
+    }
+
+    #[test]
+    fn a_new_engine_removes_scratch_folders_of_runs_that_are_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = |name: &str, owner: Option<&str>| {
+            let path = root.path().join(name);
+            std::fs::create_dir_all(path.join("spill")).unwrap();
+            if let Some(owner) = owner {
+                std::fs::write(path.join(SCRATCH_OWNER), owner).unwrap();
+            }
+            path
+        };
+        // Process ids stop well below this on Linux (pid_max is at most 2^22).
+        let gone = folder("paylake-run-gone", Some("4294967295"));
+        let running = folder("paylake-run-running", Some(&std::process::id().to_string()));
+        let unowned = folder("paylake-run-unowned", None);
+        let other = folder("someone-else", Some("4294967295"));
+        let engine = Engine::new(&EngineSettings {
+            spill_dir: Some(root.path().to_path_buf()),
+            ..EngineSettings::default()
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(engine.scratch_dir().join(SCRATCH_OWNER)).unwrap(),
+            std::process::id().to_string()
+        );
+        assert_eq!(!gone.exists(), cfg!(target_os = "linux"));
+        assert!(running.exists() && unowned.exists() && other.exists());
     }
 }
