@@ -2,16 +2,17 @@
 -- Each check returns the rows that break it; any row fails the build.
 
 -- check: one_row_per_payment
-SELECT expected.n AS expected_rows, built.n AS built_rows, built.distinct_ids
+-- As many rows as eligible payments; that no payment_id repeats is the error-severity
+-- expectation payment_id_unique (an aggregate that can spill), not a count(DISTINCT) here,
+-- whose set of every id stays in memory (measured: 2 GiB resident at 10M payments).
+SELECT expected.n AS expected_rows, built.n AS built_rows
 FROM (
     SELECT count(*) AS n
     FROM params.run AS r CROSS JOIN silver.payments AS p
     WHERE p.known_at <= r.as_of AND p."timestamp" <= r.as_of
 ) AS expected
-CROSS JOIN (
-    SELECT count(*) AS n, count(DISTINCT payment_id) AS distinct_ids FROM gold.payment_training
-) AS built
-WHERE expected.n <> built.n OR built.n <> built.distinct_ids
+CROSS JOIN (SELECT count(*) AS n FROM gold.payment_training) AS built
+WHERE expected.n <> built.n
 
 -- check: features_known_by_payment_time
 SELECT payment_id FROM gold.payment_training
