@@ -160,27 +160,24 @@ fn enriched_table(suite: &Suite) -> Result<String, QualityError> {
     let mut extra = Vec::new();
     let mut joins = Vec::new();
     for (index, rule) in suite.rules.iter().enumerate() {
-        match &rule.kind {
-            RuleKind::Reference { column, references } => {
-                let (table, key) =
-                    references
-                        .rsplit_once('.')
-                        .ok_or_else(|| QualityError::Expectations {
-                            origin: suite.table.clone(),
-                            message: format!(
-                                "rule {}: references must be layer.table.column",
-                                rule.name
-                            ),
-                        })?;
-                joins.push(format!(
-                    "LEFT JOIN (SELECT DISTINCT {} AS __k FROM {table}) AS __ref_{index} \
-                     ON __t.{} = __ref_{index}.__k",
-                    ident(key),
-                    ident(column)
-                ));
-                extra.push(format!("__ref_{index}.__k IS NOT NULL AS __found_{index}"));
-            }
-            _ => {}
+        if let RuleKind::Reference { column, references } = &rule.kind {
+            let (table, key) =
+                references
+                    .rsplit_once('.')
+                    .ok_or_else(|| QualityError::Expectations {
+                        origin: suite.table.clone(),
+                        message: format!(
+                            "rule {}: references must be layer.table.column",
+                            rule.name
+                        ),
+                    })?;
+            joins.push(format!(
+                "LEFT JOIN (SELECT DISTINCT {} AS __k FROM {table}) AS __ref_{index} \
+                 ON __t.{} = __ref_{index}.__k",
+                ident(key),
+                ident(column)
+            ));
+            extra.push(format!("__ref_{index}.__k IS NOT NULL AS __found_{index}"));
         }
     }
     let extra = extra.iter().map(|e| format!(", {e}")).collect::<String>();
