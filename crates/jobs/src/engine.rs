@@ -130,15 +130,36 @@ impl MemoryPool for PeakTrackingPool {
     }
 }
 
-/// Scratch folders are `<spill dir>/paylake-run-*`, each holding the id of the process that
-/// owns it in `owner.pid`.
+/// Scratch folders are `<spill dir>/paylake-run-*`, each naming the process that owns it in
+/// `owner.pid`: its id and its PID namespace (`<pid> <namespace>`).
 const SCRATCH_PREFIX: &str = "paylake-run-";
 const SCRATCH_OWNER: &str = "owner.pid";
 
+/// This process as a scratch folder's owner. The namespace tells processes of other containers
+/// sharing the spill folder apart: their ids mean nothing here.
+fn scratch_owner() -> String {
+    format!(
+        "{} {}",
+        std::process::id(),
+        pid_namespace().unwrap_or_default()
+    )
+}
+
+/// The PID namespace of this process (Linux), e.g. `pid:[4026531836]`.
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|link| link.display().to_string())
+}
+
 /// Removes scratch folders whose process is gone. A run removes its own folder when it ends, but
-/// a killed run (SIGKILL, OOM, a lost machine) cannot, and its spills can be gigabytes. A folder
-/// without an owner file, or whose owner still runs, is left alone.
+/// a killed run (SIGKILL, OOM, a lost machine) cannot, and its spills can be gigabytes. Only
+/// folders of this PID namespace whose process no longer exists are removed; one without an
+/// owner file, or owned in another namespace (another container), is left alone.
 fn remove_abandoned_scratch(root: &Path) {
+    let Some(namespace) = pid_namespace() else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
@@ -151,34 +172,31 @@ fn remove_abandoned_scratch(root: &Path) {
             continue;
         }
         let folder = entry.path();
-        let Some(owner) = std::fs::read_to_string(folder.join(SCRATCH_OWNER))
-            .ok()
-            .and_then(|text| text.trim().parse::<u32>().ok())
-        else {
+        let Ok(owner) = std::fs::read_to_string(folder.join(SCRATCH_OWNER)) else {
             continue;
         };
-        if owner != std::process::id() && !process_is_running(owner) {
-            match std::fs::remove_dir_all(&folder) {
-                Ok(()) => tracing::info!(
-                    "removed the scratch folder {} of a run that ended without cleaning up (process {owner})",
-                    folder.display()
-                ),
-                Err(error) => tracing::warn!(
-                    "could not remove the abandoned scratch folder {}: {error}",
-                    folder.display()
-                ),
-            }
+        let Some((pid, owner_namespace)) = owner.trim().split_once(' ') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if owner_namespace != namespace
+            || pid == std::process::id()
+            || Path::new("/proc").join(pid.to_string()).exists()
+        {
+            continue;
         }
-    }
-}
-
-/// Whether process `pid` exists. Only Linux is asked (`/proc`); elsewhere every owner counts as
-/// running, so nothing is removed.
-fn process_is_running(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new("/proc").join(pid.to_string()).exists()
-    } else {
-        true
+        match std::fs::remove_dir_all(&folder) {
+            Ok(()) => tracing::info!(
+                "removed the scratch folder {} of a run that ended without cleaning up (process {pid})",
+                folder.display()
+            ),
+            Err(error) => tracing::warn!(
+                "could not remove the abandoned scratch folder {}: {error}",
+                folder.display()
+            ),
+        }
     }
 }
 
@@ -210,11 +228,9 @@ impl Engine {
                 source,
             })?;
         let owner = scratch.path().join(SCRATCH_OWNER);
-        std::fs::write(&owner, std::process::id().to_string()).map_err(|source| {
-            JobError::Write {
-                path: owner.display().to_string(),
-                source,
-            }
+        std::fs::write(&owner, scratch_owner()).map_err(|source| JobError::Write {
+            path: owner.display().to_string(),
+            source,
         })?;
         let inner: Arc<dyn MemoryPool> = match settings.memory_limit {
             Some(bytes) => Arc::new(FairSpillPool::new(
@@ -453,7 +469,7 @@ mod tests {
     #[test]
     fn a_new_engine_removes_scratch_folders_of_runs_that_are_gone() {
         let root = tempfile::tempdir().unwrap();
-        let folder = |name: &str, owner: Option<&str>| {
+        let folder = |name: &str, owner: Option<String>| {
             let path = root.path().join(name);
             std::fs::create_dir_all(path.join("spill")).unwrap();
             if let Some(owner) = owner {
@@ -461,11 +477,16 @@ mod tests {
             }
             path
         };
+        let namespace = pid_namespace().unwrap_or_default();
         // Process ids stop well below this on Linux (pid_max is at most 2^22).
-        let gone = folder("paylake-run-gone", Some("4294967295"));
-        let running = folder("paylake-run-running", Some(&std::process::id().to_string()));
+        let gone = folder("paylake-run-gone", Some(format!("4294967295 {namespace}")));
+        let running = folder("paylake-run-running", Some(scratch_owner()));
+        let other_container = folder(
+            "paylake-run-elsewhere",
+            Some("4294967295 pid:[1]".to_string()),
+        );
         let unowned = folder("paylake-run-unowned", None);
-        let other = folder("someone-else", Some("4294967295"));
+        let not_scratch = folder("someone-else", Some(format!("4294967295 {namespace}")));
         let engine = Engine::new(&EngineSettings {
             spill_dir: Some(root.path().to_path_buf()),
             ..EngineSettings::default()
@@ -473,9 +494,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             std::fs::read_to_string(engine.scratch_dir().join(SCRATCH_OWNER)).unwrap(),
-            std::process::id().to_string()
+            scratch_owner()
         );
         assert_eq!(!gone.exists(), cfg!(target_os = "linux"));
-        assert!(running.exists() && unowned.exists() && other.exists());
+        for kept in [running, other_container, unowned, not_scratch] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
     }
 }

@@ -543,23 +543,29 @@ async fn stage_models(
                 // `delta::stage_plan`). Locally the model's result goes to scratch first, so that
                 // this sort does not share the memory pool with the model's own joins and sorts
                 // (measured at 10M payments: gold.payment_training ran out of a 1 GiB pool).
-                let (staged_plan, staged_task) = if model.partition_by.is_empty()
-                    || !options.engine.query_engine.is_local()
-                {
-                    (Arc::clone(&plan), task)
-                } else {
-                    let dir = built
+                let unsorted = (!model.partition_by.is_empty()
+                    && options.engine.query_engine.is_local())
+                .then(|| {
+                    built
                         .engine
-                        .temporary_model_dir(&format!("{}.unsorted", model.qualified()));
-                    write_temporary(Arc::clone(&plan), task, &dir)
-                        .await
-                        .map_err(failed)?;
-                    let result = ctx
-                        .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
-                        .await
-                        .map_err(failed)?;
-                    let task = Arc::new(result.task_ctx());
-                    (result.create_physical_plan().await.map_err(failed)?, task)
+                        .temporary_model_dir(&format!("{}.unsorted", model.qualified()))
+                });
+                let (staged_plan, staged_task) = match &unsorted {
+                    None => (Arc::clone(&plan), task),
+                    Some(dir) => {
+                        write_temporary(Arc::clone(&plan), task, dir)
+                            .await
+                            .map_err(failed)?;
+                        let result = ctx
+                            .read_parquet(
+                                format!("{}/", dir.display()),
+                                ParquetReadOptions::default(),
+                            )
+                            .await
+                            .map_err(failed)?;
+                        let task = Arc::new(result.task_ctx());
+                        (result.create_physical_plan().await.map_err(failed)?, task)
+                    }
                 };
                 let version = delta::stage_plan(
                     lake,
@@ -571,6 +577,13 @@ async fn stage_models(
                 )
                 .await
                 .map_err(write_failed)?;
+                if let Some(dir) = unsorted {
+                    // Staged: the copy in scratch (a whole table) is not read again.
+                    std::fs::remove_dir_all(&dir).map_err(|source| JobError::Write {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
                 let version = StagedVersion {
                     replaces,
                     ..version
