@@ -644,8 +644,6 @@ async fn write_temporary(
     dir: &std::path::Path,
 ) -> datafusion::error::Result<u64> {
     use datafusion::parquet::arrow::ArrowWriter;
-    use datafusion::parquet::basic::Compression;
-    use datafusion::parquet::file::properties::WriterProperties;
     use futures::StreamExt;
 
     std::fs::create_dir_all(dir)?;
@@ -656,10 +654,7 @@ async fn write_temporary(
         let path = dir.join(format!("part-{index:04}.parquet"));
         let schema = Arc::clone(&schema);
         writers.spawn(async move {
-            let properties = WriterProperties::builder()
-                .set_compression(Compression::LZ4_RAW)
-                .set_max_row_group_row_count(Some(64 * 1024))
-                .build();
+            let properties = paylake_lake::delta::scratch_writer_properties();
             let file = std::fs::File::create(&path)?;
             let mut writer = ArrowWriter::try_new(file, schema, Some(properties))?;
             let mut rows = 0u64;
