@@ -539,51 +539,26 @@ async fn stage_models(
             }
             Materialization::Table | Materialization::View => {
                 let name = TableName::new(layer, model.name.clone());
-                // A partitioned table is written sorted by partition value (see
-                // `delta::stage_plan`). Locally the model's result goes to scratch first, so that
-                // this sort does not share the memory pool with the model's own joins and sorts
-                // (measured at 10M payments: gold.payment_training ran out of a 1 GiB pool).
-                let unsorted = (!model.partition_by.is_empty()
+                // A partitioned table reaches its writers through bucket files in scratch
+                // (see `delta::stage_plan`); a cluster session has no local folder it shares.
+                let buckets = (!model.partition_by.is_empty()
                     && options.engine.query_engine.is_local())
                 .then(|| {
                     built
                         .engine
-                        .temporary_model_dir(&format!("{}.unsorted", model.qualified()))
+                        .temporary_model_dir(&format!("{}.buckets", model.qualified()))
                 });
-                let (staged_plan, staged_task) = match &unsorted {
-                    None => (Arc::clone(&plan), task),
-                    Some(dir) => {
-                        write_temporary(Arc::clone(&plan), task, dir)
-                            .await
-                            .map_err(failed)?;
-                        let result = ctx
-                            .read_parquet(
-                                format!("{}/", dir.display()),
-                                ParquetReadOptions::default(),
-                            )
-                            .await
-                            .map_err(failed)?;
-                        let task = Arc::new(result.task_ctx());
-                        (result.create_physical_plan().await.map_err(failed)?, task)
-                    }
-                };
                 let version = delta::stage_plan(
                     lake,
                     &name,
-                    staged_plan,
-                    staged_task,
+                    Arc::clone(&plan),
+                    task,
                     &model.partition_by,
                     &options.run_id,
+                    buckets.as_deref(),
                 )
                 .await
                 .map_err(write_failed)?;
-                if let Some(dir) = unsorted {
-                    // Staged: the copy in scratch (a whole table) is not read again.
-                    std::fs::remove_dir_all(&dir).map_err(|source| JobError::Write {
-                        path: dir.display().to_string(),
-                        source,
-                    })?;
-                }
                 let version = StagedVersion {
                     replaces,
                     ..version

@@ -475,10 +475,16 @@ pub async fn stage(
             doing: format!("planning {table}"),
             source,
         })?;
-    stage_plan(lake, table, plan, task, partition_by, stage_id).await
+    stage_plan(lake, table, plan, task, partition_by, stage_id, None).await
 }
 
 /// [`stage`] for a plan the caller made, so it can read the plan's metrics afterwards.
+///
+/// A partitioned table gets one file per partition value, written by one open writer at a
+/// time. With `scratch` (a local folder of the run), rows reach their value's writer through
+/// bucket files there ([`crate::buckets`]); without it, through a sort by partition value that
+/// spills under the pool ([`grouped_by_partition`]), which also runs where no local folder is
+/// shared, on a cluster.
 pub async fn stage_plan(
     lake: &Lake,
     table: &TableName,
@@ -486,6 +492,7 @@ pub async fn stage_plan(
     task: Arc<TaskContext>,
     partition_by: &[String],
     stage_id: &str,
+    scratch: Option<&std::path::Path>,
 ) -> Result<StagedVersion> {
     let schema = delta_schema(&plan.schema());
     let delta = ensure(lake, table, &schema, partition_by, TableKind::Rebuilt).await?;
@@ -496,45 +503,25 @@ pub async fn stage_plan(
             Path::from(stage.as_str()),
         ));
     let config = writer_config(&delta, table, &schema, partition_by)?;
-    let plan = grouped_by_partition(
-        plan,
-        partition_by,
-        task.session_config().target_partitions(),
-    )
-    .map_err(|source| LakeError::Engine {
-        doing: format!("planning {table}"),
-        source,
-    })?;
-    // One writer per output partition, each in its own task: encoding and compressing
-    // Parquet is the expensive part of a build, and it then uses every core.
-    let streams =
-        datafusion::physical_plan::execute_stream_partitioned(plan, task).map_err(|source| {
-            LakeError::Engine {
-                doing: format!("building {table}"),
-                source,
-            }
-        })?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for stream in streams {
-        tasks.spawn(write_stream(
-            stream,
-            Arc::clone(&store),
-            config.clone(),
-            Arc::clone(&schema),
-            partition_by.to_vec(),
-            table.clone(),
-        ));
-    }
-    let mut rows = 0u64;
-    let mut adds = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (written, files) = joined.map_err(|e| LakeError::Corrupt {
-            path: table.to_string(),
-            reason: format!("a writer task failed: {e}"),
-        })??;
-        rows += written;
-        adds.extend(files);
-    }
+    let (rows, mut adds) = match scratch {
+        Some(dir) if !partition_by.is_empty() => {
+            let written = write_bucketed(
+                plan,
+                task,
+                dir,
+                &store,
+                &config,
+                &schema,
+                partition_by,
+                table,
+            )
+            .await;
+            // Best effort: the folder is in the run's scratch, removed with it at the latest.
+            let _ = std::fs::remove_dir_all(dir);
+            written?
+        }
+        _ => write_sorted(plan, task, &store, &config, &schema, partition_by, table).await?,
+    };
     for add in &mut adds {
         add.path = format!("{stage}/{}", add.path);
     }
@@ -549,31 +536,183 @@ pub async fn stage_plan(
     })
 }
 
-/// `plan` with its rows hashed by the table's partition columns over `streams` streams and
-/// sorted by them within each stream, so that every partition value arrives in one run and on
-/// one stream. A writer then holds one open file at a time instead of one per partition value:
-/// an open Parquet file keeps a compressor, a dictionary and a row group per column, outside the
-/// engine's memory pool (measured: ~400 MiB of zstd contexts for 90 dates × 40 columns × 2
-/// streams at 300k rows). The sort spills under the pool; an unpartitioned plan is unchanged.
-///
-/// Columns are cast to the table's Delta types (`delta_schema`) before the sort, as the writer
-/// would cast them anyway: string views out of a join share large buffers, and the sort would
-/// reserve each batch as if it owned them (measured: 25 MiB for one 8k-row batch).
-fn grouped_by_partition(
+/// Writes `plan`'s streams, each in its own task (encoding and compressing Parquet is the
+/// expensive part of a build, and it then uses every core), a partitioned table's grouped by
+/// partition value first. Returns the rows written and the files added.
+async fn write_sorted(
     plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    store: &ObjectStoreRef,
+    config: &WriterConfig,
+    schema: &SchemaRef,
     partition_by: &[String],
-    streams: usize,
+    table: &TableName,
+) -> Result<(u64, Vec<Add>)> {
+    let engine = |doing: &str, source| LakeError::Engine {
+        doing: format!("{doing} {table}"),
+        source,
+    };
+    let plan = grouped_by_partition(
+        plan,
+        partition_by,
+        task.session_config().target_partitions(),
+    )
+    .map_err(|source| engine("planning", source))?;
+    let streams = datafusion::physical_plan::execute_stream_partitioned(plan, task)
+        .map_err(|source| engine("building", source))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for stream in streams {
+        tasks.spawn(write_stream(
+            stream,
+            Arc::clone(store),
+            config.clone(),
+            Arc::clone(schema),
+            partition_by.to_vec(),
+            table.clone(),
+        ));
+    }
+    let mut rows = 0u64;
+    let mut adds = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (written, files) = joined.map_err(|e| writer_task_failed(table, e))??;
+        rows += written;
+        adds.extend(files);
+    }
+    Ok((rows, adds))
+}
+
+fn writer_task_failed(table: &TableName, error: tokio::task::JoinError) -> LakeError {
+    LakeError::Corrupt {
+        path: table.to_string(),
+        reason: format!("a writer task failed: {error}"),
+    }
+}
+
+/// Writes a partitioned table through bucket files under `dir`: every stream of `plan` splits
+/// its rows by partition value into files (one task per stream), then each value's files are
+/// read back into one Delta writer, the values shared among as many tasks as the session has
+/// partitions. One file per value and version, one open writer per task.
+#[allow(clippy::too_many_arguments)]
+async fn write_bucketed(
+    plan: Arc<dyn ExecutionPlan>,
+    task: Arc<TaskContext>,
+    dir: &std::path::Path,
+    store: &ObjectStoreRef,
+    config: &WriterConfig,
+    schema: &SchemaRef,
+    partition_by: &[String],
+    table: &TableName,
+) -> Result<(u64, Vec<Add>)> {
+    use crate::buckets::{read_bucket, PartitionBuckets, PartitionKey};
+
+    let engine = |source| LakeError::Engine {
+        doing: format!("building {table}"),
+        source,
+    };
+    let key_columns = partition_by
+        .iter()
+        .map(|name| schema.index_of(name))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| engine(e.into()))?;
+    let plan = cast_to_delta(plan).map_err(engine)?;
+    let pool = Arc::clone(task.memory_pool());
+    let writers = task.session_config().target_partitions().max(1);
+    let streams =
+        datafusion::physical_plan::execute_stream_partitioned(plan, task).map_err(engine)?;
+    let mut bucketing = tokio::task::JoinSet::new();
+    for (index, mut stream) in streams.into_iter().enumerate() {
+        let mut buckets = PartitionBuckets::try_new(
+            &dir.join(format!("stream-{index:04}")),
+            Arc::clone(schema),
+            key_columns.clone(),
+            &pool,
+            format!("partition buckets of {table}[{index}]"),
+        )
+        .map_err(engine)?;
+        let schema = Arc::clone(schema);
+        let table = table.clone();
+        bucketing.spawn(async move {
+            let engine = |source| LakeError::Engine {
+                doing: format!("building {table}"),
+                source,
+            };
+            let mut rows = 0u64;
+            while let Some(batch) = stream.next().await {
+                let batch = to_delta_batch(&batch.map_err(engine)?, &schema)?;
+                rows += batch.num_rows() as u64;
+                buckets.push(&batch).map_err(engine)?;
+            }
+            Ok::<_, LakeError>((rows, buckets.finish().map_err(engine)?))
+        });
+    }
+    let mut rows = 0u64;
+    let mut files_by_value: HashMap<PartitionKey, Vec<std::path::PathBuf>> = HashMap::new();
+    while let Some(joined) = bucketing.join_next().await {
+        let (bucketed, files) = joined.map_err(|e| writer_task_failed(table, e))??;
+        rows += bucketed;
+        for (value, file) in files {
+            files_by_value.entry(value).or_default().push(file);
+        }
+    }
+    // Values in order, dealt round-robin: each task writes every `writers`-th value.
+    let mut values: Vec<_> = files_by_value.into_iter().collect();
+    values.sort_by(|(a, _), (b, _)| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let mut shares: Vec<Vec<Vec<std::path::PathBuf>>> = vec![Vec::new(); writers];
+    for (i, (_, files)) in values.into_iter().enumerate() {
+        shares[i % writers].push(files);
+    }
+    let mut writing = tokio::task::JoinSet::new();
+    for share in shares {
+        let store = Arc::clone(store);
+        let config = config.clone();
+        let table = table.clone();
+        writing.spawn(async move {
+            let mut adds = Vec::new();
+            for files in share {
+                let mut writer = DeltaWriter::new(Arc::clone(&store), config.clone());
+                for file in &files {
+                    for batch in read_bucket(file).map_err(|source| LakeError::Engine {
+                        doing: format!("building {table}"),
+                        source,
+                    })? {
+                        let batch = batch.map_err(|source| LakeError::Engine {
+                            doing: format!("reading back {}", file.display()),
+                            source,
+                        })?;
+                        writer
+                            .write(&batch)
+                            .await
+                            .map_err(delta_error(&table, "writing"))?;
+                    }
+                    // Read: its rows are in the writer now.
+                    let _ = std::fs::remove_file(file);
+                }
+                adds.extend(
+                    writer
+                        .close()
+                        .await
+                        .map_err(delta_error(&table, "writing"))?,
+                );
+            }
+            Ok::<_, LakeError>(adds)
+        });
+    }
+    let mut adds = Vec::new();
+    while let Some(joined) = writing.join_next().await {
+        adds.extend(joined.map_err(|e| writer_task_failed(table, e))??);
+    }
+    Ok((rows, adds))
+}
+
+/// `plan` with every column cast to the table's Delta type (`delta_schema`), as the writer
+/// would cast it anyway: string views out of a join share large buffers, and a sort or a
+/// bucket would hold each batch as if it owned them (measured: 25 MiB for one 8k-row batch).
+fn cast_to_delta(
+    plan: Arc<dyn ExecutionPlan>,
 ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
     use datafusion::physical_expr::expressions::{cast, col};
-    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
     use datafusion::physical_plan::projection::ProjectionExec;
-    use datafusion::physical_plan::repartition::RepartitionExec;
-    use datafusion::physical_plan::sorts::sort::SortExec;
-    use datafusion::physical_plan::Partitioning;
 
-    if partition_by.is_empty() {
-        return Ok(plan);
-    }
     let input_schema = plan.schema();
     let target = delta_schema(&input_schema);
     let casts = input_schema
@@ -588,7 +727,31 @@ fn grouped_by_partition(
             ))
         })
         .collect::<datafusion::error::Result<Vec<_>>>()?;
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(casts, plan)?);
+    Ok(Arc::new(ProjectionExec::try_new(casts, plan)?))
+}
+
+/// `plan` with its rows hashed by the table's partition columns over `streams` streams and
+/// sorted by them within each stream, so that every partition value arrives in one run and on
+/// one stream. A writer then holds one open file at a time instead of one per partition value:
+/// an open Parquet file keeps a compressor, a dictionary and a row group per column, outside the
+/// engine's memory pool (measured: ~400 MiB of zstd contexts for 90 dates × 40 columns × 2
+/// streams at 300k rows). The sort spills under the pool; an unpartitioned plan is unchanged.
+/// Columns are cast to the table's Delta types before the sort ([`cast_to_delta`]).
+fn grouped_by_partition(
+    plan: Arc<dyn ExecutionPlan>,
+    partition_by: &[String],
+    streams: usize,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::physical_expr::expressions::col;
+    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+    use datafusion::physical_plan::repartition::RepartitionExec;
+    use datafusion::physical_plan::sorts::sort::SortExec;
+    use datafusion::physical_plan::Partitioning;
+
+    if partition_by.is_empty() {
+        return Ok(plan);
+    }
+    let plan = cast_to_delta(plan)?;
     let schema = plan.schema();
     let keys = partition_by
         .iter()

@@ -5,6 +5,7 @@
 //! [`delta`] owns the table format (every table is a Delta table), [`catalog`] resolves
 //! `layer.table` names to tables for DataFusion.
 
+pub mod buckets;
 pub mod catalog;
 pub mod delta;
 pub mod files_scan;

@@ -1,0 +1,259 @@
+//! A partitioned build's rows bucketed by partition value through scratch files, so that each
+//! value is then written by one open writer without sorting the whole table.
+//!
+//! A sort by partition value (what a cluster build does, see `delta::grouped_by_partition`)
+//! holds the table in the memory pool, spills it and merges it back. Here each incoming batch is
+//! split by value and appended to that value's Arrow IPC file in scratch: a few rows per value
+//! are held until the pending rows of all values reach [`PENDING_ROWS`] or the pool refuses
+//! more. Measured at 1M payments: the sort was 0.25 s of `gold.unified_payments` and 0.6 s of
+//! `gold.payment_training`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{
+    concat_batches, lexsort_to_indices, partition, take_record_batch,
+};
+use datafusion::arrow::compute::{SortColumn, SortOptions};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::{FileWriter, IpcWriteOptions};
+use datafusion::arrow::ipc::CompressionType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::scalar::ScalarValue;
+
+/// Rows held in memory across all values before they are appended to their files: ~40 MiB of
+/// a 35-column table, and few enough appends per file that each IPC message is worth its header.
+pub const PENDING_ROWS: usize = 128 * 1024;
+
+/// One partition value's rows, as bucketed by one stream.
+pub type PartitionKey = Vec<ScalarValue>;
+
+/// The files a stream wrote, by partition value.
+pub type BucketFiles = HashMap<PartitionKey, PathBuf>;
+
+/// Splits one stream's batches by the values of `key_columns` into one scratch file per value.
+pub struct PartitionBuckets {
+    dir: PathBuf,
+    schema: SchemaRef,
+    key_columns: Vec<usize>,
+    buckets: HashMap<PartitionKey, Bucket>,
+    pending_rows: usize,
+    reservation: MemoryReservation,
+}
+
+struct Bucket {
+    pending: Vec<RecordBatch>,
+    writer: FileWriter<BufWriter<File>>,
+    path: PathBuf,
+}
+
+impl PartitionBuckets {
+    /// Buckets writing under `dir` (created if missing), with their pending rows reserved in
+    /// `pool` as `name`.
+    pub fn try_new(
+        dir: &Path,
+        schema: SchemaRef,
+        key_columns: Vec<usize>,
+        pool: &Arc<dyn MemoryPool>,
+        name: String,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            schema,
+            key_columns,
+            buckets: HashMap::new(),
+            pending_rows: 0,
+            reservation: MemoryConsumer::new(name)
+                .with_can_spill(true)
+                .register(pool),
+        })
+    }
+
+    /// Adds `batch`'s rows to the buckets of their partition values.
+    pub fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        // The row number last: rows of one value keep their arrival order.
+        let arrival = Arc::new(UInt32Array::from_iter_values(0..batch.num_rows() as u32));
+        let keys: Vec<SortColumn> = self
+            .key_columns
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .chain([arrival as ArrayRef])
+            .map(|values| SortColumn {
+                values,
+                options: Some(SortOptions::default()),
+            })
+            .collect();
+        let order = lexsort_to_indices(&keys, None)?;
+        let sorted = take_record_batch(batch, &order)?;
+        let sorted_keys: Vec<_> = self
+            .key_columns
+            .iter()
+            .map(|&i| Arc::clone(sorted.column(i)))
+            .collect();
+        // `take` copied the rows: what the slices below keep alive is this batch alone.
+        let size = sorted.get_array_memory_size();
+        for run in partition(&sorted_keys)?.ranges() {
+            let key = sorted_keys
+                .iter()
+                .map(|column| ScalarValue::try_from_array(column, run.start))
+                .collect::<Result<PartitionKey>>()?;
+            let slice = sorted.slice(run.start, run.end - run.start);
+            match self.buckets.get_mut(&key) {
+                Some(bucket) => bucket.pending.push(slice),
+                None => {
+                    let path = self
+                        .dir
+                        .join(format!("bucket-{:05}.arrow", self.buckets.len()));
+                    let options = IpcWriteOptions::default()
+                        .try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+                    let writer = FileWriter::try_new_with_options(
+                        BufWriter::new(File::create(&path)?),
+                        &self.schema,
+                        options,
+                    )?;
+                    self.buckets.insert(
+                        key,
+                        Bucket {
+                            pending: vec![slice],
+                            writer,
+                            path,
+                        },
+                    );
+                }
+            }
+        }
+        self.pending_rows += sorted.num_rows();
+        if self.pending_rows >= PENDING_ROWS || self.reservation.try_grow(size).is_err() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Appends every value's pending rows to its file, as one message each.
+    fn flush(&mut self) -> Result<()> {
+        for bucket in self.buckets.values_mut() {
+            if bucket.pending.is_empty() {
+                continue;
+            }
+            let rows = concat_batches(&self.schema, &bucket.pending)?;
+            bucket.writer.write(&rows)?;
+            bucket.pending.clear();
+        }
+        self.pending_rows = 0;
+        self.reservation.free();
+        Ok(())
+    }
+
+    /// Closes every file; returns them by partition value.
+    pub fn finish(mut self) -> Result<BucketFiles> {
+        self.flush()?;
+        let mut files = BucketFiles::new();
+        for (key, mut bucket) in self.buckets.drain() {
+            bucket.writer.finish()?;
+            files.insert(key, bucket.path);
+        }
+        Ok(files)
+    }
+}
+
+/// The batches of a bucket file, in the order they were written.
+pub fn read_bucket(path: &Path) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
+    let file = File::open(path).map_err(|e| {
+        DataFusionError::Execution(format!(
+            "cannot open the scratch file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let reader = FileReader::try_new(BufReader::new(file), None)?;
+    Ok(reader.map(|batch| batch.map_err(DataFusionError::from)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{AsArray, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, UnboundedMemoryPool};
+
+    fn batch(schema: &SchemaRef, dates: &[&str], ids: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(ids)),
+                Arc::new(StringArray::from(dates.to_vec())),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// Every row lands in its value's file exactly once, in arrival order within the value,
+    /// whether the rows are held until the end or the pool forces a flush at every batch.
+    #[test]
+    fn every_row_lands_once_in_the_file_of_its_value() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("payment_date", DataType::Utf8, false),
+        ]));
+        let pools: [Arc<dyn MemoryPool>; 2] = [
+            Arc::new(UnboundedMemoryPool::default()),
+            Arc::new(GreedyMemoryPool::new(1)),
+        ];
+        for pool in pools {
+            let dir = tempfile::tempdir().unwrap();
+            let mut buckets = PartitionBuckets::try_new(
+                dir.path(),
+                Arc::clone(&schema),
+                vec![1],
+                &pool,
+                "t".into(),
+            )
+            .unwrap();
+            let dates = ["2026-01-02", "2026-01-01", "2026-01-02", "2026-01-03"];
+            for start in (0..40).step_by(4) {
+                buckets
+                    .push(&batch(&schema, &dates, start..start + 4))
+                    .unwrap();
+            }
+            let files = buckets.finish().unwrap();
+            assert_eq!(files.len(), 3);
+            let ids_of = |date: &str| -> Vec<i64> {
+                let key = vec![ScalarValue::Utf8(Some(date.into()))];
+                read_bucket(&files[&key])
+                    .unwrap()
+                    .flat_map(|b| {
+                        let b = b.unwrap();
+                        assert!(b
+                            .column(1)
+                            .as_string::<i32>()
+                            .iter()
+                            .all(|d| d == Some(date)));
+                        b.column(0).as_primitive::<Int64Type>().values().to_vec()
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                ids_of("2026-01-01"),
+                (0..10).map(|i| i * 4 + 1).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                ids_of("2026-01-02"),
+                (0..10).flat_map(|i| [i * 4, i * 4 + 2]).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                ids_of("2026-01-03"),
+                (0..10).map(|i| i * 4 + 3).collect::<Vec<_>>()
+            );
+        }
+    }
+}
