@@ -8,18 +8,20 @@
 //!
 //! Its input is sorted by the partition keys, so a partition is complete as soon as a row of the
 //! next one arrives. [`ChunkedWindowAggExec`] buffers about [`CHUNK_ROWS`] rows, evaluates the
-//! complete partitions among them exactly as `WindowAggExec` would (each partition alone), emits
-//! them, and keeps only the unfinished last one. The buffer is reserved in the memory pool; when
+//! complete partitions among them with the results `WindowAggExec` would give, emits them, and
+//! keeps only the unfinished last one. A paylake function is called once for all the complete
+//! partitions of a chunk (`PartitionedWindow`), any other function once per partition. The buffer is reserved in the memory pool; when
 //! the pool has no room for it, the chunk is evaluated early, and only an unfinished partition
 //! larger than the room left is an error (resources exhausted, naming this operator).
 //! [`ChunkedWindows`] swaps it in for every partitioned `WindowAggExec` of a plan.
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use datafusion::arrow::array::{ArrayRef, AsArray};
-use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::{concat, concat_batches};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -28,10 +30,11 @@ use datafusion::common::{internal_err, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::window::StandardWindowExpr;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::windows::{WindowAggExec, WindowExpr};
+use datafusion::physical_plan::windows::{WindowAggExec, WindowExpr, WindowUDFExpr};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements, PlanProperties,
 };
@@ -249,29 +252,42 @@ impl ChunkedWindowStream {
         if complete_rows == 0 {
             return Ok(None);
         }
-        let mut per_partition: Vec<Vec<ArrayRef>> = Vec::with_capacity(partitions.len());
-        for range in partitions {
-            let slice = rows.slice(range.start, range.end - range.start);
-            per_partition.push(
-                self.window_expr
-                    .iter()
-                    .map(|window| window.evaluate(&slice))
-                    .collect::<Result<_>>()?,
-            );
-        }
-        let mut columns = rows.slice(0, complete_rows).columns().to_vec();
-        for index in 0..self.window_expr.len() {
-            let parts: Vec<&dyn datafusion::arrow::array::Array> = per_partition
-                .iter()
-                .map(|partition| partition[index].as_ref())
-                .collect();
-            columns.push(datafusion::arrow::compute::concat(&parts)?);
+        let complete = rows.slice(0, complete_rows);
+        let mut columns = complete.columns().to_vec();
+        for window in &self.window_expr {
+            columns.push(evaluate_window(window.as_ref(), &complete, &partitions)?);
         }
         Ok(Some(RecordBatch::try_new(
             Arc::clone(&self.schema),
             columns,
         )?))
     }
+}
+
+/// `window`'s values at every row of `rows`, whose partitions are `partitions`: a paylake
+/// function in one call for all of them, any other function once per partition, as
+/// `WindowAggExec` evaluates it.
+fn evaluate_window(
+    window: &dyn WindowExpr,
+    rows: &RecordBatch,
+    partitions: &[Range<usize>],
+) -> Result<ArrayRef> {
+    if let Some(standard) = window.as_any().downcast_ref::<StandardWindowExpr>() {
+        let function = standard.get_standard_func_expr();
+        if let Some(paylake) = function
+            .as_any()
+            .downcast_ref::<WindowUDFExpr>()
+            .and_then(|udf| crate::partitioned_window(udf.fun()))
+        {
+            return paylake.evaluate_partitions(&function.evaluate_args(rows)?, partitions);
+        }
+    }
+    let parts = partitions
+        .iter()
+        .map(|range| window.evaluate(&rows.slice(range.start, range.len())))
+        .collect::<Result<Vec<_>>>()?;
+    let parts: Vec<&dyn Array> = parts.iter().map(|part| part.as_ref()).collect();
+    Ok(concat(&parts)?)
 }
 
 /// `batch` with its string and binary views holding only their own bytes. A sort emits views
@@ -428,6 +444,8 @@ mod tests {
             .sql(
                 "SELECT id, trailing_sum(amount, ts, 3600) OVER w AS hour_sum,
                     carry_forward(amount, marker) OVER w AS carried,
+                    trailing_distinct(amount, ts, 86400) OVER w AS day_distinct,
+                    seen_before(marker, ts) OVER w AS marker_seen,
                     count(*) OVER (PARTITION BY account) AS account_rows
                  FROM t WINDOW w AS (PARTITION BY account ORDER BY ts)",
             )

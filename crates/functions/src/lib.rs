@@ -20,6 +20,7 @@
 //! error, never a wrong number.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 mod chunked;
@@ -32,7 +33,8 @@ use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Field, FieldRef, Float64Type, Int64Type, TimeUnit,
 };
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::arrow::row::{Row, RowConverter, Rows, SortField};
+use datafusion::common::{exec_err, plan_err, Result};
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::{
@@ -93,8 +95,8 @@ fn width_micros(name: &str, seconds: &ArrayRef) -> Result<i64> {
     }
 }
 
-/// The times as microseconds, with the rows that have one. Checks they ascend.
-fn sorted_times(name: &str, ts: &ArrayRef) -> Result<(Vec<i64>, Vec<usize>)> {
+/// The times as microseconds.
+fn micros_of(name: &str, ts: &ArrayRef) -> Result<Int64Array> {
     let micros = match ts.data_type() {
         DataType::Timestamp(_, zone) => cast(
             ts,
@@ -102,28 +104,40 @@ fn sorted_times(name: &str, ts: &ArrayRef) -> Result<(Vec<i64>, Vec<usize>)> {
         )?,
         other => return plan_err!("{name}: the time argument must be a timestamp, not {other}"),
     };
-    let micros = cast(&micros, &DataType::Int64)?;
-    let micros = micros.as_primitive::<Int64Type>();
-    let mut times = Vec::with_capacity(micros.len());
-    let mut rows = Vec::with_capacity(micros.len());
-    for (row, time) in micros.iter().enumerate() {
-        if let Some(time) = time {
-            if times.last().is_some_and(|last| *last > time) {
-                return exec_err!(
-                    "{name}: rows must be ordered by the time argument (ORDER BY ts)"
-                );
-            }
-            times.push(time);
-            rows.push(row);
+    Ok(cast(&micros, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
+}
+
+/// One partition's rows that have a time, in `times` (microseconds) and `rows` (their
+/// positions), both cleared first. Checks the times ascend.
+fn sorted_times(
+    name: &str,
+    micros: &Int64Array,
+    partition: &Range<usize>,
+    times: &mut Vec<i64>,
+    rows: &mut Vec<usize>,
+) -> Result<()> {
+    times.clear();
+    rows.clear();
+    for row in partition.clone() {
+        if micros.is_null(row) {
+            continue;
         }
+        let time = micros.value(row);
+        if times.last().is_some_and(|last| *last > time) {
+            return exec_err!("{name}: rows must be ordered by the time argument (ORDER BY ts)");
+        }
+        times.push(time);
+        rows.push(row);
     }
-    Ok((times, rows))
+    Ok(())
 }
 
 /// For each timed row `k`: the positions `[start, end)` (in time order) of the rows in
-/// `[t_k - width, t_k)`. Both bounds only move forward: one pass.
-fn trailing_ranges(times: &[i64], width: i64) -> Vec<(usize, usize)> {
-    let mut ranges = Vec::with_capacity(times.len());
+/// `[t_k - width, t_k)`, into `ranges` (cleared first). Both bounds only move forward: one pass.
+fn trailing_ranges(times: &[i64], width: i64, ranges: &mut Vec<(usize, usize)>) {
+    ranges.clear();
     let (mut start, mut end) = (0, 0);
     for &time in times {
         let from = time.saturating_sub(width);
@@ -135,7 +149,42 @@ fn trailing_ranges(times: &[i64], width: i64) -> Vec<(usize, usize)> {
         }
         ranges.push((start, end));
     }
-    ranges
+}
+
+/// A paylake window function evaluated for many partitions of one batch in one call: the
+/// batch's rows are sorted by partition, then by the window's order, and `partitions` are
+/// the row ranges of its partitions, in order, covering every row. [`ChunkedWindowAggExec`]
+/// calls it once per chunk; a call per partition (DataFusion's `evaluate_all`) costs more
+/// in setup than in work when partitions hold a few dozen rows, as accounts do.
+pub(crate) trait PartitionedWindow: Sync {
+    /// The function's value at every row of `args`.
+    fn evaluate_partitions(
+        &self,
+        args: &[ArrayRef],
+        partitions: &[Range<usize>],
+    ) -> Result<ArrayRef>;
+}
+
+/// The paylake function `udf` is, if it is one.
+pub(crate) fn partitioned_window(udf: &WindowUDF) -> Option<&'static dyn PartitionedWindow> {
+    let function = udf.inner();
+    if function.is::<TrailingSum>() {
+        Some(&TrailingSumEvaluator)
+    } else if function.is::<TrailingDistinct>() {
+        Some(&TrailingDistinctEvaluator)
+    } else if function.is::<SeenBefore>() {
+        Some(&SeenBeforeEvaluator)
+    } else if function.is::<CarryForward>() {
+        Some(&CarryForwardEvaluator)
+    } else {
+        None
+    }
+}
+
+/// Values as comparable keys: equal values (NULLs included) have equal rows.
+fn keys_of(value: &ArrayRef) -> Result<Rows> {
+    let converter = RowConverter::new(vec![SortField::new(value.data_type().clone())])?;
+    Ok(converter.convert_columns(std::slice::from_ref(value))?)
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -182,32 +231,48 @@ struct TrailingSumEvaluator;
 
 impl PartitionEvaluator for TrailingSumEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        self.evaluate_partitions(values, &[0..num_rows])
+    }
+}
+
+impl PartitionedWindow for TrailingSumEvaluator {
+    fn evaluate_partitions(
+        &self,
+        values: &[ArrayRef],
+        partitions: &[Range<usize>],
+    ) -> Result<ArrayRef> {
         let name = "trailing_sum";
         let [value, ts, seconds] = values else {
             return exec_err!("{name} takes (value, ts, seconds)");
         };
+        let num_rows = value.len();
         let width = width_micros(name, seconds)?;
-        let (times, rows) = sorted_times(name, ts)?;
-        let ranges = trailing_ranges(&times, width);
+        let micros = micros_of(name, ts)?;
         let summed = cast(value, &sum_type(name, value.data_type())?)?;
+        let (mut times, mut rows, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
         // Sums over ranges as differences of prefix sums; NULL values add nothing.
         macro_rules! trailing {
             ($array:expr, $zero:expr, $add:expr, $sub:expr) => {{
                 let array = $array;
-                let mut prefix = Vec::with_capacity(rows.len() + 1);
-                prefix.push($zero);
-                for &row in &rows {
-                    let last = *prefix.last().unwrap_or(&$zero);
-                    let next = if array.is_null(row) {
-                        last
-                    } else {
-                        $add(last, array.value(row))?
-                    };
-                    prefix.push(next);
-                }
+                let mut prefix = Vec::new();
                 let mut out = vec![$zero; num_rows];
-                for (&row, &(start, end)) in rows.iter().zip(&ranges) {
-                    out[row] = $sub(prefix[end], prefix[start])?;
+                for partition in partitions {
+                    sorted_times(name, &micros, partition, &mut times, &mut rows)?;
+                    trailing_ranges(&times, width, &mut ranges);
+                    prefix.clear();
+                    prefix.push($zero);
+                    for &row in &rows {
+                        let last = *prefix.last().unwrap_or(&$zero);
+                        let next = if array.is_null(row) {
+                            last
+                        } else {
+                            $add(last, array.value(row))?
+                        };
+                        prefix.push(next);
+                    }
+                    for (&row, &(start, end)) in rows.iter().zip(&ranges) {
+                        out[row] = $sub(prefix[end], prefix[start])?;
+                    }
                 }
                 out
             }};
@@ -279,46 +344,53 @@ struct TrailingDistinctEvaluator;
 
 impl PartitionEvaluator for TrailingDistinctEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        self.evaluate_partitions(values, &[0..num_rows])
+    }
+}
+
+impl PartitionedWindow for TrailingDistinctEvaluator {
+    fn evaluate_partitions(
+        &self,
+        values: &[ArrayRef],
+        partitions: &[Range<usize>],
+    ) -> Result<ArrayRef> {
         let name = "trailing_distinct";
         let [value, ts, seconds] = values else {
             return exec_err!("{name} takes (value, ts, seconds)");
         };
         let width = width_micros(name, seconds)?;
-        let (times, rows) = sorted_times(name, ts)?;
-        let ranges = trailing_ranges(&times, width);
-        let keys: Vec<Option<ScalarValue>> = rows
-            .iter()
-            .map(|&row| {
-                if value.is_null(row) {
-                    Ok(None)
-                } else {
-                    ScalarValue::try_from_array(value, row).map(Some)
-                }
-            })
-            .collect::<Result<_>>()?;
+        let micros = micros_of(name, ts)?;
+        let keys = keys_of(value)?;
+        let (mut times, mut rows, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
         // How often each value occurs in the current range; entries at zero are removed.
-        let mut counts: HashMap<&ScalarValue, usize> = HashMap::new();
-        let (mut start, mut end) = (0, 0);
-        let mut out = vec![0i64; num_rows];
-        for (&row, &(to_start, to_end)) in rows.iter().zip(&ranges) {
-            while end < to_end {
-                if let Some(key) = &keys[end] {
-                    *counts.entry(key).or_default() += 1;
+        let mut counts: HashMap<Row<'_>, usize> = HashMap::new();
+        let mut out = vec![0i64; value.len()];
+        for partition in partitions {
+            sorted_times(name, &micros, partition, &mut times, &mut rows)?;
+            trailing_ranges(&times, width, &mut ranges);
+            counts.clear();
+            let (mut start, mut end) = (0, 0);
+            for (&row, &(to_start, to_end)) in rows.iter().zip(&ranges) {
+                while end < to_end {
+                    if value.is_valid(rows[end]) {
+                        *counts.entry(keys.row(rows[end])).or_default() += 1;
+                    }
+                    end += 1;
                 }
-                end += 1;
-            }
-            while start < to_start {
-                if let Some(key) = &keys[start] {
-                    if let Some(count) = counts.get_mut(key) {
-                        *count -= 1;
-                        if *count == 0 {
-                            counts.remove(key);
+                while start < to_start {
+                    if value.is_valid(rows[start]) {
+                        let key = keys.row(rows[start]);
+                        if let Some(count) = counts.get_mut(&key) {
+                            *count -= 1;
+                            if *count == 0 {
+                                counts.remove(&key);
+                            }
                         }
                     }
+                    start += 1;
                 }
-                start += 1;
+                out[row] = counts.len() as i64;
             }
-            out[row] = counts.len() as i64;
         }
         Ok(Arc::new(Int64Array::from(out)))
     }
@@ -363,18 +435,33 @@ struct SeenBeforeEvaluator;
 
 impl PartitionEvaluator for SeenBeforeEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        self.evaluate_partitions(values, &[0..num_rows])
+    }
+}
+
+impl PartitionedWindow for SeenBeforeEvaluator {
+    fn evaluate_partitions(
+        &self,
+        values: &[ArrayRef],
+        partitions: &[Range<usize>],
+    ) -> Result<ArrayRef> {
         let name = "seen_before";
         let [value, ts] = values else {
             return exec_err!("{name} takes (value, ts)");
         };
-        let (times, rows) = sorted_times(name, ts)?;
+        let micros = micros_of(name, ts)?;
+        let keys = keys_of(value)?;
+        let (mut times, mut rows) = (Vec::new(), Vec::new());
         // The earliest time of each value; rows come in time order, so the first is the earliest.
-        let mut first_seen: HashMap<ScalarValue, i64> = HashMap::new();
-        let mut out: Vec<Option<bool>> = vec![None; num_rows];
-        for (&row, &time) in rows.iter().zip(&times) {
-            let key = ScalarValue::try_from_array(value, row)?;
-            let first = *first_seen.entry(key).or_insert(time);
-            out[row] = Some(first < time);
+        let mut first_seen: HashMap<Row<'_>, i64> = HashMap::new();
+        let mut out: Vec<Option<bool>> = vec![None; value.len()];
+        for partition in partitions {
+            sorted_times(name, &micros, partition, &mut times, &mut rows)?;
+            first_seen.clear();
+            for (&row, &time) in rows.iter().zip(&times) {
+                let first = *first_seen.entry(keys.row(row)).or_insert(time);
+                out[row] = Some(first < time);
+            }
         }
         Ok(Arc::new(BooleanArray::from(out)))
     }
@@ -420,20 +507,32 @@ struct CarryForwardEvaluator;
 
 impl PartitionEvaluator for CarryForwardEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        self.evaluate_partitions(values, &[0..num_rows])
+    }
+}
+
+impl PartitionedWindow for CarryForwardEvaluator {
+    fn evaluate_partitions(
+        &self,
+        values: &[ArrayRef],
+        partitions: &[Range<usize>],
+    ) -> Result<ArrayRef> {
         let [value, marker] = values else {
             return exec_err!("carry_forward takes (value, marker)");
         };
-        let mut latest: Option<u32> = None;
-        let mut positions = Vec::with_capacity(num_rows);
-        for row in 0..num_rows {
-            if marker.is_valid(row) {
-                latest = Some(u32::try_from(row).map_err(|_| {
-                    datafusion::error::DataFusionError::Execution(
-                        "carry_forward: a partition holds more than 4 billion rows".into(),
-                    )
-                })?);
+        if u32::try_from(value.len()).is_err() {
+            return exec_err!("carry_forward: a partition holds more than 4 billion rows");
+        }
+        let mut positions = Vec::with_capacity(value.len());
+        for partition in partitions {
+            let mut latest: Option<u32> = None;
+            for row in partition.clone() {
+                if marker.is_valid(row) {
+                    // In range: the batch has fewer than 2^32 rows (checked above).
+                    latest = Some(row as u32);
+                }
+                positions.push(latest);
             }
-            positions.push(latest);
         }
         Ok(take(value.as_ref(), &UInt32Array::from(positions), None)?)
     }
