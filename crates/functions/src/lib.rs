@@ -231,7 +231,7 @@ struct TrailingSumEvaluator;
 
 impl PartitionEvaluator for TrailingSumEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, &[0..num_rows])
+        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
     }
 }
 
@@ -344,7 +344,7 @@ struct TrailingDistinctEvaluator;
 
 impl PartitionEvaluator for TrailingDistinctEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, &[0..num_rows])
+        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
     }
 }
 
@@ -435,7 +435,7 @@ struct SeenBeforeEvaluator;
 
 impl PartitionEvaluator for SeenBeforeEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, &[0..num_rows])
+        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
     }
 }
 
@@ -507,7 +507,7 @@ struct CarryForwardEvaluator;
 
 impl PartitionEvaluator for CarryForwardEvaluator {
     fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, &[0..num_rows])
+        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
     }
 }
 
