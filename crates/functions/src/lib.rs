@@ -156,13 +156,24 @@ fn trailing_ranges(times: &[i64], width: i64, ranges: &mut Vec<(usize, usize)>) 
 /// the row ranges of its partitions, in order, covering every row. [`ChunkedWindowAggExec`]
 /// calls it once per chunk; a call per partition (DataFusion's `evaluate_all`) costs more
 /// in setup than in work when partitions hold a few dozen rows, as accounts do.
-pub(crate) trait PartitionedWindow: Sync {
+pub(crate) trait PartitionedWindow: std::fmt::Debug + Sync {
     /// The function's value at every row of `args`.
     fn evaluate_partitions(
         &self,
         args: &[ArrayRef],
         partitions: &[Range<usize>],
     ) -> Result<ArrayRef>;
+}
+
+/// DataFusion's evaluator of a paylake function over one partition: its rows as one range.
+#[derive(Debug)]
+struct OnePartition(&'static dyn PartitionedWindow);
+
+impl PartitionEvaluator for OnePartition {
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        self.0
+            .evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
+    }
 }
 
 /// The paylake function `udf` is, if it is one.
@@ -222,18 +233,12 @@ impl WindowUDFImpl for TrailingSum {
         &self,
         _args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(TrailingSumEvaluator))
+        Ok(Box::new(OnePartition(&TrailingSumEvaluator)))
     }
 }
 
 #[derive(Debug)]
 struct TrailingSumEvaluator;
-
-impl PartitionEvaluator for TrailingSumEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
-    }
-}
 
 impl PartitionedWindow for TrailingSumEvaluator {
     fn evaluate_partitions(
@@ -335,18 +340,12 @@ impl WindowUDFImpl for TrailingDistinct {
         &self,
         _args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(TrailingDistinctEvaluator))
+        Ok(Box::new(OnePartition(&TrailingDistinctEvaluator)))
     }
 }
 
 #[derive(Debug)]
 struct TrailingDistinctEvaluator;
-
-impl PartitionEvaluator for TrailingDistinctEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
-    }
-}
 
 impl PartitionedWindow for TrailingDistinctEvaluator {
     fn evaluate_partitions(
@@ -426,18 +425,12 @@ impl WindowUDFImpl for SeenBefore {
         &self,
         _args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(SeenBeforeEvaluator))
+        Ok(Box::new(OnePartition(&SeenBeforeEvaluator)))
     }
 }
 
 #[derive(Debug)]
 struct SeenBeforeEvaluator;
-
-impl PartitionEvaluator for SeenBeforeEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
-    }
-}
 
 impl PartitionedWindow for SeenBeforeEvaluator {
     fn evaluate_partitions(
@@ -498,18 +491,12 @@ impl WindowUDFImpl for CarryForward {
         &self,
         _args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(CarryForwardEvaluator))
+        Ok(Box::new(OnePartition(&CarryForwardEvaluator)))
     }
 }
 
 #[derive(Debug)]
 struct CarryForwardEvaluator;
-
-impl PartitionEvaluator for CarryForwardEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        self.evaluate_partitions(values, std::slice::from_ref(&(0..num_rows)))
-    }
-}
 
 impl PartitionedWindow for CarryForwardEvaluator {
     fn evaluate_partitions(

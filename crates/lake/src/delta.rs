@@ -605,15 +605,8 @@ async fn write_bucketed(
 ) -> Result<(u64, Vec<Add>)> {
     use crate::buckets::{read_bucket, PartitionBuckets, PartitionKey};
 
-    let engine = |source| LakeError::Engine {
-        doing: format!("building {table}"),
-        source,
-    };
-    let key_columns = partition_by
-        .iter()
-        .map(|name| schema.index_of(name))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| engine(e.into()))?;
+    let engine = building(table);
+    let key_columns = partition_columns(schema, partition_by, table)?;
     let plan = cast_to_delta(plan).map_err(engine)?;
     let pool = Arc::clone(task.memory_pool());
     let writers = task.session_config().target_partitions().max(1);
@@ -632,10 +625,7 @@ async fn write_bucketed(
         let schema = Arc::clone(schema);
         let table = table.clone();
         bucketing.spawn(async move {
-            let engine = |source| LakeError::Engine {
-                doing: format!("building {table}"),
-                source,
-            };
+            let engine = building(&table);
             let mut rows = 0u64;
             while let Some(batch) = stream.next().await {
                 let batch = to_delta_batch(&batch.map_err(engine)?, &schema)?;
@@ -671,10 +661,7 @@ async fn write_bucketed(
             for files in share {
                 let mut writer = DeltaWriter::new(Arc::clone(&store), config.clone());
                 for file in &files {
-                    for batch in read_bucket(file).map_err(|source| LakeError::Engine {
-                        doing: format!("building {table}"),
-                        source,
-                    })? {
+                    for batch in read_bucket(file).map_err(building(&table))? {
                         let batch = batch.map_err(|source| LakeError::Engine {
                             doing: format!("reading back {}", file.display()),
                             source,
@@ -702,6 +689,29 @@ async fn write_bucketed(
         adds.extend(joined.map_err(|e| writer_task_failed(table, e))??);
     }
     Ok((rows, adds))
+}
+
+/// The error of an engine failure while building `table`.
+fn building(
+    table: &TableName,
+) -> impl Fn(datafusion::error::DataFusionError) -> LakeError + Copy + '_ {
+    move |source| LakeError::Engine {
+        doing: format!("building {table}"),
+        source,
+    }
+}
+
+/// The positions of `table`'s partition columns in `schema`.
+fn partition_columns(
+    schema: &Schema,
+    partition_by: &[String],
+    table: &TableName,
+) -> Result<Vec<usize>> {
+    partition_by
+        .iter()
+        .map(|name| schema.index_of(name))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| building(table)(e.into()))
 }
 
 /// `plan` with every column cast to the table's Delta type (`delta_schema`), as the writer
@@ -781,15 +791,8 @@ async fn write_stream(
     partition_by: Vec<String>,
     table: TableName,
 ) -> Result<(u64, Vec<Add>)> {
-    let engine = |source| LakeError::Engine {
-        doing: format!("building {table}"),
-        source,
-    };
-    let key_columns = partition_by
-        .iter()
-        .map(|name| schema.index_of(name))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| engine(e.into()))?;
+    let engine = building(&table);
+    let key_columns = partition_columns(&schema, &partition_by, &table)?;
     let mut rows = 0u64;
     let mut adds = Vec::new();
     let mut writer = DeltaWriter::new(Arc::clone(&store), config.clone());
