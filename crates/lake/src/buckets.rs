@@ -35,8 +35,13 @@ pub const PENDING_ROWS: usize = 128 * 1024;
 /// One partition value's rows, as bucketed by one stream.
 pub type PartitionKey = Vec<ScalarValue>;
 
-/// The files a stream wrote, by partition value.
-pub type BucketFiles = HashMap<PartitionKey, PathBuf>;
+/// The files a stream wrote, by partition value, each value's in the order written.
+pub type BucketFiles = HashMap<PartitionKey, Vec<PathBuf>>;
+
+/// Bucket files a stream keeps open at once. Past it, every open file is closed and the values
+/// go on in new files: a table with years of dates would otherwise hold a descriptor per date,
+/// beyond the usual limit of 1024 (or macOS's 256) per process.
+pub const MAX_OPEN_FILES: usize = 128;
 
 /// Splits one stream's batches by the values of `key_columns` into one scratch file per value.
 pub struct PartitionBuckets {
@@ -46,12 +51,16 @@ pub struct PartitionBuckets {
     buckets: HashMap<PartitionKey, Bucket>,
     pending_rows: usize,
     reservation: MemoryReservation,
+    open_files: usize,
+    max_open_files: usize,
+    files_created: usize,
 }
 
 struct Bucket {
     pending: Vec<RecordBatch>,
-    writer: FileWriter<BufWriter<File>>,
-    path: PathBuf,
+    /// The file being appended to, while open.
+    writer: Option<FileWriter<BufWriter<File>>>,
+    files: Vec<PathBuf>,
 }
 
 impl PartitionBuckets {
@@ -74,7 +83,16 @@ impl PartitionBuckets {
             reservation: MemoryConsumer::new(name)
                 .with_can_spill(true)
                 .register(pool),
+            open_files: 0,
+            max_open_files: MAX_OPEN_FILES,
+            files_created: 0,
         })
+    }
+
+    /// These buckets with at most `files` open at once (at least one).
+    pub fn with_max_open_files(mut self, files: usize) -> Self {
+        self.max_open_files = files.max(1);
+        self
     }
 
     /// Adds `batch`'s rows to the buckets of their partition values.
@@ -109,29 +127,15 @@ impl PartitionBuckets {
                 .map(|column| ScalarValue::try_from_array(column, run.start))
                 .collect::<Result<PartitionKey>>()?;
             let slice = sorted.slice(run.start, run.end - run.start);
-            match self.buckets.get_mut(&key) {
-                Some(bucket) => bucket.pending.push(slice),
-                None => {
-                    let path = self
-                        .dir
-                        .join(format!("bucket-{:05}.arrow", self.buckets.len()));
-                    let options = IpcWriteOptions::default()
-                        .try_with_compression(Some(CompressionType::LZ4_FRAME))?;
-                    let writer = FileWriter::try_new_with_options(
-                        BufWriter::new(File::create(&path)?),
-                        &self.schema,
-                        options,
-                    )?;
-                    self.buckets.insert(
-                        key,
-                        Bucket {
-                            pending: vec![slice],
-                            writer,
-                            path,
-                        },
-                    );
-                }
-            }
+            self.buckets
+                .entry(key)
+                .or_insert_with(|| Bucket {
+                    pending: Vec::new(),
+                    writer: None,
+                    files: Vec::new(),
+                })
+                .pending
+                .push(slice);
         }
         self.pending_rows += sorted.num_rows();
         if self.pending_rows >= PENDING_ROWS || self.reservation.try_grow(size).is_err() {
@@ -142,12 +146,45 @@ impl PartitionBuckets {
 
     /// Appends every value's pending rows to its file, as one message each.
     fn flush(&mut self) -> Result<()> {
-        for bucket in self.buckets.values_mut() {
-            if bucket.pending.is_empty() {
-                continue;
+        let waiting: Vec<PartitionKey> = self
+            .buckets
+            .iter()
+            .filter(|(_, bucket)| !bucket.pending.is_empty())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in waiting {
+            let needs_file = self.buckets.get(&key).is_some_and(|b| b.writer.is_none());
+            if needs_file && self.open_files >= self.max_open_files {
+                self.close_files()?;
             }
-            let rows = concat_batches(&self.schema, &bucket.pending)?;
-            bucket.writer.write(&rows)?;
+            let Some(bucket) = self.buckets.get_mut(&key) else {
+                continue;
+            };
+            let writer = match &mut bucket.writer {
+                Some(writer) => writer,
+                None => {
+                    let path = self
+                        .dir
+                        .join(format!("bucket-{:06}.arrow", self.files_created));
+                    self.files_created += 1;
+                    let options = IpcWriteOptions::default()
+                        .try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+                    let file = File::create(&path).map_err(|e| {
+                        DataFusionError::Execution(format!(
+                            "cannot create the scratch file {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    bucket.files.push(path);
+                    self.open_files += 1;
+                    bucket.writer.insert(FileWriter::try_new_with_options(
+                        BufWriter::new(file),
+                        &self.schema,
+                        options,
+                    )?)
+                }
+            };
+            writer.write(&concat_batches(&self.schema, &bucket.pending)?)?;
             bucket.pending.clear();
         }
         self.pending_rows = 0;
@@ -155,15 +192,26 @@ impl PartitionBuckets {
         Ok(())
     }
 
+    /// Finishes every open file; a value written again later goes on in a new file.
+    fn close_files(&mut self) -> Result<()> {
+        for bucket in self.buckets.values_mut() {
+            if let Some(mut writer) = bucket.writer.take() {
+                writer.finish()?;
+            }
+        }
+        self.open_files = 0;
+        Ok(())
+    }
+
     /// Closes every file; returns them by partition value.
     pub fn finish(mut self) -> Result<BucketFiles> {
         self.flush()?;
-        let mut files = BucketFiles::new();
-        for (key, mut bucket) in self.buckets.drain() {
-            bucket.writer.finish()?;
-            files.insert(key, bucket.path);
-        }
-        Ok(files)
+        self.close_files()?;
+        Ok(self
+            .buckets
+            .drain()
+            .map(|(key, bucket)| (key, bucket.files))
+            .collect())
     }
 }
 
@@ -229,8 +277,9 @@ mod tests {
             assert_eq!(files.len(), 3);
             let ids_of = |date: &str| -> Vec<i64> {
                 let key = vec![ScalarValue::Utf8(Some(date.into()))];
-                read_bucket(&files[&key])
-                    .unwrap()
+                files[&key]
+                    .iter()
+                    .flat_map(|file| read_bucket(file).unwrap())
                     .flat_map(|b| {
                         let b = b.unwrap();
                         assert!(b

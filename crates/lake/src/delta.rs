@@ -640,8 +640,8 @@ async fn write_bucketed(
     while let Some(joined) = bucketing.join_next().await {
         let (bucketed, files) = joined.map_err(|e| writer_task_failed(table, e))??;
         rows += bucketed;
-        for (value, file) in files {
-            files_by_value.entry(value).or_default().push(file);
+        for (value, files) in files {
+            files_by_value.entry(value).or_default().extend(files);
         }
     }
     // Values in order, dealt round-robin: each task writes every `writers`-th value.
