@@ -503,24 +503,21 @@ pub async fn stage_plan(
             Path::from(stage.as_str()),
         ));
     let config = writer_config(&delta, table, &schema, partition_by)?;
+    let target = StageTarget {
+        store: &store,
+        config: &config,
+        schema: &schema,
+        partition_by,
+        table,
+    };
     let (rows, mut adds) = match scratch {
         Some(dir) if !partition_by.is_empty() => {
-            let written = write_bucketed(
-                plan,
-                task,
-                dir,
-                &store,
-                &config,
-                &schema,
-                partition_by,
-                table,
-            )
-            .await;
+            let written = write_bucketed(plan, task, dir, &target).await;
             // Best effort: the folder is in the run's scratch, removed with it at the latest.
             let _ = std::fs::remove_dir_all(dir);
             written?
         }
-        _ => write_sorted(plan, task, &store, &config, &schema, partition_by, table).await?,
+        _ => write_sorted(plan, task, &target).await?,
     };
     for add in &mut adds {
         add.path = format!("{stage}/{}", add.path);
@@ -536,18 +533,32 @@ pub async fn stage_plan(
     })
 }
 
+/// Where and how the files of a staged version are written.
+#[derive(Clone, Copy)]
+struct StageTarget<'a> {
+    /// The store under the version's stage folder.
+    store: &'a ObjectStoreRef,
+    config: &'a WriterConfig,
+    schema: &'a SchemaRef,
+    partition_by: &'a [String],
+    table: &'a TableName,
+}
+
 /// Writes `plan`'s streams, each in its own task (encoding and compressing Parquet is the
 /// expensive part of a build, and it then uses every core), a partitioned table's grouped by
 /// partition value first. Returns the rows written and the files added.
 async fn write_sorted(
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
-    store: &ObjectStoreRef,
-    config: &WriterConfig,
-    schema: &SchemaRef,
-    partition_by: &[String],
-    table: &TableName,
+    target: &StageTarget<'_>,
 ) -> Result<(u64, Vec<Add>)> {
+    let StageTarget {
+        store,
+        config,
+        schema,
+        partition_by,
+        table,
+    } = *target;
     let engine = |doing: &str, source| LakeError::Engine {
         doing: format!("{doing} {table}"),
         source,
@@ -592,17 +603,19 @@ fn writer_task_failed(table: &TableName, error: tokio::task::JoinError) -> LakeE
 /// its rows by partition value into files (one task per stream), then each value's files are
 /// read back into one Delta writer, the values shared among as many tasks as the session has
 /// partitions. One file per value and version, one open writer per task.
-#[allow(clippy::too_many_arguments)]
 async fn write_bucketed(
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
     dir: &std::path::Path,
-    store: &ObjectStoreRef,
-    config: &WriterConfig,
-    schema: &SchemaRef,
-    partition_by: &[String],
-    table: &TableName,
+    target: &StageTarget<'_>,
 ) -> Result<(u64, Vec<Add>)> {
+    let StageTarget {
+        store,
+        config,
+        schema,
+        partition_by,
+        table,
+    } = *target;
     use crate::buckets::{read_bucket, PartitionBuckets, PartitionKey};
 
     let engine = building(table);
