@@ -1,6 +1,6 @@
 -- paylake: materialized=temporary
 -- Every bronze payment row typed and checked once: its parsed values, the names of the rules it
--- failed (empty when none) and, for rows that passed, the content compared across duplicates.
+-- failed (empty when none).
 WITH typed AS (
     SELECT
         payment_id AS raw_payment_id,
@@ -63,10 +63,4 @@ checked AS (
         ) AS rule_failures
     FROM parsed
 )
-SELECT
-    *,
-    CASE WHEN rule_failures = '' THEN
-        concat_ws('|', src_account_id, dest_account_id, COALESCE(payment_reference, '<null>'),
-            CAST(amount AS VARCHAR), CAST(payment_timestamp AS VARCHAR))
-    END AS content
-FROM checked
+SELECT * FROM checked

@@ -87,6 +87,10 @@ const EMBEDDED_SILVER: &[(&str, &str)] = &[
         include_str!("../../../sql/silver/int_payments_checked.sql"),
     ),
     (
+        "int_repeated_payment_ids",
+        include_str!("../../../sql/silver/int_repeated_payment_ids.sql"),
+    ),
+    (
         "stg_payments",
         include_str!("../../../sql/silver/stg_payments.sql"),
     ),
