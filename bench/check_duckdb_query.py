@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the benchmark's DuckDB query against the original pipeline: run on the seed sample's
 four CSVs, its unified table must equal expected_unified_table.csv value by value, compared as
-tests/conformance.rs compares paylake's export (numbers as numbers, booleans as booleans,
+tests/it/conformance.rs compares paylake's export (numbers as numbers, booleans as booleans,
 empty as NULL, everything else as text; rows matched by payment_id).
 
 usage: check_duckdb_query.py [SEED_SAMPLE_DIR]
@@ -21,7 +21,7 @@ from unified_duckdb import write_unified  # noqa: E402
 
 
 def cell(raw: str):
-    """A cell as the pandas output means it (the same rules as tests/conformance.rs)."""
+    """A cell as the pandas output means it (the same rules as tests/it/conformance.rs)."""
     text = raw.strip()
     if not text:
         return None

@@ -1,7 +1,7 @@
 //! The command line as a scheduler and a newcomer meet it: where the lake comes from, exit
 //! codes, one-line JSON summaries, help texts, logging settings.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -5,7 +5,7 @@
 //! `PAYLAKE_INCREMENTAL_HISTORIES` (default 200) sets how many random histories run and
 //! `PAYLAKE_INCREMENTAL_SEED` the first seed; a failure names the seed that reproduces it.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Bronze end to end: exactly-once landing, dead-letters, schema drift, crash recovery.
 
-mod common;
+use crate::common;
 
 use common::{payments, source, Workspace};
 use serde_json::Value;

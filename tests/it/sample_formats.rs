@@ -2,7 +2,7 @@
 //! payments batch in `data/`. The test fails when a committed file differs from what this code
 //! makes; `PAYLAKE_REGENERATE_SAMPLE=1 cargo test --release --workspace -- sample_` rewrites them.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -55,7 +55,7 @@ fn sample_workbook_matches_its_generator() {
     let committed = std::fs::read(&path).unwrap();
     assert!(
         committed == expected,
-        "{} differs from tests/sample_formats.rs: regenerate it with \
+        "{} differs from tests/it/sample_formats.rs: regenerate it with \
          PAYLAKE_REGENERATE_SAMPLE=1 cargo test --release --workspace -- sample_",
         path.display()
     );

@@ -2,7 +2,7 @@
 //! on random histories with ties, empty histories, late batches, downgrades and labels on both
 //! sides of the as-of time. Plus the leakage, as-of and label-maturity boundaries.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,6 +1,6 @@
 //! Data-quality expectations, the Silver gate, replay, schema drift and monitoring end to end.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

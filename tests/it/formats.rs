@@ -1,6 +1,6 @@
 //! Landing formats beyond plain CSV and JSON lines: Excel workbooks and compressed files.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

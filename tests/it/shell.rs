@@ -2,7 +2,7 @@
 //! sql` runs only queries, under a timeout and the engine's memory limit; `paylake export`
 //! writes only regular files outside the lake, through a temporary file.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;

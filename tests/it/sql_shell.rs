@@ -3,7 +3,7 @@
 //! closed pipe, and what `--allow-writes` allows and still refuses. The interactive shell on a
 //! pseudo-terminal is tested by tests/repl (pytest).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;

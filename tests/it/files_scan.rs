@@ -3,7 +3,7 @@
 //! from the log, empty tables keeping their schema), and their plans must be ones the cluster
 //! accepts, where Delta's provider is refused.
 
-mod common;
+use crate::common;
 
 use common::{copy_tree, sample_data, Workspace};
 use datafusion::arrow::util::pretty::pretty_format_batches;

@@ -73,7 +73,7 @@ impl Workspace {
     }
 
     /// Rebuilds Silver without the data-quality gate: these tests feed deliberately bad data
-    /// to check the Silver rules themselves (tests/quality.rs covers the gate).
+    /// to check the Silver rules themselves (tests/it/quality.rs covers the gate).
     pub fn silver(&self) -> Value {
         self.silver_with(&[])
     }
@@ -91,7 +91,7 @@ impl Workspace {
         json(&self.ok(&args))
     }
 
-    /// Rebuilds Gold with its invariant checks but without expectations (tests/quality.rs
+    /// Rebuilds Gold with its invariant checks but without expectations (tests/it/quality.rs
     /// covers the Gold expectations).
     pub fn gold(&self) -> Value {
         self.gold_with(&[])

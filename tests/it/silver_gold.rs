@@ -1,6 +1,6 @@
 //! Silver rules and Gold joins end to end: each rule has a test that fails if it is dropped.
 
-mod common;
+use crate::common;
 
 use common::{payments, source, Workspace};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! tables an unlimited run builds; a limit too small for a model is a clear error that names
 //! the model and the setting to raise, never a crash.
 
-mod common;
+use crate::common;
 
 use std::fmt::Write as _;
 

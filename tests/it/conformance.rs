@@ -1,7 +1,7 @@
 //! The seed sample from the original pandas pipeline: the exported unified table must match its
 //! output value by value. The sample lives in ../shared/seed-sample (or PAYLAKE_SEED_SAMPLE).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

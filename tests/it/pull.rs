@@ -1,6 +1,6 @@
 //! `paylake pull fraud_labels` against a scripted HTTP server on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
