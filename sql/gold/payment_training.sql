@@ -73,7 +73,7 @@ SELECT
     p.known_at AS payment_known_at,
     params.as_of,
     params.label_maturity_days,
-    to_char(p.ts, '%Y-%m-%d') AS payment_date
+    arrow_cast(CAST(p.ts AS DATE), 'Utf8') AS payment_date
 FROM params
 CROSS JOIN gold.int_training_payments AS p
 LEFT JOIN gold.int_accounts_as_of AS a ON a.payment_id = p.payment_id

@@ -41,7 +41,7 @@ SELECT
     p._ingested_at AS payment_ingested_at,
     p._source_file AS payment_source_file,
     CAST(1 AS INT) AS schema_version,
-    to_char(p."timestamp", '%Y-%m-%d') AS payment_date
+    arrow_cast(CAST(p."timestamp" AS DATE), 'Utf8') AS payment_date
 FROM silver.payments AS p
 LEFT JOIN silver.accounts AS src_account ON src_account.account_id = p.src_account_id
 LEFT JOIN silver.accounts AS dest_account ON dest_account.account_id = p.dest_account_id
