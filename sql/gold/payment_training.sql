@@ -2,9 +2,9 @@
 -- Point-in-time training table as of params.run.as_of (T): one row per payment with
 -- timestamp <= T known by T. Every feature uses only facts known at or before the payment;
 -- labels count only when known by T. Bounds are documented in docs/point-in-time.md.
--- The features are intermediate models, each computed once from one sorted stream per account
--- (gold.int_accounts_as_of, gold.int_source_behaviour, gold.int_destination_senders); this
--- model joins them to the payments by payment_id.
+-- The features are intermediate models, each computed once from sorted streams per account:
+-- gold.int_accounts_as_of carries the payments with their accounts' facts, and this model joins
+-- gold.int_source_behaviour and gold.int_destination_senders to it by payment_id.
 -- The one-row `params` comes first in every cross join: the engine buffers the left side and
 -- emits one batch per buffered row, so a large left side would stream one-row batches.
 WITH params AS (
@@ -31,16 +31,16 @@ SELECT
     p.dest_account_id,
     p.amount,
     p.ts AS "timestamp",
-    a.src_opening_date,
-    a.dest_opening_date,
-    CAST(CAST(p.ts AS DATE) AS BIGINT) - CAST(a.src_opening_date AS BIGINT) AS src_account_age_days,
-    CAST(CAST(p.ts AS DATE) AS BIGINT) - CAST(a.dest_opening_date AS BIGINT) AS dest_account_age_days,
-    arrow_cast(a.src_account_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_account_known_at,
-    arrow_cast(a.dest_account_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_account_known_at,
-    COALESCE(a.src_risk_flag, 0) AS src_risk_flag,
-    COALESCE(a.dest_risk_flag, 0) AS dest_risk_flag,
-    arrow_cast(a.src_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_risk_known_at,
-    arrow_cast(a.dest_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_risk_known_at,
+    p.src_opening_date,
+    p.dest_opening_date,
+    CAST(CAST(p.ts AS DATE) AS BIGINT) - CAST(p.src_opening_date AS BIGINT) AS src_account_age_days,
+    CAST(CAST(p.ts AS DATE) AS BIGINT) - CAST(p.dest_opening_date AS BIGINT) AS dest_account_age_days,
+    arrow_cast(p.src_account_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_account_known_at,
+    arrow_cast(p.dest_account_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_account_known_at,
+    COALESCE(p.src_risk_flag, 0) AS src_risk_flag,
+    COALESCE(p.dest_risk_flag, 0) AS dest_risk_flag,
+    arrow_cast(p.src_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_risk_known_at,
+    arrow_cast(p.dest_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_risk_known_at,
     b.src_count_1h,
     COALESCE(b.src_amount_1h, 0) AS src_amount_1h,
     b.src_count_24h,
@@ -65,18 +65,17 @@ SELECT
     CAST(floor((date_part('epoch', l.known_at) - date_part('epoch', p.ts)) / 86400) AS BIGINT)
         AS label_delay_days,
     string_to_array(concat_ws(',',
-        CASE WHEN a.src_account_known_at IS NULL THEN 'src_account_unknown_at_payment' END,
-        CASE WHEN a.dest_account_known_at IS NULL THEN 'dest_account_unknown_at_payment' END,
-        CASE WHEN a.src_opening_date > CAST(p.ts AS DATE) THEN 'src_account_opened_after_payment' END,
-        CASE WHEN a.dest_opening_date > CAST(p.ts AS DATE) THEN 'dest_account_opened_after_payment' END
+        CASE WHEN p.src_account_known_at IS NULL THEN 'src_account_unknown_at_payment' END,
+        CASE WHEN p.dest_account_known_at IS NULL THEN 'dest_account_unknown_at_payment' END,
+        CASE WHEN p.src_opening_date > CAST(p.ts AS DATE) THEN 'src_account_opened_after_payment' END,
+        CASE WHEN p.dest_opening_date > CAST(p.ts AS DATE) THEN 'dest_account_opened_after_payment' END
     ), ',') AS data_quality_flags,
     p.known_at AS payment_known_at,
     params.as_of,
     params.label_maturity_days,
     arrow_cast(CAST(p.ts AS DATE), 'Utf8') AS payment_date
 FROM params
-CROSS JOIN gold.int_training_payments AS p
-LEFT JOIN gold.int_accounts_as_of AS a ON a.payment_id = p.payment_id
+CROSS JOIN gold.int_accounts_as_of AS p
 LEFT JOIN gold.int_source_behaviour AS b ON b.payment_id = p.payment_id
 LEFT JOIN gold.int_destination_senders AS s ON s.payment_id = p.payment_id
 LEFT JOIN labels AS l ON l.payment_id = p.payment_id

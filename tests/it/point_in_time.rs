@@ -573,8 +573,8 @@ fn broken_invariant_fails_the_build_and_keeps_the_published_table() {
     let model = sql_dir.join("gold/payment_training.sql");
     let original = std::fs::read_to_string(&model).unwrap();
     let text = original.replace(
-        "arrow_cast(a.src_risk_known_at,",
-        "arrow_cast(a.src_risk_known_at + INTERVAL '400 days',",
+        "arrow_cast(p.src_risk_known_at,",
+        "arrow_cast(p.src_risk_known_at + INTERVAL '400 days',",
     );
     assert_ne!(
         text, original,
