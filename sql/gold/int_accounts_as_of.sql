@@ -25,13 +25,8 @@ WITH facts AS (
     CROSS JOIN silver.risk_feed_history AS r
     WHERE r.known_at <= params.as_of
 ),
-source_stream AS (
-    SELECT p.src_account_id AS account_id, p.ts AS at, 1 AS kind, '' AS tiebreak,
-        p.payment_id, p.src_account_id, p.dest_account_id, p.amount, p.ts, p.known_at,
-        CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS account_known_at,
-        CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
-    FROM gold.int_training_payments AS p
-    UNION ALL
+-- The facts as stream rows: the payment columns a lookup carries are NULL.
+fact_rows AS (
     SELECT f.account_id, f.at, f.kind, f.tiebreak,
         CAST(NULL AS VARCHAR) AS payment_id, CAST(NULL AS VARCHAR) AS src_account_id,
         CAST(NULL AS VARCHAR) AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
@@ -39,6 +34,15 @@ source_stream AS (
         arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
         f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
     FROM facts AS f
+),
+source_stream AS (
+    SELECT p.src_account_id AS account_id, p.ts AS at, 1 AS kind, '' AS tiebreak,
+        p.payment_id, p.src_account_id, p.dest_account_id, p.amount, p.ts, p.known_at,
+        CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS account_known_at,
+        CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
+    FROM gold.int_training_payments AS p
+    UNION ALL
+    SELECT * FROM fact_rows
 ),
 source_filled AS (
     SELECT kind, payment_id, src_account_id, dest_account_id, amount, ts, known_at,
@@ -59,14 +63,11 @@ destination_stream AS (
     WHERE kind = 1
     UNION ALL
     SELECT f.account_id, f.at, f.kind, f.tiebreak,
-        CAST(NULL AS VARCHAR) AS payment_id, CAST(NULL AS VARCHAR) AS src_account_id,
-        CAST(NULL AS VARCHAR) AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
-        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS ts,
-        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
+        f.payment_id, f.src_account_id, f.dest_account_id, f.amount, f.ts, f.known_at,
         CAST(NULL AS DATE) AS src_opening_date, CAST(NULL AS TIMESTAMP) AS src_account_known_at,
         CAST(NULL AS INT) AS src_risk_flag, CAST(NULL AS TIMESTAMP) AS src_risk_known_at,
         f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
-    FROM facts AS f
+    FROM fact_rows AS f
 ),
 destination_filled AS (
     SELECT kind, payment_id, src_account_id, dest_account_id, amount, ts, known_at,
