@@ -73,6 +73,8 @@ SELECT
     p.known_at AS payment_known_at,
     params.as_of,
     params.label_maturity_days,
+    -- A date cast, not to_char (which parsed its format on every row); Utf8, as VARCHAR
+    -- would give Utf8View.
     arrow_cast(CAST(p.ts AS DATE), 'Utf8') AS payment_date
 FROM params
 CROSS JOIN gold.int_accounts_as_of AS p

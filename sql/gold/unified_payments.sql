@@ -41,6 +41,8 @@ SELECT
     p._ingested_at AS payment_ingested_at,
     p._source_file AS payment_source_file,
     CAST(1 AS INT) AS schema_version,
+    -- A date cast, not to_char (which parsed its format on every row); Utf8, as VARCHAR
+    -- would give Utf8View.
     arrow_cast(CAST(p."timestamp" AS DATE), 'Utf8') AS payment_date
 FROM silver.payments AS p
 LEFT JOIN silver.accounts AS src_account ON src_account.account_id = p.src_account_id
