@@ -24,19 +24,25 @@ checked AS (
             CASE WHEN opening_date_text IS NOT NULL AND opening_date IS NULL THEN 'opening_date_is_date' END
         ) AS rule_failures
     FROM typed
+),
+-- The last line of each account in each snapshot: an aggregate, not a window over one
+-- partition per account (most are one row; 0.37 s of 0.44 s at 100k accounts).
+last_lines AS (
+    SELECT account_id, _source_file, max(_source_line) AS last_line
+    FROM checked
+    WHERE rule_failures = ''
+    GROUP BY account_id, _source_file
 )
 SELECT
-    raw_account_id, raw_opening_date, account_id, opening_date,
-    CASE
-        WHEN row_number() OVER (
-            PARTITION BY account_id, _source_file ORDER BY _source_line DESC
-        ) = 1 THEN 'kept'
-        ELSE 'superseded'
-    END AS outcome,
-    rule_failures,
-    _rescued, _source_file, _source_line, _file_sha256, _batch_id, _ingested_at, _known_at
-FROM checked
-WHERE rule_failures = ''
+    c.raw_account_id, c.raw_opening_date, c.account_id, c.opening_date,
+    -- Line numbers are unique within a file: the last line is the one row that wins.
+    CASE WHEN c._source_line = l.last_line THEN 'kept' ELSE 'superseded' END AS outcome,
+    c.rule_failures,
+    c._rescued, c._source_file, c._source_line, c._file_sha256, c._batch_id, c._ingested_at,
+    c._known_at
+FROM checked AS c
+JOIN last_lines AS l ON l.account_id = c.account_id AND l._source_file = c._source_file
+WHERE c.rule_failures = ''
 UNION ALL
 SELECT
     raw_account_id, raw_opening_date, account_id, opening_date, 'quarantined' AS outcome,
