@@ -157,10 +157,13 @@ fn failing_key_groups(table: &str, columns: &[String], null_policy: NullPolicy) 
     )
 }
 
-/// The table with the helper columns row-level rules need (reference joins).
+/// The table with the helper columns row-level rules need (reference joins). Each referenced
+/// key set is the left side of a right join, the side the engine builds its hash table from:
+/// written as left joins, the second join built its table from the whole audited table (the
+/// first join's output has no row estimate to swap on), 10M payments at 10M.
 fn enriched_table(suite: &Suite) -> Result<String, QualityError> {
     let mut extra = Vec::new();
-    let mut joins = Vec::new();
+    let mut joined = format!("{} AS __t", suite.table);
     for (index, rule) in suite.rules.iter().enumerate() {
         if let RuleKind::Reference { column, references } = &rule.kind {
             let (table, key) =
@@ -173,21 +176,17 @@ fn enriched_table(suite: &Suite) -> Result<String, QualityError> {
                             rule.name
                         ),
                     })?;
-            joins.push(format!(
-                "LEFT JOIN (SELECT DISTINCT {} AS __k FROM {table}) AS __ref_{index} \
+            joined = format!(
+                "(SELECT DISTINCT {} AS __k FROM {table}) AS __ref_{index} RIGHT JOIN ({joined}) \
                  ON __t.{} = __ref_{index}.__k",
                 ident(key),
                 ident(column)
-            ));
+            );
             extra.push(format!("__ref_{index}.__k IS NOT NULL AS __found_{index}"));
         }
     }
     let extra = extra.iter().map(|e| format!(", {e}")).collect::<String>();
-    Ok(format!(
-        "SELECT __t.*{extra} FROM {} AS __t {}",
-        suite.table,
-        joins.join(" ")
-    ))
+    Ok(format!("SELECT __t.*{extra} FROM {joined}"))
 }
 
 fn number(batch: &RecordBatch, name: &str) -> Result<Option<f64>, QualityError> {
@@ -243,36 +242,25 @@ async fn samples(
             .collect::<Vec<_>>();
         format!("concat_ws('|', {})", parts.join(", "))
     };
-    let flags = failing
-        .iter()
-        .map(|(index, condition)| format!(", ({condition}) AS __f_{index}"))
-        .collect::<String>();
     let any_failed = failing
         .iter()
         .map(|(_, condition)| format!("({condition})"))
         .collect::<Vec<_>>()
         .join(" OR ");
-    let rules = failing
+    let rule_of_row = failing
         .iter()
-        .map(|(index, _)| format!("({index})"))
+        .map(|(index, condition)| format!("CASE WHEN {condition} THEN {index} END"))
         .collect::<Vec<_>>()
         .join(", ");
-    let which = failing
-        .iter()
-        .map(|(index, _)| format!("WHEN {index} THEN __failed.__f_{index}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    // The failing rows only, then one row per (rule, failing row); the rules' small table is
-    // the cross join's left side, which the engine buffers.
+    // The failing rows only, each unnested into one row per rule it fails.
     let sql = format!(
-        "SELECT __rule, k FROM ( \
-           SELECT __rules.__rule, __failed.k, \
-             row_number() OVER (PARTITION BY __rules.__rule ORDER BY __failed.k) AS __n \
-           FROM (VALUES {rules}) AS __rules(__rule) \
-           CROSS JOIN (SELECT {key} AS k{flags} FROM ({enriched}) AS __q WHERE {any_failed}) \
-             AS __failed \
-           WHERE CASE __rules.__rule {which} END \
-         ) AS __ranked WHERE __n <= {MAX_SAMPLES} ORDER BY __rule, k"
+        "SELECT __rule, __sample_key FROM ( \
+           SELECT __rule, __sample_key, row_number() OVER (PARTITION BY __rule ORDER BY __sample_key) AS __n \
+           FROM ( \
+             SELECT __sample_key, unnest(make_array({rule_of_row})) AS __rule \
+             FROM (SELECT {key} AS __sample_key, * FROM ({enriched}) AS __q WHERE {any_failed}) AS __failed \
+           ) AS __flagged WHERE __rule IS NOT NULL \
+         ) AS __ranked WHERE __n <= {MAX_SAMPLES} ORDER BY __rule, __sample_key"
     );
     let doing = "sampling failing keys";
     let batches = ctx
