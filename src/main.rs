@@ -945,10 +945,10 @@ const PLANNER_STACK_BYTES: usize = 64 * 1024 * 1024;
 
 /// jemalloc, not the system allocator: Arrow allocates and frees buffers by the million.
 /// glibc spent a fifth of Bronze's time in malloc and free, and with its mmap threshold pinned
-/// low (so that freed buffers went back to the system) Gold spent a fifth of its time in the
-/// kernel mapping and faulting pages. Measured at 10M payments, same machine and lake: Bronze
-/// 23.0 s to 13.1 s, Silver 49.1 s to 39.3 s, Gold 94.5 s to 75.1 s; Gold's peak RSS 957 to
-/// 1005 MiB. (mimalloc was faster still, but Gold peaked at 1.7 GiB under the 1 GiB pool.)
+/// low (so that freed buffers went back to the system) Gold spent a quarter of its CPU time in
+/// the kernel mapping and faulting pages. Measured at 10M payments, same machine and lake: Bronze
+/// 23.0 s to 13.1 s, Silver 49.1 s to 39.3 s, Gold 94.5 s to 75.1 s; Gold's peak RSS 935 to
+/// 1005 MiB. (mimalloc was faster still, but Gold peaked at 1.6 GiB under the 1 GiB pool.)
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

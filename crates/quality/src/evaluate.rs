@@ -160,7 +160,7 @@ fn failing_key_groups(table: &str, columns: &[String], null_policy: NullPolicy) 
 /// The table with the helper columns row-level rules need (reference joins). Each referenced
 /// key set is the left side of a right join, the side the engine builds its hash table from:
 /// written as left joins, the second join built its table from the whole audited table (the
-/// first join's output has no row estimate to swap on), 10M payments at 10M.
+/// first join's output has no row estimate to swap on): 10M rows at 10M payments.
 fn enriched_table(suite: &Suite) -> Result<String, QualityError> {
     let mut extra = Vec::new();
     let mut joined = format!("{} AS __t", suite.table);
@@ -200,18 +200,26 @@ fn number(batch: &RecordBatch, name: &str) -> Result<Option<f64>, QualityError> 
     Ok((!values.is_empty() && !values.is_null(0)).then(|| values.value(0)))
 }
 
+/// Every batch of `sql`'s result; `doing` names the query in errors.
+async fn collect(
+    ctx: &SessionContext,
+    sql: &str,
+    doing: &str,
+) -> Result<Vec<RecordBatch>, QualityError> {
+    ctx.sql(sql)
+        .await
+        .map_err(|e| QualityError::query(doing, e))?
+        .collect()
+        .await
+        .map_err(|e| QualityError::query(doing, e))
+}
+
 async fn one_row(
     ctx: &SessionContext,
     sql: &str,
     doing: &str,
 ) -> Result<RecordBatch, QualityError> {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| QualityError::query(doing, e))?
-        .collect()
-        .await
-        .map_err(|e| QualityError::query(doing, e))?;
+    let batches = collect(ctx, sql, doing).await?;
     batches
         .into_iter()
         .find(|b| b.num_rows() > 0)
@@ -263,13 +271,7 @@ async fn samples(
          ) AS __ranked WHERE __n <= {MAX_SAMPLES} ORDER BY __rule, __sample_key"
     );
     let doing = "sampling failing keys";
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .map_err(|e| QualityError::query(doing, e))?
-        .collect()
-        .await
-        .map_err(|e| QualityError::query(doing, e))?;
+    let batches = collect(ctx, &sql, doing).await?;
     for batch in batches {
         let rules = cast(batch.column(0), &DataType::UInt64)?;
         let keys = cast(batch.column(1), &DataType::Utf8)?;
@@ -299,13 +301,7 @@ async fn keys_of(
     sql: &str,
     doing: &str,
 ) -> Result<Vec<String>, QualityError> {
-    let batches = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| QualityError::query(doing, e))?
-        .collect()
-        .await
-        .map_err(|e| QualityError::query(doing, e))?;
+    let batches = collect(ctx, sql, doing).await?;
     let mut keys = Vec::new();
     for batch in batches {
         let column = cast(batch.column(0), &DataType::Utf8)?;
