@@ -1,10 +1,10 @@
--- paylake: partition_by=payment_date datafusion.optimizer.prefer_hash_join=false
+-- paylake: partition_by=payment_date
 -- Point-in-time training table as of params.run.as_of (T): one row per payment with
 -- timestamp <= T known by T. Every feature uses only facts known at or before the payment;
 -- labels count only when known by T. Bounds are documented in docs/point-in-time.md.
--- The features are intermediate models, each computed once from sorted streams per account:
--- gold.int_accounts_as_of carries the payments with their accounts' facts, and this model joins
--- gold.int_source_behaviour and gold.int_destination_senders to it by payment_id.
+-- Every feature comes with the payment from gold.int_accounts_as_of (sorted streams per
+-- account); this model adds the label known by T. The labels are the build side of a hash join
+-- (RIGHT JOIN, written labels first): a few per thousand payments, while the payments stream.
 -- The one-row `params` comes first in every cross join: the engine buffers the left side and
 -- emits one batch per buffered row, so a large left side would stream one-row batches.
 WITH params AS (
@@ -41,14 +41,14 @@ SELECT
     COALESCE(p.dest_risk_flag, 0) AS dest_risk_flag,
     arrow_cast(p.src_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS src_risk_known_at,
     arrow_cast(p.dest_risk_known_at, 'Timestamp(Microsecond, Some("UTC"))') AS dest_risk_known_at,
-    b.src_count_1h,
-    COALESCE(b.src_amount_1h, 0) AS src_amount_1h,
-    b.src_count_24h,
-    COALESCE(b.src_amount_24h, 0) AS src_amount_24h,
-    b.src_count_7d,
-    COALESCE(b.src_amount_7d, 0) AS src_amount_7d,
-    s.dest_distinct_senders_24h,
-    b.pair_seen_before,
+    p.src_count_1h,
+    COALESCE(p.src_amount_1h, 0) AS src_amount_1h,
+    p.src_count_24h,
+    COALESCE(p.src_amount_24h, 0) AS src_amount_24h,
+    p.src_count_7d,
+    COALESCE(p.src_amount_7d, 0) AS src_amount_7d,
+    p.dest_distinct_senders_24h,
+    p.pair_seen_before,
     CASE
         WHEN l.payment_id IS NOT NULL THEN 'fraud'
         WHEN p.ts <= params.maturity_cutoff THEN 'legit_mature'
@@ -77,7 +77,4 @@ SELECT
     -- would give Utf8View.
     arrow_cast(CAST(p.ts AS DATE), 'Utf8') AS payment_date
 FROM params
-CROSS JOIN gold.int_accounts_as_of AS p
-LEFT JOIN gold.int_source_behaviour AS b ON b.payment_id = p.payment_id
-LEFT JOIN gold.int_destination_senders AS s ON s.payment_id = p.payment_id
-LEFT JOIN labels AS l ON l.payment_id = p.payment_id
+CROSS JOIN (labels AS l RIGHT JOIN gold.int_accounts_as_of AS p ON l.payment_id = p.payment_id)

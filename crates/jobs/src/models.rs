@@ -160,14 +160,6 @@ const EMBEDDED_GOLD: &[(&str, &str)] = &[
         include_str!("../../../sql/gold/int_accounts_as_of.sql"),
     ),
     (
-        "int_source_behaviour",
-        include_str!("../../../sql/gold/int_source_behaviour.sql"),
-    ),
-    (
-        "int_destination_senders",
-        include_str!("../../../sql/gold/int_destination_senders.sql"),
-    ),
-    (
         "payment_training",
         include_str!("../../../sql/gold/payment_training.sql"),
     ),
@@ -377,14 +369,13 @@ mod tests {
         );
         let gold = load_models(Layer::Gold, None).unwrap();
         let gold_position = |name: &str| gold.iter().position(|m| m.name == name).unwrap();
-        for feature in ["int_accounts_as_of", "int_source_behaviour"] {
-            assert!(gold_position("int_training_payments") < gold_position(feature));
-            assert!(gold_position(feature) < gold_position("payment_training"));
-            assert_eq!(
-                gold[gold_position(feature)].materialization,
-                Materialization::Temporary
-            );
-        }
+        let features = "int_accounts_as_of";
+        assert!(gold_position("int_training_payments") < gold_position(features));
+        assert!(gold_position(features) < gold_position("payment_training"));
+        assert_eq!(
+            gold[gold_position(features)].materialization,
+            Materialization::Temporary
+        );
         for table in ["unified_payments", "payment_training"] {
             let model = &gold[gold_position(table)];
             assert_eq!(model.partition_by, vec!["payment_date".to_string()]);
