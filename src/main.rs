@@ -953,10 +953,19 @@ const PLANNER_STACK_BYTES: usize = 64 * 1024 * 1024;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment overrides
-/// them). Freed pages go back to the system after 1 s instead of 10 s: with the default, Gold
-/// peaked at 1149 MiB of RSS at 10M payments.
+/// them).
+/// - `dirty_decay_ms:500`: freed pages go back to the system after half a second instead of
+///   10 s. With the default, Gold peaked at 1149 MiB of RSS at 10M payments.
+/// - `thp:always` (and for jemalloc's own metadata): its memory in 2 MiB pages where the system
+///   allows them on request (THP `madvise`). Arrow's all-NULL and zeroed buffers are read but
+///   never written; once freed and reused, each 4 KiB page of them took a copy-on-write fault
+///   and a TLB flush on every core. That was 7% of Gold's CPU time in flushes alone; in
+///   2 MiB pages it happens 512 times less often. Measured at 10M payments, same lake, back to
+///   back: Gold 64.3 to 55.5 s (kernel time 25.6 to 16.3 s) and peak RSS 874 to 968 MiB;
+///   Silver 36.3 to 33.0 s and 645 to 739 MiB. With `dirty_decay_ms:1000`, Gold peaked at
+///   1012 MiB.
 #[export_name = "_rjem_malloc_conf"]
-static ALLOCATOR_SETTINGS: &[u8; 20] = b"dirty_decay_ms:1000\0";
+static ALLOCATOR_SETTINGS: &[u8; 50] = b"dirty_decay_ms:500,thp:always,metadata_thp:always\0";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
