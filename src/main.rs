@@ -959,7 +959,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `thp:always` (and for jemalloc's own metadata): its memory in 2 MiB pages where the system
 ///   allows them on request (THP `madvise`). Arrow's all-NULL and zeroed buffers are read but
 ///   never written; once freed and reused, each 4 KiB page of them took a copy-on-write fault
-///   and a TLB flush on every core. That was 7% of Gold's CPU time in flushes alone; in
+///   and a TLB flush on every core. That was 7-11% of Gold's CPU time in flushes alone (perf); in
 ///   2 MiB pages it happens 512 times less often. Measured at 10M payments, same lake, back to
 ///   back: Gold 64.3 to 55.5 s (kernel time 25.6 to 16.3 s) and peak RSS 874 to 968 MiB;
 ///   Silver 36.3 to 33.0 s and 645 to 739 MiB. With `dirty_decay_ms:1000`, Gold peaked at
