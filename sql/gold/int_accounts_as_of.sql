@@ -18,8 +18,8 @@
 -- second sort carries the narrower rows.
 -- The sorted rows are kept narrow (at 10M payments the passes spill 2.7 GiB): a fact carries
 -- its account in the column the pass partitions by (dest_account_id, then src_account_id) and
--- no payment_id, so a lookup is a row with a payment_id, and `at` and `tiebreak` are the only
--- columns added for the order.
+-- no payment_id, so a lookup is a row with a payment_id (Silver quarantines a payment without
+-- one), and `at` and `tiebreak` are the only columns added for the order.
 WITH facts AS (
     SELECT h.account_id, h.known_at AS at, h.snapshot_file AS tiebreak,
         h.opening_date, CAST(h.known_at AS TIMESTAMP) AS account_known_at,
