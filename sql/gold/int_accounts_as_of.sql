@@ -17,7 +17,7 @@
 -- destination pass comes first because it adds five columns, the source pass eleven: the
 -- second sort carries the narrower rows.
 -- The sorted rows are kept narrow (at 10M payments the passes spill 2.7 GiB): a fact carries
--- its account in the column the pass partitions by (dest_account_id, then src_account_id) and
+-- its account in the columns the passes partition by (dest_account_id, src_account_id) and
 -- no payment_id, so a lookup is a row with a payment_id (Silver quarantines a payment without
 -- one), and `at` and `tiebreak` are the only columns added for the order.
 WITH facts AS (
@@ -35,6 +35,16 @@ WITH facts AS (
     CROSS JOIN silver.risk_feed_history AS r
     WHERE r.known_at <= params.as_of
 ),
+-- The facts as stream rows of either pass: no payment_id, the account in both account columns
+-- (each pass partitions by one of them), the other payment columns NULL.
+fact_rows AS (
+    SELECT CAST(NULL AS VARCHAR) AS payment_id, f.account_id AS src_account_id,
+        f.account_id AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
+        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS ts,
+        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
+        f.at, f.tiebreak, f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
+    FROM facts AS f
+),
 destination_stream AS (
     SELECT p.payment_id, p.src_account_id, p.dest_account_id, p.amount, p.ts, p.known_at,
         p.ts AS at, '' AS tiebreak,
@@ -42,12 +52,7 @@ destination_stream AS (
         CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
     FROM gold.int_training_payments AS p
     UNION ALL
-    SELECT CAST(NULL AS VARCHAR) AS payment_id, CAST(NULL AS VARCHAR) AS src_account_id,
-        f.account_id AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
-        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS ts,
-        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
-        f.at, f.tiebreak, f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
-    FROM facts AS f
+    SELECT * FROM fact_rows
 ),
 destination_filled AS (
     SELECT payment_id, src_account_id, dest_account_id, amount, ts, known_at,
@@ -71,16 +76,13 @@ source_stream AS (
     FROM destination_filled
     WHERE payment_id IS NOT NULL
     UNION ALL
-    SELECT CAST(NULL AS VARCHAR) AS payment_id, f.account_id AS src_account_id,
-        CAST(NULL AS VARCHAR) AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
-        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS ts,
-        arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
+    SELECT f.payment_id, f.src_account_id, f.dest_account_id, f.amount, f.ts, f.known_at,
         f.at, f.tiebreak,
         CAST(NULL AS DATE) AS dest_opening_date, CAST(NULL AS TIMESTAMP) AS dest_account_known_at,
         CAST(NULL AS INT) AS dest_risk_flag, CAST(NULL AS TIMESTAMP) AS dest_risk_known_at,
         CAST(NULL AS BIGINT) AS dest_distinct_senders_24h,
         f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
-    FROM facts AS f
+    FROM fact_rows AS f
 ),
 source_filled AS (
     SELECT payment_id, src_account_id, dest_account_id, amount, ts, known_at,
