@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """DuckDB's one-shot unified table: runs bench/unified_duckdb.sql over a flat landing folder
-(the four CSVs) and writes the result to one zstd Parquet file, as paylake's Gold writes its
-tables. Default DuckDB settings: the yardstick is the engine as it comes.
+(the four CSVs) and writes the result to one Snappy Parquet file (DuckDB's default codec), as
+paylake's Gold writes its tables. Default DuckDB settings: the yardstick is the engine as it comes.
 
 usage: unified_duckdb.py LANDING_DIR OUT.parquet
 Prints the number of rows written."""
@@ -21,7 +21,7 @@ def write_unified(landing: str, out: str) -> int:
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET VARIABLE landing = ?", [str(pathlib.Path(landing).resolve())])
     target = str(out).replace("'", "''")
-    copy = f"COPY ({QUERY.read_text()}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)"
+    copy = f"COPY ({QUERY.read_text()}) TO '{target}' (FORMAT parquet, COMPRESSION snappy)"
     return con.execute(copy).fetchone()[0]
 
 

@@ -954,8 +954,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment overrides
 /// them).
-/// - `dirty_decay_ms:500`: freed pages go back to the system after half a second instead of
-///   10 s. With the default, Gold peaked at 1149 MiB of RSS at 10M payments.
+/// - `dirty_decay_ms:2000`: freed pages go back to the system after two seconds instead of
+///   10 s. With the default, Gold peaked at 1149 MiB of RSS at 10M payments. Against 500 ms
+///   (measured with 21f8494's binary, one lake, back to back): Gold at 1M spent 1.3-1.7 s in the
+///   kernel instead of 2.1-2.5 s, refaulting fewer freed pages; at 10M it took 52.7 s and
+///   peaked at 878 MiB, against 56.5 s and 814 MiB.
 /// - `thp:always` (and for jemalloc's own metadata): its memory in 2 MiB pages where the system
 ///   allows them on request (THP `madvise`). Arrow's all-NULL and zeroed buffers are read but
 ///   never written; once freed and reused, each 4 KiB page of them took a copy-on-write fault
@@ -965,7 +968,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   Silver 36.3 to 33.0 s and 645 to 739 MiB. With `dirty_decay_ms:1000`, Gold peaked at
 ///   1012 MiB.
 #[export_name = "_rjem_malloc_conf"]
-static ALLOCATOR_SETTINGS: &[u8; 50] = b"dirty_decay_ms:500,thp:always,metadata_thp:always\0";
+static ALLOCATOR_SETTINGS: &[u8; 51] = b"dirty_decay_ms:2000,thp:always,metadata_thp:always\0";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -50,7 +50,7 @@ use serde::Serialize;
 use url::Url;
 
 use crate::files_scan::{self, VersionFiles};
-use crate::layout::{self, TableName};
+use crate::layout::{self, Layer, TableName};
 use crate::{Lake, LakeError, Result, TableScans};
 
 /// Commit-info keys paylake writes into every commit it makes (beside Delta's own).
@@ -233,13 +233,23 @@ pub fn cast_batch(
     RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
-/// Parquet as every lake table writes it: zstd-compressed at level 1, whose files were smaller
-/// than level 3's once dictionaries stay small (below) and cost less CPU to write.
-pub fn writer_properties() -> WriterProperties {
-    let level = ZstdLevel::try_new(1).unwrap_or_default();
-    base_writer_properties()
-        .set_compression(Compression::ZSTD(level))
-        .build()
+/// Parquet as the lake tables of `layer` write it.
+/// - Bronze, the raw archive kept forever and written once: zstd at level 1, whose files were
+///   smaller than level 3's once dictionaries stay small (below) and cost less CPU to write.
+/// - Silver and Gold, rebuilt by every run and read by every model after them: Snappy, Spark's
+///   and DuckDB's default, which every Parquet reader has. zstd creates a compressor and a
+///   decompressor for every column chunk it writes, 36 columns × 90 date partitions of a Gold
+///   table. Measured at 1M payments, fresh lakes, three runs each: Silver and Gold took 11.5 s
+///   on average with zstd and 10.2 s with Snappy (Gold 7.1 to 6.1 s; CPU 12.9 to 11.1 s), for
+///   files about twice as large (Silver 19 to 39 MB, Gold 60 to 88 MB).
+pub fn writer_properties(layer: Layer) -> WriterProperties {
+    let codec = match layer {
+        Layer::Bronze | Layer::Quality => {
+            Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
+        }
+        Layer::Silver | Layer::Gold => Compression::SNAPPY,
+    };
+    base_writer_properties().set_compression(codec).build()
 }
 
 /// Parquet for a run's scratch files, read once or twice and deleted: LZ4, fast both ways.
@@ -451,7 +461,7 @@ fn writer_config(
     Ok(WriterConfig::new(
         Arc::clone(schema),
         partition_by.to_vec(),
-        Some(writer_properties()),
+        Some(writer_properties(table.layer)),
         NonZeroU64::new(256 * 1024 * 1024),
         None,
         num_indexed_cols,
@@ -1459,7 +1469,7 @@ pub async fn optimize(lake: &Lake, table: &TableName) -> Result<Compaction> {
         .num_files();
     let (optimized, metrics) = delta
         .optimize()
-        .with_writer_properties(writer_properties())
+        .with_writer_properties(writer_properties(table.layer))
         .await
         .map_err(delta_error(table, "optimizing"))?;
     let files_after =
