@@ -958,7 +958,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   10 s. With the default, Gold peaked at 1149 MiB of RSS at 10M payments. Against 500 ms
 ///   (measured with 21f8494's binary, one lake, back to back): Gold at 1M spent 1.3-1.7 s in the
 ///   kernel instead of 2.1-2.5 s, refaulting fewer freed pages; at 10M it took 52.7 s and
-///   peaked at 878 MiB, against 56.5 s and 814 MiB.
+///   peaked at 858 MiB, against 56.5 s and 794 MiB.
 /// - `thp:always` (and for jemalloc's own metadata): its memory in 2 MiB pages where the system
 ///   allows them on request (THP `madvise`). Arrow's all-NULL and zeroed buffers are read but
 ///   never written; once freed and reused, each 4 KiB page of them took a copy-on-write fault
