@@ -965,8 +965,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   and a TLB flush on every core. That was 7-11% of Gold's CPU time in flushes alone (perf); in
 ///   2 MiB pages it happens 512 times less often. Measured at 10M payments, same lake, back to
 ///   back: Gold 64.3 to 55.5 s (kernel time 25.6 to 16.3 s) and peak RSS 874 to 968 MiB;
-///   Silver 36.3 to 33.0 s and 645 to 739 MiB. With `dirty_decay_ms:1000`, Gold peaked at
-///   1012 MiB.
+///   Silver 36.3 to 33.0 s and 645 to 739 MiB.
 #[export_name = "_rjem_malloc_conf"]
 static ALLOCATOR_SETTINGS: &[u8; 51] = b"dirty_decay_ms:2000,thp:always,metadata_thp:always\0";
 

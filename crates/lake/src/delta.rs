@@ -239,7 +239,8 @@ pub fn cast_batch(
 /// - Silver and Gold, rebuilt by every run and read by every model after them: Snappy, Spark's
 ///   and DuckDB's default, which every Parquet reader has. zstd creates a compressor and a
 ///   decompressor for every column chunk it writes, 36 columns × 90 date partitions of a Gold
-///   table. Measured at 1M payments, fresh lakes, three runs each: Silver and Gold took 11.5 s
+///   table. Measured at 1M payments, fresh lakes with every layer in one codec, three runs
+///   each: Silver and Gold took 11.5 s
 ///   on average with zstd and 10.3 s with Snappy (Gold 7.1 to 6.1 s; CPU 12.9 to 11.1 s), for
 ///   files about twice as large (Silver 19 to 39 MB, Gold 60 to 88 MB).
 pub fn writer_properties(layer: Layer) -> WriterProperties {
