@@ -1,4 +1,4 @@
--- paylake: materialized=temporary
+-- paylake: materialized=view
 -- Each training payment, its columns carried along, with every point-in-time feature:
 -- - both accounts and their risk flags as known at the payment: the latest account snapshot
 --   and the latest risk batch that mentions the account, known at or before its timestamp
@@ -16,7 +16,10 @@
 -- models by payment_id spilled 2.5 GiB through sort-merge joins at 10M payments). The
 -- destination pass comes first because it adds five columns, the source pass eleven: the
 -- second sort carries the narrower rows.
--- The sorted rows are kept narrow (at 10M payments the passes spill 2.7 GiB): a fact carries
+-- A view, not a temporary model: gold.payment_training streams the source pass's rows straight
+-- into its label join and partition buckets instead of writing all of them to scratch Parquet
+-- and reading them back (10M payments: the training chain 33.5 -> 26.7 s, runs minutes apart).
+-- The sorted rows are kept narrow (at 10M payments the passes spill several GiB): a fact carries
 -- its account in the columns the passes partition by (dest_account_id, src_account_id) and
 -- no payment_id, so a lookup is a row with a payment_id (Silver quarantines a payment without
 -- one), and `at` and `tiebreak` are the only columns added for the order.

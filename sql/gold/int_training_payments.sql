@@ -1,6 +1,6 @@
--- paylake: materialized=temporary
+-- paylake: materialized=view
 -- The payments a training table as of params.run.as_of (T) holds: timestamp <= T, known by T.
--- Read by every feature model and by gold.payment_training, computed once.
+-- A view: gold.int_accounts_as_of reads it once, so its filter runs inside that scan.
 SELECT p.payment_id, p.src_account_id, p.dest_account_id, p.amount, p."timestamp" AS ts,
     p.known_at
 FROM params.run AS params

@@ -176,10 +176,11 @@ impl ExecutionPlan for ChunkedWindowAggExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
-        // Registered as able to spill: it gives memory back by evaluating its chunk early, so
-        // a fair pool lets it hold its share beside the sorts that feed it.
+        // Registered as unable to spill: it cannot put an unfinished partition anywhere, so it
+        // takes what the pool has free. (paylake's engine holds every spilling consumer to a
+        // share of its limit, so the sorts that feed a window leave it room; as a spilling
+        // consumer, an account with more rows than that share would fail.)
         let reservation = MemoryConsumer::new(format!("ChunkedWindowAggExec[{partition}]"))
-            .with_can_spill(true)
             .register(context.memory_pool());
         Ok(Box::pin(ChunkedWindowStream {
             schema: self.schema(),

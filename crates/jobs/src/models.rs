@@ -372,9 +372,10 @@ mod tests {
         let features = "int_accounts_as_of";
         assert!(gold_position("int_training_payments") < gold_position(features));
         assert!(gold_position(features) < gold_position("payment_training"));
+        // Planned inline: the training table streams the as-of rows into its label join.
         assert_eq!(
             gold[gold_position(features)].materialization,
-            Materialization::Temporary
+            Materialization::View
         );
         for table in ["unified_payments", "payment_training"] {
             let model = &gold[gold_position(table)];
