@@ -3,29 +3,15 @@
 -- timestamp <= T known by T. Every feature uses only facts known at or before the payment;
 -- labels count only when known by T. Bounds are documented in docs/point-in-time.md.
 -- Every feature comes with the payment from gold.int_accounts_as_of (sorted streams per
--- account); this model adds the label known by T. The labels, a few per thousand payments, are
--- the build side of a hash join and the payments stream through it. It is written as a RIGHT
--- JOIN with the labels first because the planner keeps the written sides when it has no row
--- counts (as for a window's output): as a LEFT JOIN it hashed 1M payments (380 MB) instead.
+-- account); this model adds the label known by T (gold.int_labels_as_of). The labels, a few per
+-- thousand payments, are the build side of a hash join, hashed once, and the payments stream
+-- through it. It is written as a RIGHT JOIN with the labels first because the planner keeps the
+-- written sides when one has no row counts (a window's output): as a LEFT JOIN it hashed 1M
+-- payments (380 MB) instead.
 -- The one-row `params` comes first in every cross join: the engine buffers the left side and
 -- emits one batch per buffered row, so a large left side would stream one-row batches.
 WITH params AS (
     SELECT as_of, label_maturity_days, maturity_cutoff FROM params.run
-),
--- The label known by T: latest reported date, then latest known.
-labels AS (
-    SELECT payment_id, fraud_type, fraud_reported_date, label_source, known_at
-    FROM (
-        SELECT l.*,
-            row_number() OVER (
-                PARTITION BY l.payment_id
-                ORDER BY l.fraud_reported_date DESC, l.known_at DESC, l._source_file DESC,
-                    l._source_line DESC
-            ) AS recency
-        FROM params CROSS JOIN silver.fraud_labels_history AS l
-        WHERE l.known_at <= params.as_of
-    ) AS ranked
-    WHERE recency = 1
 )
 SELECT
     p.payment_id,
@@ -79,4 +65,7 @@ SELECT
     -- would give Utf8View.
     arrow_cast(CAST(p.ts AS DATE), 'Utf8') AS payment_date
 FROM params
-CROSS JOIN (labels AS l RIGHT JOIN gold.int_accounts_as_of AS p ON l.payment_id = p.payment_id)
+CROSS JOIN (
+    gold.int_labels_as_of AS l
+    RIGHT JOIN gold.int_accounts_as_of AS p ON l.payment_id = p.payment_id
+)

@@ -522,10 +522,7 @@ mod tests {
         sort.try_grow(cap).unwrap();
         let refused = sort.try_grow(1).unwrap_err();
         assert!(is_out_of_memory(&refused), "{refused}");
-        assert!(
-            refused.to_string().contains("at most 64.0 MB"),
-            "{refused}"
-        );
+        assert!(refused.to_string().contains("at most 64.0 MB"), "{refused}");
         // DataFusion registers a sort's merge as unable to spill; it is capped all the same.
         let merge = MemoryConsumer::new(format!("{SORT_MERGE_CONSUMER}[0]")).register(&pool);
         assert!(merge.try_grow(cap + 1).is_err());

@@ -160,6 +160,10 @@ const EMBEDDED_GOLD: &[(&str, &str)] = &[
         include_str!("../../../sql/gold/int_accounts_as_of.sql"),
     ),
     (
+        "int_labels_as_of",
+        include_str!("../../../sql/gold/int_labels_as_of.sql"),
+    ),
+    (
         "payment_training",
         include_str!("../../../sql/gold/payment_training.sql"),
     ),
