@@ -177,9 +177,10 @@ impl ExecutionPlan for ChunkedWindowAggExec {
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, Arc::clone(&context))?;
         // Registered as unable to spill: it cannot put an unfinished partition anywhere, so it
-        // takes what the pool has free. (paylake's engine holds every spilling consumer to a
-        // share of its limit, so the sorts that feed a window leave it room; as a spilling
-        // consumer, an account with more rows than that share would fail.)
+        // takes what the pool has free, which is usually more than a spilling consumer's share
+        // (paylake's engine holds each of those to 1/16 of its limit, so the sorts that feed a
+        // window rarely fill the pool). When the pool is full it evaluates its complete
+        // partitions early; only an unfinished one that does not fit is an error.
         let reservation = MemoryConsumer::new(format!("ChunkedWindowAggExec[{partition}]"))
             .register(context.memory_pool());
         Ok(Box::pin(ChunkedWindowStream {

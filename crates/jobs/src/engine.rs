@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use datafusion::common::{human_readable_size, Result as EngineResult};
+use datafusion::common::Result as EngineResult;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
@@ -31,7 +31,7 @@ const TOP_CONSUMERS: NonZeroUsize = NonZeroUsize::new(5).expect("five is not zer
 
 /// A consumer that can spill (a sort's buffer, an aggregate, partition buckets) holds at most
 /// this fraction of a limited pool, and so does a sort's merge of its spilled runs: see
-/// [`PeakTrackingPool`].
+/// [`CappedPool`].
 const SPILLING_CONSUMER_SHARE: usize = 16;
 
 /// ... but at least this much, so that small limits still seat a few batches per sort.
@@ -41,7 +41,7 @@ const MIN_SPILLING_CONSUMER_CAP: usize = 16 << 20;
 /// as unable to spill, yet it reads as many runs at once as the pool lets it reserve.
 const SORT_MERGE_CONSUMER: &str = "ExternalSorterMerge";
 
-/// Engine settings of a run (`--memory-limit`, `--spill-dir`, `--target-partitions`).
+/// Engine settings of a run (`--memory-limit`, `--spill-dir`, `--engine`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
     /// Bytes the engine's operators may hold at once; `None` is unbounded. Sorts,
@@ -77,58 +77,19 @@ impl EngineSettings {
     }
 }
 
-/// A memory pool that remembers the most it ever held, so a run can report each model's peak,
-/// and under a limit holds each spilling consumer to a share of it.
-///
-/// The share: with a fair pool alone, a sort holds its fair part of the limit, and once its
-/// input ends it merges its spilled runs with a reservation as large as the pool lets it take.
-/// A chain of sorts (the two as-of passes feeding the training table) then kept 150-200 MiB
-/// per merge in the pool and about as much again outside it (the runs' decoded batches), and
-/// the next sort or window could be refused. Capped, a sort spills smaller runs and merges
-/// them in more passes. At 10M payments, `gold.payment_training` took about as long (30.3 and
-/// 30.1 s against 30.9 and 28.5 s, runs alternated) with the pool's peak 582 -> 290 MiB and
-/// Gold's peak RSS 1093 -> 536 MiB.
+/// A memory pool that remembers the most it ever held, so a run can report each model's peak.
 #[derive(Debug)]
 pub struct PeakTrackingPool {
     inner: Arc<dyn MemoryPool>,
     peak: AtomicUsize,
-    /// The most one spilling consumer, or one sort merge, may hold; `None` without a limit.
-    consumer_cap: Option<usize>,
 }
 
 impl PeakTrackingPool {
     fn new(inner: Arc<dyn MemoryPool>) -> Self {
-        let consumer_cap = match inner.memory_limit() {
-            MemoryLimit::Finite(limit) => Some(spilling_consumer_cap(limit)),
-            MemoryLimit::Infinite | MemoryLimit::Unknown => None,
-        };
         Self {
             inner,
             peak: AtomicUsize::new(0),
-            consumer_cap,
         }
-    }
-
-    /// Refuses a growth past the consumer cap; the consumer then spills (or merges in more
-    /// passes), as when the pool itself is full.
-    fn check_cap(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
-        let Some(cap) = self.consumer_cap else {
-            return Ok(());
-        };
-        let consumer = reservation.consumer();
-        let capped = consumer.can_spill() || consumer.name().starts_with(SORT_MERGE_CONSUMER);
-        let wanted = reservation.size().saturating_add(additional);
-        if capped && wanted > cap {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "{} holds {} and asked for {} more: a consumer that can spill, or a sort's \
-                 merge, may hold at most {} (1/{SPILLING_CONSUMER_SHARE} of the memory limit)",
-                consumer.name(),
-                human_readable_size(reservation.size()),
-                human_readable_size(additional),
-                human_readable_size(cap),
-            )));
-        }
-        Ok(())
     }
 
     fn note(&self) {
@@ -172,10 +133,97 @@ impl MemoryPool for PeakTrackingPool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
-        self.check_cap(reservation, additional)?;
         self.inner.try_grow(reservation, additional)?;
         self.note();
         Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
+
+/// A limited pool that refuses any reservation of a spilling consumer, and of a sort's merge,
+/// past a share of the limit ([`spilling_consumer_cap`]); the consumer then spills, or merges
+/// its runs in more passes, as when the pool itself is full. The cap is per reservation, as
+/// the fair pool's share is; an infallible `grow` (which DataFusion uses only where it must
+/// hold a batch it already has) is never refused.
+///
+/// Why: with a fair pool alone, a sort holds its fair part of the limit, and once its input
+/// ends it merges its spilled runs with a reservation as large as the pool lets it take. A
+/// chain of sorts (the two as-of passes feeding the training table) then kept 150-200 MiB per
+/// merge in the pool and about as much again outside it (the runs' decoded batches), and an
+/// operator downstream could be refused. At 10M payments, `gold.payment_training` took about
+/// as long capped (30.3 and 30.1 s against 30.9 and 28.5 s, runs alternated), with the pool's
+/// peak 582 -> 290 MiB and Gold's peak RSS 1093 -> 536 MiB.
+#[derive(Debug)]
+struct CappedPool {
+    inner: FairSpillPool,
+    cap: usize,
+}
+
+impl CappedPool {
+    fn new(limit: usize) -> Self {
+        Self {
+            inner: FairSpillPool::new(limit),
+            cap: spilling_consumer_cap(limit),
+        }
+    }
+}
+
+impl std::fmt::Display for CappedPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (each spilling operator at most {})",
+            self.inner,
+            format_bytes(self.cap as u64)
+        )
+    }
+}
+
+impl MemoryPool for CappedPool {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional)
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink)
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
+        let consumer = reservation.consumer();
+        let capped = consumer.can_spill() || consumer.name().starts_with(SORT_MERGE_CONSUMER);
+        let wanted = reservation.size().saturating_add(additional);
+        if capped && wanted > self.cap {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} holds {} and asked for {} more: an operator that can spill, or a sort's \
+                 merge, may hold at most {} (1/{SPILLING_CONSUMER_SHARE} of the memory limit, \
+                 at least {})",
+                consumer.name(),
+                format_bytes(reservation.size() as u64),
+                format_bytes(additional as u64),
+                format_bytes(self.cap as u64),
+                format_bytes(MIN_SPILLING_CONSUMER_CAP as u64),
+            )));
+        }
+        self.inner.try_grow(reservation, additional)
     }
 
     fn reserved(&self) -> usize {
@@ -299,7 +347,7 @@ impl Engine {
         let inner: Arc<dyn MemoryPool> = match settings.memory_limit {
             // A refused allocation lists the consumers holding the most.
             Some(bytes) => Arc::new(TrackConsumersPool::new(
-                FairSpillPool::new(usize::try_from(bytes).unwrap_or(usize::MAX)),
+                CappedPool::new(usize::try_from(bytes).unwrap_or(usize::MAX)),
                 TOP_CONSUMERS,
             )),
             None => Arc::new(UnboundedMemoryPool::default()),
@@ -507,6 +555,72 @@ mod tests {
         assert_eq!(format_bytes(12), "12 B");
     }
 
+    /// A pool that records the name of every consumer registered with it.
+    #[derive(Debug, Default)]
+    struct NamingPool {
+        inner: UnboundedMemoryPool,
+        names: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl std::fmt::Display for NamingPool {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "naming")
+        }
+    }
+
+    impl MemoryPool for NamingPool {
+        fn name(&self) -> &str {
+            "naming"
+        }
+
+        fn register(&self, consumer: &MemoryConsumer) {
+            self.names.lock().unwrap().push(consumer.name().to_string());
+        }
+
+        fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+            self.inner.grow(reservation, additional)
+        }
+
+        fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+            self.inner.shrink(reservation, shrink)
+        }
+
+        fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
+            self.inner.try_grow(reservation, additional)
+        }
+
+        fn reserved(&self) -> usize {
+            self.inner.reserved()
+        }
+    }
+
+    /// The merge cap finds DataFusion's sort merges by name: a rename upstream must fail here.
+    #[tokio::test]
+    async fn datafusion_names_a_sorts_merge_as_the_cap_expects() {
+        let pool = Arc::new(NamingPool::default());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
+            .build_arc()
+            .unwrap();
+        let ctx =
+            datafusion::prelude::SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+        let sorted = ctx
+            .sql("SELECT value FROM generate_series(1, 10000) ORDER BY value DESC")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(sorted.iter().map(|b| b.num_rows()).sum::<usize>(), 10000);
+        let names = pool.names.lock().unwrap();
+        assert!(
+            names
+                .iter()
+                .any(|name| name.starts_with(SORT_MERGE_CONSUMER)),
+            "{names:?}"
+        );
+    }
+
     #[test]
     fn spilling_consumers_and_sort_merges_hold_at_most_a_share_of_the_limit() {
         let engine = Engine::new(&EngineSettings {
@@ -522,7 +636,10 @@ mod tests {
         sort.try_grow(cap).unwrap();
         let refused = sort.try_grow(1).unwrap_err();
         assert!(is_out_of_memory(&refused), "{refused}");
-        assert!(refused.to_string().contains("at most 64.0 MB"), "{refused}");
+        assert!(
+            refused.to_string().contains("at most 64.0 MiB"),
+            "{refused}"
+        );
         // DataFusion registers a sort's merge as unable to spill; it is capped all the same.
         let merge = MemoryConsumer::new(format!("{SORT_MERGE_CONSUMER}[0]")).register(&pool);
         assert!(merge.try_grow(cap + 1).is_err());

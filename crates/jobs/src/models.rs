@@ -377,9 +377,17 @@ mod tests {
         assert!(gold_position("int_training_payments") < gold_position(features));
         assert!(gold_position(features) < gold_position("payment_training"));
         // Planned inline: the training table streams the as-of rows into its label join.
+        for view in [features, "int_training_payments"] {
+            assert_eq!(
+                gold[gold_position(view)].materialization,
+                Materialization::View
+            );
+        }
+        // Written once, so the planner knows how few labels there are (the join's build side).
+        assert!(gold_position("int_labels_as_of") < gold_position("payment_training"));
         assert_eq!(
-            gold[gold_position(features)].materialization,
-            Materialization::View
+            gold[gold_position("int_labels_as_of")].materialization,
+            Materialization::Temporary
         );
         for table in ["unified_payments", "payment_training"] {
             let model = &gold[gold_position(table)];
