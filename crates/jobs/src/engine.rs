@@ -31,7 +31,7 @@ const TOP_CONSUMERS: NonZeroUsize = NonZeroUsize::new(5).expect("five is not zer
 
 /// A consumer that can spill (a sort's buffer, an aggregate, partition buckets) holds at most
 /// this fraction of a limited pool, and so does a sort's merge of its spilled runs: see
-/// [`CappedPool`].
+/// [`PeakTrackingPool`].
 const SPILLING_CONSUMER_SHARE: usize = 16;
 
 /// ... but at least this much, so that small limits still seat a few batches per sort.
@@ -77,17 +77,46 @@ impl EngineSettings {
     }
 }
 
-/// A memory pool that remembers the most it ever held, so a run can report each model's peak.
+/// The engine's memory pool. It remembers the most it ever held, so a run can report each
+/// model's peak. Under a limit it is a fair pool that lists its largest consumers when it
+/// refuses one, and that holds every reservation of a spilling consumer, and of a sort's merge,
+/// to a share of the limit ([`spilling_consumer_cap`]): past it the consumer spills, or merges
+/// its runs in more passes, as when the pool itself is full. The cap is per reservation, as the
+/// fair pool's share is; an infallible `grow` (DataFusion's, for a batch it already holds) is
+/// never refused.
+///
+/// Why the cap: with a fair pool alone, a sort holds its fair part of the limit, and once its
+/// input ends it merges its spilled runs with a reservation as large as the pool lets it take.
+/// A chain of sorts (the two as-of passes feeding the training table) then kept 150-200 MiB
+/// per merge in the pool and about as much again outside it (the runs' decoded batches), and
+/// an operator downstream could be refused. At 10M payments, `gold.payment_training` took about
+/// as long capped (30.3 and 30.1 s against 30.9 and 28.5 s, runs alternated), with the pool's
+/// peak 582 -> 290 MiB and Gold's peak RSS 1093 -> 536 MiB.
 #[derive(Debug)]
 pub struct PeakTrackingPool {
     inner: Arc<dyn MemoryPool>,
+    /// Under a limit: the same pool as `inner`, typed to report its top consumers, and the
+    /// most one spilling reservation may hold.
+    limited: Option<(Arc<TrackConsumersPool<FairSpillPool>>, usize)>,
     peak: AtomicUsize,
 }
 
 impl PeakTrackingPool {
-    fn new(inner: Arc<dyn MemoryPool>) -> Self {
+    fn new(limit: Option<usize>) -> Self {
+        let (inner, limited): (Arc<dyn MemoryPool>, _) = match limit {
+            Some(bytes) => {
+                let tracked = Arc::new(TrackConsumersPool::new(
+                    FairSpillPool::new(bytes),
+                    TOP_CONSUMERS,
+                ));
+                let cap = spilling_consumer_cap(bytes);
+                (tracked.clone(), Some((tracked, cap)))
+            }
+            None => (Arc::new(UnboundedMemoryPool::default()), None),
+        };
         Self {
             inner,
+            limited,
             peak: AtomicUsize::new(0),
         }
     }
@@ -101,6 +130,30 @@ impl PeakTrackingPool {
     pub fn take_peak(&self) -> usize {
         let held = self.inner.reserved();
         self.peak.swap(held, Ordering::Relaxed).max(held)
+    }
+
+    /// Refuses a spilling reservation, or a sort's merge, growing past the cap.
+    fn check_cap(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
+        let Some((tracked, cap)) = &self.limited else {
+            return Ok(());
+        };
+        let consumer = reservation.consumer();
+        let capped = consumer.can_spill() || consumer.name().starts_with(SORT_MERGE_CONSUMER);
+        let wanted = reservation.size().saturating_add(additional);
+        if capped && wanted > *cap {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} holds {} and asked for {} more: an operator that can spill, or a sort's \
+                 merge, may hold at most {} (1/{SPILLING_CONSUMER_SHARE} of the memory limit, \
+                 at least {}); the largest consumers:\n{}",
+                consumer.name(),
+                format_bytes(reservation.size() as u64),
+                format_bytes(additional as u64),
+                format_bytes(*cap as u64),
+                format_bytes(MIN_SPILLING_CONSUMER_CAP as u64),
+                tracked.report_top(TOP_CONSUMERS.get()),
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -133,97 +186,10 @@ impl MemoryPool for PeakTrackingPool {
     }
 
     fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
+        self.check_cap(reservation, additional)?;
         self.inner.try_grow(reservation, additional)?;
         self.note();
         Ok(())
-    }
-
-    fn reserved(&self) -> usize {
-        self.inner.reserved()
-    }
-
-    fn memory_limit(&self) -> MemoryLimit {
-        self.inner.memory_limit()
-    }
-}
-
-/// A limited pool that refuses any reservation of a spilling consumer, and of a sort's merge,
-/// past a share of the limit ([`spilling_consumer_cap`]); the consumer then spills, or merges
-/// its runs in more passes, as when the pool itself is full. The cap is per reservation, as
-/// the fair pool's share is; an infallible `grow` (which DataFusion uses only where it must
-/// hold a batch it already has) is never refused.
-///
-/// Why: with a fair pool alone, a sort holds its fair part of the limit, and once its input
-/// ends it merges its spilled runs with a reservation as large as the pool lets it take. A
-/// chain of sorts (the two as-of passes feeding the training table) then kept 150-200 MiB per
-/// merge in the pool and about as much again outside it (the runs' decoded batches), and an
-/// operator downstream could be refused. At 10M payments, `gold.payment_training` took about
-/// as long capped (30.3 and 30.1 s against 30.9 and 28.5 s, runs alternated), with the pool's
-/// peak 582 -> 290 MiB and Gold's peak RSS 1093 -> 536 MiB.
-#[derive(Debug)]
-struct CappedPool {
-    inner: FairSpillPool,
-    cap: usize,
-}
-
-impl CappedPool {
-    fn new(limit: usize) -> Self {
-        Self {
-            inner: FairSpillPool::new(limit),
-            cap: spilling_consumer_cap(limit),
-        }
-    }
-}
-
-impl std::fmt::Display for CappedPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (each spilling operator at most {})",
-            self.inner,
-            format_bytes(self.cap as u64)
-        )
-    }
-}
-
-impl MemoryPool for CappedPool {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    fn register(&self, consumer: &MemoryConsumer) {
-        self.inner.register(consumer)
-    }
-
-    fn unregister(&self, consumer: &MemoryConsumer) {
-        self.inner.unregister(consumer)
-    }
-
-    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
-        self.inner.grow(reservation, additional)
-    }
-
-    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        self.inner.shrink(reservation, shrink)
-    }
-
-    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> EngineResult<()> {
-        let consumer = reservation.consumer();
-        let capped = consumer.can_spill() || consumer.name().starts_with(SORT_MERGE_CONSUMER);
-        let wanted = reservation.size().saturating_add(additional);
-        if capped && wanted > self.cap {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "{} holds {} and asked for {} more: an operator that can spill, or a sort's \
-                 merge, may hold at most {} (1/{SPILLING_CONSUMER_SHARE} of the memory limit, \
-                 at least {})",
-                consumer.name(),
-                format_bytes(reservation.size() as u64),
-                format_bytes(additional as u64),
-                format_bytes(self.cap as u64),
-                format_bytes(MIN_SPILLING_CONSUMER_CAP as u64),
-            )));
-        }
-        self.inner.try_grow(reservation, additional)
     }
 
     fn reserved(&self) -> usize {
@@ -344,15 +310,11 @@ impl Engine {
             path: owner.display().to_string(),
             source,
         })?;
-        let inner: Arc<dyn MemoryPool> = match settings.memory_limit {
-            // A refused allocation lists the consumers holding the most.
-            Some(bytes) => Arc::new(TrackConsumersPool::new(
-                CappedPool::new(usize::try_from(bytes).unwrap_or(usize::MAX)),
-                TOP_CONSUMERS,
-            )),
-            None => Arc::new(UnboundedMemoryPool::default()),
-        };
-        let pool = Arc::new(PeakTrackingPool::new(inner));
+        let pool = Arc::new(PeakTrackingPool::new(
+            settings
+                .memory_limit
+                .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX)),
+        ));
         let spill = scratch.path().join("spill");
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
