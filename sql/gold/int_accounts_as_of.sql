@@ -57,8 +57,12 @@ destination_stream AS (
     UNION ALL
     SELECT * FROM fact_rows
 ),
+-- The destination pass keeps the facts: sorted again by source account, they are the source
+-- pass's facts too, so its stream is this pass's output as it is (the destination features a
+-- fact row gets are never read).
 destination_filled AS (
-    SELECT payment_id, src_account_id, dest_account_id, amount, ts, known_at,
+    SELECT payment_id, src_account_id, dest_account_id, amount, ts, known_at, at, tiebreak,
+        opening_date, account_known_at, risk_flag, risk_known_at,
         carry_forward(opening_date, account_known_at) OVER latest AS dest_opening_date,
         carry_forward(account_known_at, account_known_at) OVER latest AS dest_account_known_at,
         carry_forward(risk_flag, risk_known_at) OVER latest AS dest_risk_flag,
@@ -68,24 +72,6 @@ destination_filled AS (
     WINDOW latest AS (
         PARTITION BY dest_account_id ORDER BY at, payment_id IS NOT NULL, tiebreak
     )
-),
-source_stream AS (
-    SELECT payment_id, src_account_id, dest_account_id, amount, ts, known_at,
-        ts AS at, '' AS tiebreak,
-        dest_opening_date, dest_account_known_at, dest_risk_flag, dest_risk_known_at,
-        dest_distinct_senders_24h,
-        CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS account_known_at,
-        CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
-    FROM destination_filled
-    WHERE payment_id IS NOT NULL
-    UNION ALL
-    SELECT f.payment_id, f.src_account_id, f.dest_account_id, f.amount, f.ts, f.known_at,
-        f.at, f.tiebreak,
-        CAST(NULL AS DATE) AS dest_opening_date, CAST(NULL AS TIMESTAMP) AS dest_account_known_at,
-        CAST(NULL AS INT) AS dest_risk_flag, CAST(NULL AS TIMESTAMP) AS dest_risk_known_at,
-        CAST(NULL AS BIGINT) AS dest_distinct_senders_24h,
-        f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
-    FROM fact_rows AS f
 ),
 source_filled AS (
     SELECT payment_id, src_account_id, dest_account_id, amount, ts, known_at,
@@ -102,7 +88,7 @@ source_filled AS (
         trailing_sum(1, ts, 604800) OVER latest AS src_count_7d,
         CAST(trailing_sum(amount, ts, 604800) OVER latest AS DECIMAL(29, 2)) AS src_amount_7d,
         seen_before(dest_account_id, ts) OVER latest AS pair_seen_before
-    FROM source_stream
+    FROM destination_filled
     WINDOW latest AS (
         PARTITION BY src_account_id ORDER BY at, payment_id IS NOT NULL, tiebreak
     )

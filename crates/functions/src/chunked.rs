@@ -15,13 +15,14 @@
 //! larger than the room left is an error (resources exhausted, naming this operator).
 //! [`ChunkedWindows`] swaps it in for every partitioned `WindowAggExec` of a plan.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::compute::{concat, concat_batches};
+use datafusion::arrow::compute::{concat, concat_batches, SortColumn};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -189,6 +190,7 @@ impl ExecutionPlan for ChunkedWindowAggExec {
             window_expr: self.window_expr.clone(),
             partition_keys: self.partition_keys.clone(),
             buffered: Vec::new(),
+            ready: VecDeque::new(),
             buffered_rows: 0,
             evaluate_at: CHUNK_ROWS,
             reservation,
@@ -212,39 +214,52 @@ struct ChunkedWindowStream {
     /// Buffered rows at which to look for complete partitions again: [`CHUNK_ROWS`] more than
     /// were kept last time, so a partition larger than a chunk is not re-scanned per batch.
     evaluate_at: usize,
+    /// Evaluated batches not yet emitted.
+    ready: VecDeque<RecordBatch>,
     reservation: MemoryReservation,
     metrics: BaselineMetrics,
 }
 
 impl ChunkedWindowStream {
-    /// Evaluates the buffered rows' complete partitions (all of them once the input is done)
-    /// and keeps the last, possibly unfinished, partition buffered.
-    fn evaluate_buffered(&mut self, input_done: bool) -> Result<Option<RecordBatch>> {
+    /// Evaluates the buffered rows' complete partitions (all of them once the input is done),
+    /// queues them in `ready`, and keeps the last, possibly unfinished, partition buffered.
+    ///
+    /// Only the columns the windows read are concatenated: each buffered batch goes out as it
+    /// came in, with its slice of the window values appended. (Concatenating whole rows copied
+    /// every column of the training table's point-in-time passes once more.)
+    fn evaluate_buffered(&mut self, input_done: bool) -> Result<()> {
         let _timer = self.metrics.elapsed_compute().timer();
-        let input_schema = match self.buffered.first() {
-            Some(first) => first.schema(),
-            None => return Ok(None),
-        };
-        let rows = concat_batches(&input_schema, &self.buffered)?;
-        self.buffered.clear();
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
         let keys = self
             .partition_keys
             .iter()
-            .map(|key| key.evaluate_to_sort_column(&rows))
+            .map(|key| {
+                let parts = self
+                    .buffered
+                    .iter()
+                    .map(|batch| Ok(key.evaluate_to_sort_column(batch)?.values))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(SortColumn {
+                    values: concat_arrays(&parts)?,
+                    options: Some(key.options),
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
-        let mut partitions = evaluate_partition_ranges(rows.num_rows(), &keys)?;
+        let mut partitions = evaluate_partition_ranges(self.buffered_rows, &keys)?;
         let complete_rows = if input_done {
-            rows.num_rows()
+            self.buffered_rows
         } else {
             // The last partition may go on in the next batch: keep it for later.
-            partitions.pop().map_or(rows.num_rows(), |last| last.start)
+            partitions
+                .pop()
+                .map_or(self.buffered_rows, |last| last.start)
         };
-        let kept = rows.slice(complete_rows, rows.num_rows() - complete_rows);
-        self.buffered_rows = kept.num_rows();
+        let (complete, kept) = split_at_row(std::mem::take(&mut self.buffered), complete_rows);
+        self.buffered = kept;
+        self.buffered_rows -= complete_rows;
         self.evaluate_at = self.buffered_rows + CHUNK_ROWS;
-        if kept.num_rows() > 0 {
-            self.buffered.push(compact(kept)?);
-        }
         self.reservation.try_resize(
             self.buffered
                 .iter()
@@ -252,26 +267,67 @@ impl ChunkedWindowStream {
                 .sum(),
         )?;
         if complete_rows == 0 {
-            return Ok(None);
+            return Ok(());
         }
-        let complete = rows.slice(0, complete_rows);
-        let mut columns = complete.columns().to_vec();
-        for window in &self.window_expr {
-            columns.push(evaluate_window(window.as_ref(), &complete, &partitions)?);
+        let mut whole_rows = None;
+        let values = self
+            .window_expr
+            .iter()
+            .map(|window| evaluate_window(window.as_ref(), &complete, &mut whole_rows, &partitions))
+            .collect::<Result<Vec<_>>>()?;
+        let mut offset = 0;
+        for batch in complete {
+            let rows = batch.num_rows();
+            let mut columns = batch.columns().to_vec();
+            columns.extend(values.iter().map(|value| value.slice(offset, rows)));
+            offset += rows;
+            self.ready
+                .push_back(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
         }
-        Ok(Some(RecordBatch::try_new(
-            Arc::clone(&self.schema),
-            columns,
-        )?))
+        Ok(())
     }
 }
 
-/// `window`'s values at every row of `rows`, whose partitions are `partitions`: a paylake
-/// function in one call for all of them, any other function once per partition, as
-/// `WindowAggExec` evaluates it.
+/// `batches` split into those holding the first `rows` rows and those holding the rest (a
+/// batch across the boundary is sliced in two).
+fn split_at_row(batches: Vec<RecordBatch>, rows: usize) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    let mut offset = 0;
+    for batch in batches {
+        let len = batch.num_rows();
+        if offset + len <= rows {
+            before.push(batch);
+        } else if offset >= rows {
+            after.push(batch);
+        } else {
+            let split = rows - offset;
+            before.push(batch.slice(0, split));
+            after.push(batch.slice(split, len - split));
+        }
+        offset += len;
+    }
+    (before, after)
+}
+
+fn concat_arrays(parts: &[ArrayRef]) -> Result<ArrayRef> {
+    match parts {
+        [one] => Ok(Arc::clone(one)),
+        _ => {
+            let parts: Vec<&dyn Array> = parts.iter().map(|part| part.as_ref()).collect();
+            Ok(concat(&parts)?)
+        }
+    }
+}
+
+/// `window`'s values at every row of `batches`, whose partitions are `partitions`: a paylake
+/// function in one call for all of them, over its arguments only; any other function once
+/// per partition, as `WindowAggExec` evaluates it, over the rows concatenated once
+/// (`whole_rows`) for all such functions.
 fn evaluate_window(
     window: &dyn WindowExpr,
-    rows: &RecordBatch,
+    batches: &[RecordBatch],
+    whole_rows: &mut Option<RecordBatch>,
     partitions: &[Range<usize>],
 ) -> Result<ArrayRef> {
     if let Some(standard) = window.as_any().downcast_ref::<StandardWindowExpr>() {
@@ -281,15 +337,39 @@ fn evaluate_window(
             .downcast_ref::<WindowUDFExpr>()
             .and_then(|udf| crate::partitioned_window(udf.fun()))
         {
-            return paylake.evaluate_partitions(&function.evaluate_args(rows)?, partitions);
+            let per_batch = batches
+                .iter()
+                .map(|batch| function.evaluate_args(batch))
+                .collect::<Result<Vec<_>>>()?;
+            let arguments = (0..per_batch.first().map_or(0, Vec::len))
+                .map(|argument| {
+                    let parts: Vec<ArrayRef> = per_batch
+                        .iter()
+                        .map(|args| Arc::clone(&args[argument]))
+                        .collect();
+                    concat_arrays(&parts)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return paylake.evaluate_partitions(&arguments, partitions);
         }
     }
+    let rows = match whole_rows {
+        Some(rows) => rows,
+        None => whole_rows.insert(concat_batches(&window_input_schema(batches)?, batches)?),
+    };
     let parts = partitions
         .iter()
         .map(|range| window.evaluate(&rows.slice(range.start, range.len())))
         .collect::<Result<Vec<_>>>()?;
     let parts: Vec<&dyn Array> = parts.iter().map(|part| part.as_ref()).collect();
     Ok(concat(&parts)?)
+}
+
+fn window_input_schema(batches: &[RecordBatch]) -> Result<SchemaRef> {
+    match batches.first() {
+        Some(first) => Ok(first.schema()),
+        None => internal_err!("a window was evaluated over no rows"),
+    }
 }
 
 /// `batch` with its string and binary views holding only their own bytes. A sort emits views
@@ -327,6 +407,10 @@ impl Stream for ChunkedWindowStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            if let Some(batch) = self.ready.pop_front() {
+                let poll = Poll::Ready(Some(Ok(batch)));
+                return self.metrics.record_poll(poll);
+            }
             let Some(input) = self.input.as_mut() else {
                 return Poll::Ready(None);
             };
@@ -334,7 +418,7 @@ impl Stream for ChunkedWindowStream {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(polled) => polled,
             };
-            let result = match polled {
+            let evaluated = match polled {
                 Some(Err(error)) => Err(error),
                 Some(Ok(batch)) => {
                     let batch = match compact(batch) {
@@ -353,18 +437,13 @@ impl Stream for ChunkedWindowStream {
                 }
                 None => {
                     self.input = None;
-                    let result = self.evaluate_buffered(true);
+                    let evaluated = self.evaluate_buffered(true);
                     self.reservation.free();
-                    result
+                    evaluated
                 }
             };
-            match result {
-                Ok(None) => continue,
-                Ok(Some(batch)) => {
-                    let poll = Poll::Ready(Some(Ok(batch)));
-                    return self.metrics.record_poll(poll);
-                }
-                Err(error) => return Poll::Ready(Some(Err(error))),
+            if let Err(error) = evaluated {
+                return Poll::Ready(Some(Err(error)));
             }
         }
     }

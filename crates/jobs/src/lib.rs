@@ -1,5 +1,6 @@
 //! The SQL job runner: Silver and Gold models over the lake, and exports of published tables.
 
+mod constant_row;
 pub mod engine;
 pub mod export;
 pub mod incremental;

@@ -116,6 +116,9 @@ pub async fn new_session(
         // Last, once sorts are placed: windows evaluated a few partitions at a time. A cluster
         // session plans on the scheduler, where this rule does not run.
         .with_physical_optimizer_rule(Arc::new(paylake_functions::ChunkedWindows))
+        // `params.run` joins become literals (the optimizer makes several passes, so the
+        // filters this leaves are pushed into the scans on the next one).
+        .with_optimizer_rule(Arc::new(crate::constant_row::InlineConstantRow))
         .build();
     let mut ctx = paylake_cluster::session_on(&engine.settings.query_engine, state).await?;
     // After `session_on`: a cluster session's window functions are replaced by Ballista's.
@@ -142,9 +145,6 @@ async fn register_catalog(
 pub const PARAMS_SCHEMA: &str = "params";
 
 pub fn register_params(ctx: &SessionContext, options: &RunOptions) -> Result<(), JobError> {
-    use datafusion::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
-    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
-    use datafusion::arrow::record_batch::RecordBatch;
     let as_of = options.effective_as_of();
     let cutoff = chrono::Duration::try_days(i64::from(options.label_maturity_days))
         .and_then(|maturity| as_of.checked_sub_signed(maturity))
@@ -155,47 +155,16 @@ pub fn register_params(ctx: &SessionContext, options: &RunOptions) -> Result<(),
                 options.label_maturity_days
             ),
         })?;
-    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("as_of", utc.clone(), false),
-        Field::new("label_maturity_days", DataType::Int64, false),
-        Field::new("maturity_cutoff", utc, false),
-        Field::new("run_id", DataType::Utf8, false),
-    ]));
-    let timestamp = |t: DateTime<Utc>| {
-        Arc::new(TimestampMicrosecondArray::from(vec![t.timestamp_micros()]).with_timezone("UTC"))
-            as ArrayRef
-    };
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            timestamp(as_of),
-            Arc::new(Int64Array::from(vec![i64::from(
-                options.label_maturity_days,
-            )])),
-            timestamp(cutoff),
-            Arc::new(StringArray::from(vec![options.run_id.as_str()])),
-        ],
-    )?;
-    let table: Arc<dyn TableProvider> = if options.engine.query_engine.is_local() {
-        Arc::new(datafusion::datasource::MemTable::try_new(
-            schema,
-            vec![vec![batch]],
-        )?)
-    } else {
-        // A cluster cannot be sent an in-memory table: the same row as literals.
-        let values = batch
-            .schema()
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .map(|(field, column)| {
-                Ok(lit(ScalarValue::try_from_array(column, 0)?).alias(field.name()))
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let row = LogicalPlanBuilder::empty(true).project(values)?.build()?;
-        paylake_lake::files_scan::view(row)
-    };
+    // A view of literals, not an in-memory table: a cluster cannot be sent one, and the local
+    // optimizer turns a join with it into literals (`constant_row`).
+    let values = vec![
+        lit(timestamp_literal(as_of)).alias("as_of"),
+        lit(i64::from(options.label_maturity_days)).alias("label_maturity_days"),
+        lit(timestamp_literal(cutoff)).alias("maturity_cutoff"),
+        lit(options.run_id.as_str()).alias("run_id"),
+    ];
+    let row = LogicalPlanBuilder::empty(true).project(values)?.build()?;
+    let table = paylake_lake::files_scan::view(row);
     let reference = TableReference::partial(PARAMS_SCHEMA, "run");
     ctx.deregister_table(reference.clone())?;
     ctx.register_table(reference, table)?;
