@@ -9,7 +9,8 @@
 -- written sides when one has no row counts (a window's output): as a LEFT JOIN it hashed 1M
 -- payments (380 MB) instead.
 -- The one-row `params` comes first in every cross join: the engine buffers the left side and
--- emits one batch per buffered row, so a large left side would stream one-row batches.
+-- emits one batch per buffered row, so a large left side would stream one-row batches. (A local
+-- run replaces the join with the parameters' values; a cluster runs it as written.)
 WITH params AS (
     SELECT as_of, label_maturity_days, maturity_cutoff FROM params.run
 )
