@@ -24,14 +24,14 @@
 -- no payment_id, so a lookup is a row with a payment_id (Silver quarantines a payment without
 -- one), and `at` and `tiebreak` are the only columns added for the order.
 WITH facts AS (
-    SELECT h.account_id, h.known_at AS at, h.snapshot_file AS tiebreak,
+    SELECT h.account_id, h.known_at AS at, arrow_cast(h.snapshot_file, 'Utf8') AS tiebreak,
         h.opening_date, CAST(h.known_at AS TIMESTAMP) AS account_known_at,
         CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
     FROM params.run AS params
     CROSS JOIN silver.accounts_history AS h
     WHERE h.known_at <= params.as_of
     UNION ALL
-    SELECT r.account_id, r.known_at AS at, r.batch_file AS tiebreak,
+    SELECT r.account_id, r.known_at AS at, arrow_cast(r.batch_file, 'Utf8') AS tiebreak,
         CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS account_known_at,
         r.risk_flag, CAST(r.known_at AS TIMESTAMP) AS risk_known_at
     FROM params.run AS params
@@ -41,8 +41,8 @@ WITH facts AS (
 -- The facts as stream rows of either pass: no payment_id, the account in both account columns
 -- (each pass partitions by one of them), the other payment columns NULL.
 fact_rows AS (
-    SELECT CAST(NULL AS VARCHAR) AS payment_id, f.account_id AS src_account_id,
-        f.account_id AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
+    SELECT arrow_cast(NULL, 'Utf8') AS payment_id, arrow_cast(f.account_id, 'Utf8') AS src_account_id,
+        arrow_cast(f.account_id, 'Utf8') AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
         arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS ts,
         arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
         f.at, f.tiebreak, f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
@@ -50,7 +50,7 @@ fact_rows AS (
 ),
 destination_stream AS (
     SELECT p.payment_id, p.src_account_id, p.dest_account_id, p.amount, p.ts, p.known_at,
-        p.ts AS at, '' AS tiebreak,
+        p.ts AS at, arrow_cast('', 'Utf8') AS tiebreak,
         CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS account_known_at,
         CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
     FROM gold.int_training_payments AS p

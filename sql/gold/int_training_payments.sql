@@ -1,7 +1,8 @@
 -- paylake: materialized=view
 -- The payments a training table as of params.run.as_of (T) holds: timestamp <= T, known by T.
 -- A view: gold.int_accounts_as_of reads it once, so its filter runs inside that scan.
-SELECT p.payment_id, p.src_account_id, p.dest_account_id, p.amount, p."timestamp" AS ts,
+SELECT arrow_cast(p.payment_id, 'Utf8') AS payment_id, arrow_cast(p.src_account_id, 'Utf8') AS src_account_id,
+    arrow_cast(p.dest_account_id, 'Utf8') AS dest_account_id, p.amount, p."timestamp" AS ts,
     p.known_at
 FROM params.run AS params
 CROSS JOIN silver.payments AS p

@@ -15,7 +15,7 @@
 //! larger than the room left is an error (resources exhausted, naming this operator).
 //! [`ChunkedWindows`] swaps it in for every partitioned `WindowAggExec` of a plan.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use datafusion::common::{internal_err, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::window::StandardWindowExpr;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -179,8 +180,8 @@ impl ExecutionPlan for ChunkedWindowAggExec {
         let input = self.input.execute(partition, Arc::clone(&context))?;
         // Registered as unable to spill: it cannot put an unfinished partition anywhere, so it
         // takes what the pool has free, which is usually more than a spilling consumer's share
-        // (paylake's engine holds each of those to 1/16 of its limit, so the sorts that feed a
-        // window rarely fill the pool). When the pool is full it evaluates its complete
+        // (paylake's engine holds each of those to a fraction of its limit, so the sorts that
+        // feed a window rarely fill the pool). When the pool is full it evaluates its complete
         // partitions early; only an unfinished one that does not fit is an error.
         let reservation = MemoryConsumer::new(format!("ChunkedWindowAggExec[{partition}]"))
             .register(context.memory_pool());
@@ -269,11 +270,11 @@ impl ChunkedWindowStream {
         if complete_rows == 0 {
             return Ok(());
         }
-        let mut whole_rows = None;
+        let mut chunk = ChunkInputs::new(&complete);
         let values = self
             .window_expr
             .iter()
-            .map(|window| evaluate_window(window.as_ref(), &complete, &mut whole_rows, &partitions))
+            .map(|window| evaluate_window(window.as_ref(), &mut chunk, &partitions))
             .collect::<Result<Vec<_>>>()?;
         let mut offset = 0;
         for batch in complete {
@@ -320,14 +321,64 @@ fn concat_arrays(parts: &[ArrayRef]) -> Result<ArrayRef> {
     }
 }
 
-/// `window`'s values at every row of `batches`, whose partitions are `partitions`: a paylake
+/// One chunk's input batches, and what its functions read of them concatenated once each: a
+/// column several paylake functions take (the payment time feeds seven of the source pass's
+/// eleven), and the whole rows for functions evaluated the way `WindowAggExec` does.
+struct ChunkInputs<'a> {
+    batches: &'a [RecordBatch],
+    columns: HashMap<usize, ArrayRef>,
+    whole_rows: Option<RecordBatch>,
+}
+
+impl<'a> ChunkInputs<'a> {
+    fn new(batches: &'a [RecordBatch]) -> Self {
+        Self {
+            batches,
+            columns: HashMap::new(),
+            whole_rows: None,
+        }
+    }
+
+    /// `argument`'s values over the chunk's rows.
+    fn argument(&mut self, argument: &Arc<dyn PhysicalExpr>) -> Result<ArrayRef> {
+        if let Some(column) = argument.downcast_ref::<Column>() {
+            if let Some(values) = self.columns.get(&column.index()) {
+                return Ok(Arc::clone(values));
+            }
+            let parts: Vec<ArrayRef> = self
+                .batches
+                .iter()
+                .map(|batch| Arc::clone(batch.column(column.index())))
+                .collect();
+            let values = concat_arrays(&parts)?;
+            self.columns.insert(column.index(), Arc::clone(&values));
+            return Ok(values);
+        }
+        let parts = self
+            .batches
+            .iter()
+            .map(|batch| argument.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<Result<Vec<_>>>()?;
+        concat_arrays(&parts)
+    }
+
+    fn whole_rows(&mut self) -> Result<&RecordBatch> {
+        match self.whole_rows {
+            Some(ref rows) => Ok(rows),
+            None => {
+                let rows = concat_batches(&window_input_schema(self.batches)?, self.batches)?;
+                Ok(self.whole_rows.insert(rows))
+            }
+        }
+    }
+}
+
+/// `window`'s values at every row of the chunk, whose partitions are `partitions`: a paylake
 /// function in one call for all of them, over its arguments only; any other function once
-/// per partition, as `WindowAggExec` evaluates it, over the rows concatenated once
-/// (`whole_rows`) for all such functions.
+/// per partition, as `WindowAggExec` evaluates it, over the whole rows.
 fn evaluate_window(
     window: &dyn WindowExpr,
-    batches: &[RecordBatch],
-    whole_rows: &mut Option<RecordBatch>,
+    chunk: &mut ChunkInputs<'_>,
     partitions: &[Range<usize>],
 ) -> Result<ArrayRef> {
     if let Some(standard) = window.as_any().downcast_ref::<StandardWindowExpr>() {
@@ -337,26 +388,15 @@ fn evaluate_window(
             .downcast_ref::<WindowUDFExpr>()
             .and_then(|udf| crate::partitioned_window(udf.fun()))
         {
-            let per_batch = batches
+            let arguments = function
+                .expressions()
                 .iter()
-                .map(|batch| function.evaluate_args(batch))
-                .collect::<Result<Vec<_>>>()?;
-            let arguments = (0..per_batch.first().map_or(0, Vec::len))
-                .map(|argument| {
-                    let parts: Vec<ArrayRef> = per_batch
-                        .iter()
-                        .map(|args| Arc::clone(&args[argument]))
-                        .collect();
-                    concat_arrays(&parts)
-                })
+                .map(|argument| chunk.argument(argument))
                 .collect::<Result<Vec<_>>>()?;
             return paylake.evaluate_partitions(&arguments, partitions);
         }
     }
-    let rows = match whole_rows {
-        Some(rows) => rows,
-        None => whole_rows.insert(concat_batches(&window_input_schema(batches)?, batches)?),
-    };
+    let rows = chunk.whole_rows()?;
     let parts = partitions
         .iter()
         .map(|range| window.evaluate(&rows.slice(range.start, range.len())))
