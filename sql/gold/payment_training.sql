@@ -1,4 +1,4 @@
--- paylake: partition_by=payment_date
+-- paylake: partition_by=payment_date datafusion.execution.spill_compression=lz4_frame
 -- Point-in-time training table as of params.run.as_of (T): one row per payment with
 -- timestamp <= T known by T. Every feature uses only facts known at or before the payment;
 -- labels count only when known by T. Bounds are documented in docs/point-in-time.md.

@@ -611,7 +611,7 @@ mod tests {
         let refused = sort.try_grow(1).unwrap_err();
         assert!(is_out_of_memory(&refused), "{refused}");
         assert!(
-            refused.to_string().contains("at most 64.0 MiB"),
+            refused.to_string().contains("at most 128.0 MiB"),
             "{refused}"
         );
         // DataFusion registers a sort's merge as unable to spill; it is capped all the same.

@@ -34,6 +34,7 @@ use datafusion::parquet::file::properties::{WriterProperties, WriterPropertiesBu
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake_core::kernel::scalars::ScalarExt;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, MetadataExt, StructType, Transaction};
 use deltalake_core::logstore::{
@@ -45,6 +46,7 @@ use deltalake_core::protocol::{DeltaOperation, SaveMode};
 use deltalake_core::table::config::TablePropertiesExt;
 use deltalake_core::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use futures::{StreamExt, TryStreamExt};
+use indexmap::IndexMap;
 use object_store::path::Path;
 use serde::Serialize;
 use url::Url;
@@ -680,18 +682,27 @@ async fn write_bucketed(
         let store = Arc::clone(store);
         let config = config.clone();
         let table = table.clone();
+        let key_columns = key_columns.clone();
         writing.spawn(async move {
             let mut adds = Vec::new();
             for files in share {
                 let mut writer = DeltaWriter::new(Arc::clone(&store), config.clone());
+                // One value per bucket: its batches go to the writer as they are, where
+                // `DeltaWriter::write` would group every batch's rows by value again (a hash
+                // of the key and a copy of every column).
+                let mut values = None;
                 for file in &files {
                     for batch in read_bucket(file).map_err(building(&table))? {
                         let batch = batch.map_err(|source| LakeError::Engine {
                             doing: format!("reading back {}", file.display()),
                             source,
                         })?;
+                        if values.is_none() {
+                            values = Some(partition_values(&batch, &key_columns, &table)?);
+                        }
+                        let Some(values) = &values else { continue };
                         writer
-                            .write(&batch)
+                            .write_partition(batch, values)
                             .await
                             .map_err(delta_error(&table, "writing"))?;
                     }
@@ -713,6 +724,29 @@ async fn write_bucketed(
         adds.extend(joined.map_err(|e| writer_task_failed(table, e))??);
     }
     Ok((rows, adds))
+}
+
+/// The partition values of `batch`'s first row, by partition column name, as Delta's writer
+/// takes them (`S` is the kernel's scalar).
+fn partition_values<S: ScalarExt>(
+    batch: &RecordBatch,
+    key_columns: &[usize],
+    table: &TableName,
+) -> Result<IndexMap<String, S>> {
+    let schema = batch.schema();
+    key_columns
+        .iter()
+        .map(|&index| {
+            let name = schema.field(index).name().clone();
+            let value = S::from_array(batch.column(index).as_ref(), 0).ok_or_else(|| {
+                LakeError::Corrupt {
+                    path: table.to_string(),
+                    reason: format!("partition column {name} holds a value Delta cannot store"),
+                }
+            })?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// The error of an engine failure while building `table`.
