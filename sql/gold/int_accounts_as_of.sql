@@ -22,7 +22,8 @@
 -- The sorted rows are kept narrow (at 10M payments the passes spill several GiB): a fact carries
 -- its account in the columns the passes partition by (dest_account_id, src_account_id) and
 -- no payment_id, so a lookup is a row with a payment_id (Silver quarantines a payment without
--- one), and `at` and `tiebreak` are the only columns added for the order.
+-- one), and `at` and `tiebreak` are the only columns added for the order. Their strings are
+-- plain Utf8, not views (see gold.int_training_payments).
 WITH facts AS (
     SELECT h.account_id, h.known_at AS at, arrow_cast(h.snapshot_file, 'Utf8') AS tiebreak,
         h.opening_date, CAST(h.known_at AS TIMESTAMP) AS account_known_at,
@@ -41,8 +42,10 @@ WITH facts AS (
 -- The facts as stream rows of either pass: no payment_id, the account in both account columns
 -- (each pass partitions by one of them), the other payment columns NULL.
 fact_rows AS (
-    SELECT arrow_cast(NULL, 'Utf8') AS payment_id, arrow_cast(f.account_id, 'Utf8') AS src_account_id,
-        arrow_cast(f.account_id, 'Utf8') AS dest_account_id, CAST(NULL AS DECIMAL(18, 2)) AS amount,
+    SELECT arrow_cast(NULL, 'Utf8') AS payment_id,
+        arrow_cast(f.account_id, 'Utf8') AS src_account_id,
+        arrow_cast(f.account_id, 'Utf8') AS dest_account_id,
+        CAST(NULL AS DECIMAL(18, 2)) AS amount,
         arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS ts,
         arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
         f.at, f.tiebreak, f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at

@@ -8,6 +8,8 @@
 -- through it. It is written as a RIGHT JOIN with the labels first because the planner keeps the
 -- written sides when one has no row counts (a window's output): as a LEFT JOIN it hashed 1M
 -- payments (380 MB) instead.
+-- Its as-of sorts spill LZ4 frames (the header's setting): at 10M payments 2.4 GiB of spill
+-- becomes 0.9 GiB, for about the same time.
 -- The one-row `params` comes first in every cross join: the engine buffers the left side and
 -- emits one batch per buffered row, so a large left side would stream one-row batches. (A local
 -- run replaces the join with the parameters' values; a cluster runs it as written.)

@@ -623,7 +623,7 @@ mod tests {
         // Small limits keep a floor per consumer.
         assert_eq!(spilling_consumer_cap(64 << 20), MIN_SPILLING_CONSUMER_CAP);
         assert_eq!(spilling_consumer_cap(8 << 20), 8 << 20);
-        assert_eq!(spilling_consumer_cap(4 << 30), 256 << 20);
+        assert_eq!(spilling_consumer_cap(4 << 30), 512 << 20);
     }
 
     #[test]
