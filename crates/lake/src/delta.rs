@@ -697,6 +697,9 @@ async fn write_bucketed(
                             doing: format!("reading back {}", file.display()),
                             source,
                         })?;
+                        if batch.num_rows() == 0 {
+                            continue;
+                        }
                         if values.is_none() {
                             values = Some(partition_values(&batch, &key_columns, &table)?);
                         }
