@@ -97,7 +97,7 @@ impl EngineSettings {
 /// as many runs as its share holds (two batches each). At 1/16, each as-of sort of 10M payments
 /// cut ~22 runs per partition, more than one merge seats, so most rows went to disk twice
 /// (4.7 GiB spilled). At 1/8 they cut half as many runs and merge them in one pass (2.5 GiB);
-/// the training table took ~2.5 s less, Gold's RSS 634-664 MiB.
+/// the training table took ~2.5 s less, Gold's RSS 634-739 MiB and Silver's 715-726 MiB.
 #[derive(Debug)]
 pub struct PeakTrackingPool {
     inner: Arc<dyn MemoryPool>,
