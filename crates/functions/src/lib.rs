@@ -24,7 +24,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 mod chunked;
+mod point_in_time;
+mod time_buckets;
 pub use chunked::{ChunkedWindowAggExec, ChunkedWindows, CHUNK_ROWS};
+pub use time_buckets::{TimeBucketedWindowExec, TimeBucketedWindows};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, Int64Array, UInt32Array,
@@ -48,6 +51,7 @@ pub fn window_functions() -> Vec<Arc<WindowUDF>> {
         Arc::new(WindowUDF::from(TrailingDistinct::new())),
         Arc::new(WindowUDF::from(SeenBefore::new())),
         Arc::new(WindowUDF::from(CarryForward::new())),
+        Arc::new(WindowUDF::from(point_in_time::PointInTimeFeatures::new())),
     ]
 }
 

@@ -116,6 +116,8 @@ pub async fn new_session(
         // Last, once sorts are placed: windows evaluated a few partitions at a time. A cluster
         // session plans on the scheduler, where this rule does not run.
         .with_physical_optimizer_rule(Arc::new(paylake_functions::ChunkedWindows))
+        // The time-ordered point-in-time window: by day instead of one global sort.
+        .with_physical_optimizer_rule(Arc::new(paylake_functions::TimeBucketedWindows))
         // `params.run` joins become literals (the optimizer makes several passes, so the
         // filters this leaves are pushed into the scans on the next one).
         .with_optimizer_rule(Arc::new(crate::constant_row::InlineConstantRow))

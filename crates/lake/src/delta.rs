@@ -700,10 +700,10 @@ async fn write_bucketed(
                         if batch.num_rows() == 0 {
                             continue;
                         }
-                        if values.is_none() {
-                            values = Some(partition_values(&batch, &key_columns, &table)?);
-                        }
-                        let Some(values) = &values else { continue };
+                        let values = match &values {
+                            Some(values) => values,
+                            None => values.insert(partition_values(&batch, &key_columns, &table)?),
+                        };
                         writer
                             .write_partition(batch, values)
                             .await
@@ -894,8 +894,12 @@ async fn write_stream(
                 );
             }
             current_key = Some(key);
+            // The run holds one value: it goes to the writer as it is, where
+            // `DeltaWriter::write` would group its rows by value again.
+            let run = batch.slice(run.start, run.end - run.start);
+            let values = partition_values(&run, &key_columns, &table)?;
             writer
-                .write(&batch.slice(run.start, run.end - run.start))
+                .write_partition(run, &values)
                 .await
                 .map_err(delta_error(&table, "writing"))?;
         }

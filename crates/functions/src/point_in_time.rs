@@ -1,0 +1,519 @@
+//! `point_in_time_features`: every point-in-time feature of a training payment, from one pass
+//! over payments and account facts in time order.
+//!
+//! ```sql
+//! point_in_time_features(is_payment, src_account_id, dest_account_id, amount, ts,
+//!     fact_account_id, opening_date, account_known_at, risk_flag, risk_known_at)
+//!     OVER (ORDER BY at, is_payment, tiebreak)
+//! ```
+//!
+//! The rows are a stream of facts (`is_payment` false: an account snapshot row, with
+//! `account_known_at`, or a risk batch row, with `risk_known_at`, about `fact_account_id`) and
+//! payments, ordered by the instant they become known (`at`: a fact's `known_at`, a payment's
+//! `ts`); at one instant facts come first, the later file last. For each payment the function
+//! returns a struct of
+//! - both accounts as known at the payment: the latest snapshot row and the latest risk row
+//!   about each, at or before it (`src_opening_date`, `src_account_known_at`, `src_risk_flag`,
+//!   `src_risk_known_at`, and the same for `dest_`);
+//! - the source's payments and their amounts over the hour, day and week before, at instants
+//!   in `[ts - width, ts)` (`src_count_1h`, `src_amount_1h`, ... `_24h`, `_7d`);
+//! - whether the source paid this destination at an earlier instant (`pair_seen_before`);
+//! - how many distinct sources paid the destination in `[ts - 24h, ts)`
+//!   (`dest_distinct_senders_24h`).
+//!
+//! A NULL account is an account of its own, as it is for `PARTITION BY`. Fact rows get a NULL
+//! struct.
+//!
+//! These are the values the per-account windows `carry_forward`, `trailing_sum`,
+//! `trailing_distinct` and `seen_before` give over two sorts (one by destination, one by
+//! source; the tests check both agree). Here the state is kept per account instead: the
+//! latest facts, running counts and sums, and the payments of the last week in one queue, so
+//! the rows need one order only, by time, which [`crate::TimeBucketedWindows`] gets without a
+//! sort of the whole input. What it holds grows with the accounts and the pairs of accounts
+//! that paid each other, not with the payments: the week's queue apart, a payment adds 8 bytes
+//! only when it is the first between its two accounts.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Int32Array, Int64Array,
+    PrimitiveArray, StringArray, StructArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Date32Type, Field, FieldRef, Fields, Int32Type, Int64Type,
+    TimeUnit,
+};
+use datafusion::common::{exec_err, plan_err, HashMap, HashSet, Result};
+use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
+use datafusion::logical_expr::{PartitionEvaluator, Signature, Volatility, WindowUDFImpl};
+
+/// The trailing windows of the source's payments, in microseconds: an hour, a day, a week.
+const SOURCE_WINDOWS: [i64; 3] = [3_600_000_000, 86_400_000_000, 604_800_000_000];
+/// The window of the destination's distinct senders: a day (`SOURCE_WINDOWS[1]`).
+const SENDERS_WINDOW: usize = 1;
+
+/// The function's name in SQL.
+pub const NAME: &str = "point_in_time_features";
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PointInTimeFeatures {
+    signature: Signature,
+}
+
+impl PointInTimeFeatures {
+    pub(crate) fn new() -> Self {
+        Self {
+            signature: Signature::any(10, Volatility::Immutable),
+        }
+    }
+}
+
+/// The struct's fields for amounts of `amount_type`.
+fn feature_fields(amount_type: &DataType) -> Result<Fields> {
+    let DataType::Decimal128(_, scale) = amount_type else {
+        return plan_err!("{NAME}: the amount must be a DECIMAL, not {amount_type}");
+    };
+    let sum = DataType::Decimal128(38, *scale);
+    let known_at = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let mut fields = Vec::new();
+    for side in ["src", "dest"] {
+        fields.push(Field::new(
+            format!("{side}_opening_date"),
+            DataType::Date32,
+            true,
+        ));
+        fields.push(Field::new(
+            format!("{side}_account_known_at"),
+            known_at.clone(),
+            true,
+        ));
+        fields.push(Field::new(
+            format!("{side}_risk_flag"),
+            DataType::Int32,
+            true,
+        ));
+        fields.push(Field::new(
+            format!("{side}_risk_known_at"),
+            known_at.clone(),
+            true,
+        ));
+    }
+    for window in ["1h", "24h", "7d"] {
+        fields.push(Field::new(
+            format!("src_count_{window}"),
+            DataType::Int64,
+            true,
+        ));
+        fields.push(Field::new(
+            format!("src_amount_{window}"),
+            sum.clone(),
+            true,
+        ));
+    }
+    fields.push(Field::new("pair_seen_before", DataType::Boolean, true));
+    fields.push(Field::new(
+        "dest_distinct_senders_24h",
+        DataType::Int64,
+        true,
+    ));
+    Ok(fields.into())
+}
+
+impl WindowUDFImpl for PointInTimeFeatures {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn field(&self, args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        let fields = feature_fields(args.input_fields()[3].data_type())?;
+        Ok(Arc::new(Field::new(
+            args.name(),
+            DataType::Struct(fields),
+            true,
+        )))
+    }
+
+    fn partition_evaluator(
+        &self,
+        _args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(WholeStream))
+    }
+}
+
+/// DataFusion's evaluator: the whole (time-ordered) input at once.
+#[derive(Debug)]
+struct WholeStream;
+
+impl PartitionEvaluator for WholeStream {
+    fn evaluate_all(&mut self, values: &[ArrayRef], _num_rows: usize) -> Result<ArrayRef> {
+        FeatureState::default().process(values)
+    }
+}
+
+/// One entry of the queue of recent payments.
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    ts: i64,
+    src: u32,
+    dest: u32,
+    /// `None` for a NULL source: it is no sender.
+    sender: Option<u32>,
+    amount: Option<i128>,
+}
+
+/// The latest fact of one kind about an account: its value and when it was known.
+type Latest = Option<(Option<i32>, i64)>;
+
+/// What the pass knows after the rows so far. Rows arrive in time order, possibly over
+/// several calls of [`FeatureState::process`] (one per day of rows, from
+/// [`crate::TimeBucketedWindows`]).
+#[derive(Debug, Default)]
+pub(crate) struct FeatureState {
+    /// Account ids as dense numbers; 0 is the NULL account.
+    ids: HashMap<Box<str>, u32>,
+    account_fact: Vec<Latest>,
+    risk_fact: Vec<Latest>,
+    /// Per account, the payments it sent in each of `SOURCE_WINDOWS`, and their amounts.
+    counts: Vec<[i64; 3]>,
+    sums: Vec<[i128; 3]>,
+    /// Per account, the distinct senders that paid it within the senders' window.
+    senders: Vec<i64>,
+    /// The payments of the widest window, in time order; `base` is the absolute position of
+    /// its first, `fronts[w]` that of the first still inside window `w`.
+    recent: VecDeque<Recent>,
+    base: u64,
+    fronts: [u64; 3],
+    /// (destination, sender) pairs within the senders' window, with their payments.
+    window_pairs: HashMap<u64, u32>,
+    /// (source, destination) pairs that paid at an earlier instant.
+    pairs_seen: HashSet<u64>,
+    /// Payments at the latest instant, added to the windows once time moves past it: a payment
+    /// counts only for payments at later instants.
+    pending: Vec<Recent>,
+    last_time: Option<i64>,
+}
+
+fn pair(first: u32, second: u32) -> u64 {
+    (u64::from(first) << 32) | u64::from(second)
+}
+
+/// The columns of one call, typed.
+struct Inputs {
+    is_payment: BooleanArray,
+    src: StringArray,
+    dest: StringArray,
+    amount: Decimal128Array,
+    ts: Int64Array,
+    fact_account: StringArray,
+    opening_date: Date32Array,
+    account_known_at: Int64Array,
+    risk_flag: Int32Array,
+    risk_known_at: Int64Array,
+}
+
+fn strings(name: &str, array: &ArrayRef) -> Result<StringArray> {
+    match array.data_type() {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null => {
+            Ok(cast(array, &DataType::Utf8)?.as_string::<i32>().clone())
+        }
+        other => exec_err!("{NAME}: {name} must be text, not {other}"),
+    }
+}
+
+fn micros(name: &str, array: &ArrayRef) -> Result<Int64Array> {
+    let micros = match array.data_type() {
+        DataType::Timestamp(_, zone) => cast(
+            array,
+            &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()),
+        )?,
+        DataType::Null => cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?,
+        other => return exec_err!("{NAME}: {name} must be a timestamp, not {other}"),
+    };
+    Ok(cast(&micros, &DataType::Int64)?
+        .as_primitive::<Int64Type>()
+        .clone())
+}
+
+impl Inputs {
+    fn new(values: &[ArrayRef]) -> Result<Self> {
+        let [is_payment, src, dest, amount, ts, fact_account, opening_date, account_known_at, risk_flag, risk_known_at] =
+            values
+        else {
+            return exec_err!(
+                "{NAME} takes (is_payment, src_account_id, dest_account_id, amount, ts, \
+                 fact_account_id, opening_date, account_known_at, risk_flag, risk_known_at)"
+            );
+        };
+        let DataType::Decimal128(_, _) = amount.data_type() else {
+            return exec_err!("{NAME}: the amount must be a DECIMAL");
+        };
+        Ok(Self {
+            is_payment: cast(is_payment, &DataType::Boolean)?.as_boolean().clone(),
+            src: strings("src_account_id", src)?,
+            dest: strings("dest_account_id", dest)?,
+            amount: amount.as_primitive().clone(),
+            ts: micros("ts", ts)?,
+            fact_account: strings("fact_account_id", fact_account)?,
+            opening_date: cast(opening_date, &DataType::Date32)?
+                .as_primitive::<Date32Type>()
+                .clone(),
+            account_known_at: micros("account_known_at", account_known_at)?,
+            risk_flag: cast(risk_flag, &DataType::Int32)?
+                .as_primitive::<Int32Type>()
+                .clone(),
+            risk_known_at: micros("risk_known_at", risk_known_at)?,
+        })
+    }
+}
+
+/// The value at `row`, or `None` for NULL.
+fn value<T: ArrowPrimitiveType>(array: &PrimitiveArray<T>, row: usize) -> Option<T::Native> {
+    array.is_valid(row).then(|| array.value(row))
+}
+
+/// The features of one payment, gathered row by row into the output columns.
+#[derive(Default)]
+struct Columns {
+    valid: Vec<bool>,
+    opening_date: [Vec<Option<i32>>; 2],
+    account_known_at: [Vec<Option<i64>>; 2],
+    risk_flag: [Vec<Option<i32>>; 2],
+    risk_known_at: [Vec<Option<i64>>; 2],
+    counts: [Vec<Option<i64>>; 3],
+    sums: [Vec<Option<i128>>; 3],
+    pair_seen_before: Vec<Option<bool>>,
+    senders: Vec<Option<i64>>,
+}
+
+impl Columns {
+    fn with_capacity(rows: usize) -> Self {
+        let mut columns = Self::default();
+        columns.valid.reserve(rows);
+        columns
+    }
+
+    fn push_null(&mut self) {
+        self.valid.push(false);
+        for side in 0..2 {
+            self.opening_date[side].push(None);
+            self.account_known_at[side].push(None);
+            self.risk_flag[side].push(None);
+            self.risk_known_at[side].push(None);
+        }
+        for window in 0..3 {
+            self.counts[window].push(None);
+            self.sums[window].push(None);
+        }
+        self.pair_seen_before.push(None);
+        self.senders.push(None);
+    }
+
+    fn finish(self, fields: Fields) -> Result<ArrayRef> {
+        let DataType::Decimal128(precision, scale) = fields[9].data_type().clone() else {
+            return exec_err!("{NAME}: the sums must be decimals");
+        };
+        let mut arrays: Vec<ArrayRef> = Vec::new();
+        let [src_opening, dest_opening] = self.opening_date;
+        let [src_known, dest_known] = self.account_known_at;
+        let [src_flag, dest_flag] = self.risk_flag;
+        let [src_risk_known, dest_risk_known] = self.risk_known_at;
+        for (opening, known, flag, risk_known) in [
+            (src_opening, src_known, src_flag, src_risk_known),
+            (dest_opening, dest_known, dest_flag, dest_risk_known),
+        ] {
+            arrays.push(Arc::new(Date32Array::from(opening)));
+            arrays.push(Arc::new(TimestampMicrosecondArray::from(known)));
+            arrays.push(Arc::new(Int32Array::from(flag)));
+            arrays.push(Arc::new(TimestampMicrosecondArray::from(risk_known)));
+        }
+        for (counts, sums) in self.counts.into_iter().zip(self.sums) {
+            arrays.push(Arc::new(Int64Array::from(counts)));
+            arrays.push(Arc::new(
+                Decimal128Array::from(sums).with_precision_and_scale(precision, scale)?,
+            ));
+        }
+        arrays.push(Arc::new(BooleanArray::from(self.pair_seen_before)));
+        arrays.push(Arc::new(Int64Array::from(self.senders)));
+        let nulls = NullBuffer::from(self.valid);
+        Ok(Arc::new(StructArray::try_new(fields, arrays, Some(nulls))?))
+    }
+}
+
+impl FeatureState {
+    /// About the bytes it holds, for the memory pool.
+    pub(crate) fn allocated(&self) -> usize {
+        // A hash table entry with its control byte, at the load factor it grows at.
+        let entry = |key: usize| (key + 1) * 8 / 7;
+        self.ids.capacity() * entry(16 + 4)
+            + self.ids.keys().map(|id| id.len()).sum::<usize>()
+            + self.counts.capacity() * (2 * 16 + 24 + 3 * 16 + 8)
+            + (self.recent.capacity() + self.pending.capacity()) * std::mem::size_of::<Recent>()
+            + self.window_pairs.capacity() * entry(12)
+            + self.pairs_seen.capacity() * entry(8)
+    }
+
+    /// The dense id of `account` (0 for NULL), adding it on first sight.
+    fn id(&mut self, account: Option<&str>) -> u32 {
+        let Some(account) = account else { return 0 };
+        if let Some(&id) = self.ids.get(account) {
+            return id;
+        }
+        let id = self.ids.len() as u32 + 1;
+        self.ids.insert(account.into(), id);
+        id
+    }
+
+    /// Makes room in the per-account vectors for `id`.
+    fn grow_to(&mut self, id: u32) {
+        let len = id as usize + 1;
+        if self.counts.len() < len {
+            self.account_fact.resize(len, None);
+            self.risk_fact.resize(len, None);
+            self.counts.resize(len, [0; 3]);
+            self.sums.resize(len, [0; 3]);
+            self.senders.resize(len, 0);
+        }
+    }
+
+    /// Adds the payments of the latest instant to the windows and the pairs seen.
+    fn flush_pending(&mut self) {
+        for payment in std::mem::take(&mut self.pending) {
+            let counts = &mut self.counts[payment.src as usize];
+            let sums = &mut self.sums[payment.src as usize];
+            for window in 0..3 {
+                counts[window] += 1;
+                if let Some(amount) = payment.amount {
+                    sums[window] += amount;
+                }
+            }
+            if let Some(sender) = payment.sender {
+                let in_window = self
+                    .window_pairs
+                    .entry(pair(payment.dest, sender))
+                    .or_insert(0);
+                *in_window += 1;
+                if *in_window == 1 {
+                    self.senders[payment.dest as usize] += 1;
+                }
+            }
+            self.pairs_seen.insert(pair(payment.src, payment.dest));
+            self.recent.push_back(payment);
+        }
+    }
+
+    /// Drops from each window the payments before `time - width`.
+    fn evict_before(&mut self, time: i64) {
+        let end = self.base + self.recent.len() as u64;
+        for (window, width) in SOURCE_WINDOWS.iter().enumerate() {
+            let from = time.saturating_sub(*width);
+            while self.fronts[window] < end {
+                let payment = self.recent[(self.fronts[window] - self.base) as usize];
+                if payment.ts >= from {
+                    break;
+                }
+                self.counts[payment.src as usize][window] -= 1;
+                if let Some(amount) = payment.amount {
+                    self.sums[payment.src as usize][window] -= amount;
+                }
+                if window == SENDERS_WINDOW {
+                    if let Some(sender) = payment.sender {
+                        let key = pair(payment.dest, sender);
+                        if let Some(in_window) = self.window_pairs.get_mut(&key) {
+                            *in_window -= 1;
+                            if *in_window == 0 {
+                                self.window_pairs.remove(&key);
+                                self.senders[payment.dest as usize] -= 1;
+                            }
+                        }
+                    }
+                }
+                self.fronts[window] += 1;
+            }
+        }
+        // The widest window's front is the earliest: everything before it is out of all.
+        let widest = self.fronts.iter().copied().min().unwrap_or(self.base);
+        while self.base < widest {
+            self.recent.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// The features of every row of `values` (the function's arguments, rows in time order),
+    /// carrying on from the rows of earlier calls.
+    pub(crate) fn process(&mut self, values: &[ArrayRef]) -> Result<ArrayRef> {
+        let inputs = Inputs::new(values)?;
+        let fields = feature_fields(values[3].data_type())?;
+        let rows = inputs.is_payment.len();
+        let mut out = Columns::with_capacity(rows);
+        for row in 0..rows {
+            let is_payment = inputs.is_payment.is_valid(row) && inputs.is_payment.value(row);
+            if !is_payment {
+                let account = inputs
+                    .fact_account
+                    .is_valid(row)
+                    .then(|| inputs.fact_account.value(row));
+                let id = self.id(account);
+                self.grow_to(id);
+                if let Some(known_at) = value(&inputs.account_known_at, row) {
+                    self.account_fact[id as usize] =
+                        Some((value(&inputs.opening_date, row), known_at));
+                }
+                if let Some(known_at) = value(&inputs.risk_known_at, row) {
+                    self.risk_fact[id as usize] = Some((value(&inputs.risk_flag, row), known_at));
+                }
+                out.push_null();
+                continue;
+            }
+            let Some(time) = value(&inputs.ts, row) else {
+                return exec_err!("{NAME}: a payment has no time");
+            };
+            match self.last_time {
+                Some(last) if time < last => {
+                    return exec_err!(
+                        "{NAME}: payments must come in time order (ORDER BY at, is_payment, \
+                         tiebreak)"
+                    )
+                }
+                Some(last) if time > last => self.flush_pending(),
+                _ => {}
+            }
+            self.last_time = Some(time);
+            self.evict_before(time);
+            let src = self.id(inputs.src.is_valid(row).then(|| inputs.src.value(row)));
+            let dest = self.id(inputs.dest.is_valid(row).then(|| inputs.dest.value(row)));
+            self.grow_to(src.max(dest));
+            out.valid.push(true);
+            for (side, id) in [src, dest].into_iter().enumerate() {
+                let account = self.account_fact[id as usize];
+                out.opening_date[side].push(account.and_then(|(opening, _)| opening));
+                out.account_known_at[side].push(account.map(|(_, known_at)| known_at));
+                let risk = self.risk_fact[id as usize];
+                out.risk_flag[side].push(risk.and_then(|(flag, _)| flag));
+                out.risk_known_at[side].push(risk.map(|(_, known_at)| known_at));
+            }
+            for window in 0..3 {
+                out.counts[window].push(Some(self.counts[src as usize][window]));
+                out.sums[window].push(Some(self.sums[src as usize][window]));
+            }
+            out.pair_seen_before
+                .push(Some(self.pairs_seen.contains(&pair(src, dest))));
+            out.senders.push(Some(self.senders[dest as usize]));
+            self.pending.push(Recent {
+                ts: time,
+                src,
+                dest,
+                sender: (src != 0).then_some(src),
+                amount: value(&inputs.amount, row),
+            });
+        }
+        out.finish(fields)
+    }
+}

@@ -1,0 +1,535 @@
+//! A window over the whole input in time order, without sorting the whole input.
+//!
+//! `point_in_time_features(...) OVER (ORDER BY at, ...)` needs every row in one order. DataFusion
+//! plans that as a sort of the whole input into one partition, which spills and merges it back
+//! (the training table's rows at 10M payments: over a GiB). Time order is cheaper to get by day:
+//! [`TimeBucketedWindowExec`] reads every input partition, files each row under the UTC day of
+//! its first ordering key (buffered in the memory pool, spilled to one uncompressed Arrow IPC
+//! file, grouped by day, whenever the buffer reaches its share of the pool), then takes the
+//! days in order: one day's rows, sorted in memory by the full `ORDER BY`, go through the
+//! function, whose state carries on from the day before. Each row is written to disk once at
+//! most and never merged; a day is the most it holds at once.
+//!
+//! [`TimeBucketedWindows`] swaps it in for a window of `point_in_time_features` alone, without
+//! `PARTITION BY`, whose first ordering key is an ascending timestamp. A cluster plans on its
+//! scheduler without this rule, and sorts.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{
+    cast, concat_batches, lexsort_to_indices, partition, take_record_batch, SortColumn,
+};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{internal_err, Result};
+use datafusion::config::ConfigOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SpillFile;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::window::StandardWindowExpr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::windows::{
+    BoundedWindowAggExec, WindowAggExec, WindowExpr, WindowUDFExpr,
+};
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
+};
+use futures::StreamExt;
+
+use crate::point_in_time::{FeatureState, PointInTimeFeatures};
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Replaces a time-ordered window of `point_in_time_features` and the sort under it with a
+/// [`TimeBucketedWindowExec`]. Runs last, after the plan's sorts are placed.
+#[derive(Debug, Default)]
+pub struct TimeBucketedWindows;
+
+/// The window expression, its input below the sort, if `node` is such a window.
+fn time_ordered_window(
+    node: &Arc<dyn ExecutionPlan>,
+) -> Option<(Arc<dyn WindowExpr>, Arc<dyn ExecutionPlan>)> {
+    let (window_expr, input) = if let Some(window) = node.downcast_ref::<WindowAggExec>() {
+        (window.window_expr(), window.input())
+    } else if let Some(window) = node.downcast_ref::<BoundedWindowAggExec>() {
+        (window.window_expr(), window.input())
+    } else {
+        return None;
+    };
+    let [window] = window_expr else { return None };
+    let standard = window.as_any().downcast_ref::<StandardWindowExpr>()?;
+    let udf = standard
+        .get_standard_func_expr()
+        .as_any()
+        .downcast_ref::<WindowUDFExpr>()?;
+    if !udf.fun().inner().is::<PointInTimeFeatures>() || !window.partition_by().is_empty() {
+        return None;
+    }
+    let first = window.order_by().first()?;
+    let schema = input.schema();
+    let is_time = matches!(first.expr.data_type(&schema), Ok(DataType::Timestamp(_, _)));
+    if !is_time || first.options.descending {
+        return None;
+    }
+    // What the planner put under the window to order its input: one sort, maybe merged or
+    // coalesced into one partition.
+    let mut below = Arc::clone(input);
+    let mut sorted = false;
+    loop {
+        if let Some(sort) = below.downcast_ref::<SortExec>() {
+            below = Arc::clone(sort.input());
+            sorted = true;
+        } else if let Some(merge) = below.downcast_ref::<SortPreservingMergeExec>() {
+            below = Arc::clone(merge.input());
+        } else if let Some(coalesce) = below.downcast_ref::<CoalescePartitionsExec>() {
+            below = Arc::clone(coalesce.input());
+        } else {
+            break;
+        }
+    }
+    sorted.then(|| (Arc::clone(window), below))
+}
+
+impl PhysicalOptimizerRule for TimeBucketedWindows {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some((window, input)) = time_ordered_window(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            Ok(Transformed::yes(Arc::new(TimeBucketedWindowExec::new(
+                window,
+                input,
+                node.schema(),
+            ))))
+        })
+        .map(|transformed| transformed.data)
+    }
+
+    fn name(&self) -> &str {
+        "time_bucketed_windows"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct TimeBucketedWindowExec {
+    window: Arc<dyn WindowExpr>,
+    input: Arc<dyn ExecutionPlan>,
+    cache: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl TimeBucketedWindowExec {
+    fn new(window: Arc<dyn WindowExpr>, input: Arc<dyn ExecutionPlan>, schema: SchemaRef) -> Self {
+        let cache = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            window,
+            input,
+            cache: Arc::new(cache),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl DisplayAs for TimeBucketedWindowExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "TimeBucketedWindowExec: wdw=[{}]", self.window.name())
+    }
+}
+
+impl ExecutionPlan for TimeBucketedWindowExec {
+    fn name(&self) -> &str {
+        "TimeBucketedWindowExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let expressions = self.window.all_expressions();
+        for expression in expressions
+            .args
+            .iter()
+            .chain(&expressions.order_by_exprs)
+        {
+            if f(expression)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return internal_err!("TimeBucketedWindowExec takes one input");
+        }
+        Ok(Arc::new(Self::new(
+            Arc::clone(&self.window),
+            children.swap_remove(0),
+            self.schema(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return internal_err!("TimeBucketedWindowExec has one partition, not {partition}");
+        }
+        // Every input partition, each in a task of its own, into one stream.
+        let input: Arc<dyn ExecutionPlan> = if self.input.output_partitioning().partition_count() > 1
+        {
+            Arc::new(CoalescePartitionsExec::new(Arc::clone(&self.input)))
+        } else {
+            Arc::clone(&self.input)
+        };
+        let input = input.execute(0, Arc::clone(&context))?;
+        let pool = context.memory_pool();
+        let run = BucketedRun {
+            window: Arc::clone(&self.window),
+            schema: self.schema(),
+            batch_size: context.session_config().batch_size(),
+            disk: Arc::clone(&context.runtime_env().disk_manager),
+            // The buffer spills: paylake's engine holds it to a spilling consumer's share.
+            buffer: MemoryConsumer::new("TimeBucketedWindowExec[buffer]")
+                .with_can_spill(true)
+                .register(pool),
+            day: MemoryConsumer::new("TimeBucketedWindowExec[day]").register(pool),
+            state_memory: MemoryConsumer::new("TimeBucketedWindowExec[state]").register(pool),
+            pending: BTreeMap::new(),
+            spills: Vec::new(),
+            metrics: BaselineMetrics::new(&self.metrics, 0),
+            spilled_bytes: MetricBuilder::new(&self.metrics).spilled_bytes(0),
+            spill_count: MetricBuilder::new(&self.metrics).spill_count(0),
+        };
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
+        let tx = builder.tx();
+        builder.spawn(async move { run.run(input, tx).await });
+        Ok(builder.build())
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// One spill file: the buffered batches, grouped by day in ascending order.
+struct Spill {
+    file: Arc<dyn SpillFile>,
+    /// Each day in the file and how many batches it has, in file order.
+    days: Vec<(i64, usize)>,
+}
+
+struct BucketedRun {
+    window: Arc<dyn WindowExpr>,
+    schema: SchemaRef,
+    batch_size: usize,
+    disk: Arc<datafusion::execution::disk_manager::DiskManager>,
+    buffer: MemoryReservation,
+    day: MemoryReservation,
+    state_memory: MemoryReservation,
+    /// Buffered rows by day.
+    pending: BTreeMap<i64, Vec<RecordBatch>>,
+    spills: Vec<Spill>,
+    metrics: BaselineMetrics,
+    spilled_bytes: Count,
+    spill_count: Count,
+}
+
+type Sender = tokio::sync::mpsc::Sender<Result<RecordBatch>>;
+
+impl BucketedRun {
+    async fn run(mut self, mut input: SendableRecordBatchStream, tx: Sender) -> Result<()> {
+        while let Some(batch) = input.next().await {
+            self.file_by_day(batch?)?;
+        }
+        drop(input);
+        self.evaluate_days(&tx).await
+    }
+
+    /// The UTC day of each row's first ordering key; NULL (sorted last) after every day.
+    fn days_of(&self, batch: &RecordBatch) -> Result<Vec<i64>> {
+        let first = &self.window.order_by()[0];
+        let keys = first.expr.evaluate(batch)?.into_array(batch.num_rows())?;
+        let DataType::Timestamp(_, zone) = keys.data_type() else {
+            return internal_err!("TimeBucketedWindowExec orders by a timestamp first");
+        };
+        let micros = cast(
+            &keys,
+            &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()),
+        )?;
+        let micros = cast(&micros, &DataType::Int64)?;
+        let null_day = if first.options.nulls_first { i64::MIN } else { i64::MAX };
+        Ok(micros
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|time| time.map_or(null_day, |time| time.div_euclid(DAY_MICROS)))
+            .collect())
+    }
+
+    /// Files `batch`'s rows under their days, spilling the buffer first when the pool has no
+    /// room for them.
+    fn file_by_day(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let elapsed = self.metrics.elapsed_compute().clone();
+        let _timer = elapsed.timer();
+        let days = self.days_of(&batch)?;
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        order.sort_by_key(|&row| days[row as usize]);
+        let ordered_days: Vec<i64> = order.iter().map(|&row| days[row as usize]).collect();
+        // Sorted by day: a copy holding only this batch's rows (a batch can be a slice of a
+        // larger one, whose buffers the pool would count in full).
+        let batch = take_record_batch(&batch, &UInt32Array::from(order))?;
+        let size = batch.get_array_memory_size();
+        if self.buffer.try_grow(size).is_err() {
+            self.spill()?;
+            self.buffer.try_grow(size).map_err(|e| {
+                e.context("TimeBucketedWindowExec: one batch does not fit its share of the pool")
+            })?;
+        }
+        let days = datafusion::arrow::array::Int64Array::from(ordered_days);
+        let runs = partition(&[Arc::new(days.clone()) as ArrayRef])?;
+        for run in runs.ranges() {
+            self.pending
+                .entry(days.value(run.start))
+                .or_default()
+                .push(batch.slice(run.start, run.end - run.start));
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered rows to a new spill file, day after day, and frees the buffer.
+    fn spill(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let file = self.disk.create_tmp_file("TimeBucketedWindowExec")?;
+        let Some(path) = file.path().map(|path| path.to_path_buf()) else {
+            return internal_err!("TimeBucketedWindowExec spills to local files only");
+        };
+        let out = File::options()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| DataFusionError::Execution(format!("cannot write {}: {e}", path.display())))?;
+        let mut writer = FileWriter::try_new(BufWriter::new(out), self.schema_of_input()?.as_ref())?;
+        let mut days = Vec::new();
+        for (day, batches) in std::mem::take(&mut self.pending) {
+            for batch in &batches {
+                writer.write(batch)?;
+            }
+            days.push((day, batches.len()));
+        }
+        writer.finish()?;
+        drop(writer);
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.spilled_bytes.add(bytes as usize);
+        self.spill_count.add(1);
+        self.spills.push(Spill { file, days });
+        self.buffer.free();
+        Ok(())
+    }
+
+    fn schema_of_input(&self) -> Result<SchemaRef> {
+        match self.pending.values().flatten().next() {
+            Some(batch) => Ok(batch.schema()),
+            None => internal_err!("TimeBucketedWindowExec spilled no rows"),
+        }
+    }
+
+    /// Takes the days in order: each day's rows are read back and sorted in one task while
+    /// the day before goes through the function in another (the function's pass is sequential;
+    /// this keeps a second core busy), then sent.
+    async fn evaluate_days(mut self, tx: &Sender) -> Result<()> {
+        let spills = std::mem::take(&mut self.spills);
+        let mut readers = spills
+            .iter()
+            .map(|spill| {
+                let path = spill.file.path().map(|path| path.to_path_buf());
+                let path = path.ok_or_else(|| {
+                    DataFusionError::Internal("a spill file without a path".into())
+                })?;
+                let file = File::open(&path).map_err(|e| {
+                    DataFusionError::Execution(format!("cannot read {}: {e}", path.display()))
+                })?;
+                Ok((
+                    FileReader::try_new(BufReader::new(file), None)?,
+                    spill.days.clone().into_iter().peekable(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut days: Vec<i64> = self.pending.keys().copied().collect();
+        for spill in &spills {
+            days.extend(spill.days.iter().map(|(day, _)| *day));
+        }
+        days.sort_unstable();
+        days.dedup();
+
+        let (sorted_tx, mut sorted_rx) = tokio::sync::mpsc::channel::<Result<SortedDay>>(1);
+        let mut pending = std::mem::take(&mut self.pending);
+        let window = Arc::clone(&self.window);
+        let mut day_memory = self.day.new_empty();
+        let mut buffer = self.buffer.take();
+        let elapsed = self.metrics.elapsed_compute().clone();
+        let prepare = tokio::spawn(async move {
+            for day in days {
+                let mut batches = Vec::new();
+                for (reader, spilled_days) in &mut readers {
+                    let Some(&(next_day, count)) = spilled_days.peek() else {
+                        continue;
+                    };
+                    if next_day != day {
+                        continue;
+                    }
+                    spilled_days.next();
+                    for _ in 0..count {
+                        match reader.next() {
+                            Some(batch) => batches.push(batch?),
+                            None => return internal_err!("a spill file ended early"),
+                        }
+                    }
+                }
+                let buffered = pending.remove(&day).unwrap_or_default();
+                // These rows were counted in the buffer: they now count for their day.
+                let done: usize = buffered.iter().map(|b| b.get_array_memory_size()).sum();
+                buffer.shrink(done.min(buffer.size()));
+                batches.extend(buffered);
+                let sorted = {
+                    let _timer = elapsed.timer();
+                    sort_day(&window, &batches, &mut day_memory)
+                };
+                drop(batches);
+                if sorted_tx.send(sorted).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+
+        let mut state = FeatureState::default();
+        while let Some(sorted) = sorted_rx.recv().await {
+            let SortedDay { rows, arguments, reserved } = sorted?;
+            let output = {
+                let elapsed = self.metrics.elapsed_compute().clone();
+                let _timer = elapsed.timer();
+                let values = state.process(&arguments)?;
+                self.state_memory.try_resize(state.allocated()).map_err(|e| {
+                    e.context(
+                        "TimeBucketedWindowExec: the accounts and pairs seen do not fit the pool",
+                    )
+                })?;
+                let mut columns = rows.columns().to_vec();
+                columns.push(values);
+                RecordBatch::try_new(Arc::clone(&self.schema), columns)?
+            };
+            let mut offset = 0;
+            while offset < output.num_rows() {
+                let rows = self.batch_size.min(output.num_rows() - offset);
+                let batch = output.slice(offset, rows);
+                offset += rows;
+                self.metrics.record_output(batch.num_rows());
+                if tx.send(Ok(batch)).await.is_err() {
+                    // The consumer is gone: nothing more to do.
+                    prepare.abort();
+                    return Ok(());
+                }
+            }
+            drop(reserved);
+        }
+        match prepare.await {
+            Ok(result) => result,
+            Err(e) => internal_err!("TimeBucketedWindowExec: reading the days failed: {e}"),
+        }
+    }
+}
+
+/// One day's rows in the window's order, the function's arguments over them, and the memory
+/// they hold.
+struct SortedDay {
+    rows: RecordBatch,
+    arguments: Vec<ArrayRef>,
+    reserved: MemoryReservation,
+}
+
+/// `batches` (one day's rows) sorted by the window's order.
+fn sort_day(
+    window: &Arc<dyn WindowExpr>,
+    batches: &[RecordBatch],
+    memory: &mut MemoryReservation,
+) -> Result<SortedDay> {
+    let reserved = memory.new_empty();
+    let Some(first) = batches.first() else {
+        return internal_err!("TimeBucketedWindowExec: a day without rows");
+    };
+    let rows = concat_batches(&first.schema(), batches)?;
+    reserved
+        .try_grow(2 * rows.get_array_memory_size())
+        .map_err(|e| e.context("TimeBucketedWindowExec: one day's rows do not fit the pool"))?;
+    let sort_columns = window
+        .order_by()
+        .iter()
+        .map(|key| {
+            Ok(SortColumn {
+                values: key.expr.evaluate(&rows)?.into_array(rows.num_rows())?,
+                options: Some(key.options),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let indices = lexsort_to_indices(&sort_columns, None)?;
+    let rows = take_record_batch(&rows, &indices)?;
+    let arguments = window
+        .expressions()
+        .iter()
+        .map(|argument| argument.evaluate(&rows)?.into_array(rows.num_rows()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SortedDay {
+        rows,
+        arguments,
+        reserved,
+    })
+}
