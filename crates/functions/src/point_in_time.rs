@@ -517,3 +517,303 @@ impl FeatureState {
         out.finish(fields)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{
+        Date32Array, Decimal128Array, Int32Array, RecordBatch, StringArray,
+        TimestampMicrosecondArray,
+    };
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::memory_pool::FairSpillPool;
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::physical_plan::{collect, ExecutionPlan};
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use std::sync::Arc;
+
+    const MINUTE: i64 = 60_000_000;
+
+    /// A small deterministic generator (no dependency for tests this size).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// Payments and facts about eight accounts (and NULL) over ten days, at half hours so
+    /// that many share an instant, with NULL accounts and amounts, self-transfers, facts at
+    /// the instant of payments and two files' facts at one instant.
+    fn stream(rows: usize) -> RecordBatch {
+        let mut random = Lcg(7);
+        let account = |random: &mut Lcg| match random.below(10) {
+            0 => None,
+            n => Some(format!("a{}", n % 8)),
+        };
+        let utc = Some("UTC".into());
+        let (mut payment_id, mut src, mut dest, mut amount, mut ts) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let (mut at, mut tiebreak, mut fact_account) = (vec![], vec![], vec![]);
+        let (mut opening, mut known, mut flag, mut risk_known) = (vec![], vec![], vec![], vec![]);
+        for row in 0..rows {
+            let time = random.below(10 * 48) as i64 * 30 * MINUTE;
+            at.push(time);
+            if random.below(5) == 0 {
+                payment_id.push(None);
+                src.push(None);
+                dest.push(None);
+                amount.push(None);
+                ts.push(None);
+                // A file per fact: facts of one file about one account at one instant have no order.
+                tiebreak.push(Some(format!("f{}-{row:06}", random.below(3))));
+                fact_account.push(account(&mut random));
+                let is_snapshot = random.below(2) == 0;
+                opening
+                    .push((is_snapshot && random.below(4) != 0).then(|| random.below(100) as i32));
+                known.push(is_snapshot.then_some(time));
+                flag.push((!is_snapshot && random.below(4) != 0).then(|| random.below(3) as i32));
+                risk_known.push((!is_snapshot).then_some(time));
+            } else {
+                payment_id.push(Some(format!("p{row:06}")));
+                src.push(account(&mut random));
+                dest.push(account(&mut random));
+                amount.push((random.below(8) != 0).then(|| random.below(100_000) as i128));
+                ts.push(Some(time));
+                tiebreak.push(Some(String::new()));
+                fact_account.push(None);
+                opening.push(None);
+                known.push(None);
+                flag.push(None);
+                risk_known.push(None);
+            }
+        }
+        let timestamp = |zone: Option<Arc<str>>| DataType::Timestamp(TimeUnit::Microsecond, zone);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("payment_id", DataType::Utf8, true),
+            Field::new("src_account_id", DataType::Utf8, true),
+            Field::new("dest_account_id", DataType::Utf8, true),
+            Field::new("amount", DataType::Decimal128(18, 2), true),
+            Field::new("ts", timestamp(utc.clone()), true),
+            Field::new("at", timestamp(utc.clone()), false),
+            Field::new("tiebreak", DataType::Utf8, false),
+            Field::new("fact_account_id", DataType::Utf8, true),
+            Field::new("opening_date", DataType::Date32, true),
+            Field::new("account_known_at", timestamp(None), true),
+            Field::new("risk_flag", DataType::Int32, true),
+            Field::new("risk_known_at", timestamp(None), true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(payment_id)),
+                Arc::new(StringArray::from(src)),
+                Arc::new(StringArray::from(dest)),
+                Arc::new(
+                    Decimal128Array::from(amount)
+                        .with_precision_and_scale(18, 2)
+                        .expect("decimal"),
+                ),
+                Arc::new(TimestampMicrosecondArray::from(ts).with_timezone_opt(utc.clone())),
+                Arc::new(TimestampMicrosecondArray::from(at).with_timezone_opt(utc)),
+                Arc::new(StringArray::from(tiebreak)),
+                Arc::new(StringArray::from(fact_account)),
+                Arc::new(Date32Array::from(opening)),
+                Arc::new(TimestampMicrosecondArray::from(known)),
+                Arc::new(Int32Array::from(flag)),
+                Arc::new(TimestampMicrosecondArray::from(risk_known)),
+            ],
+        )
+        .expect("stream batch")
+    }
+
+    /// The features as the per-account windows compute them: two sorted passes, the model this
+    /// function replaced.
+    const BY_ACCOUNT: &str = "
+        WITH s AS (
+            SELECT payment_id, COALESCE(src_account_id, fact_account_id) AS src_account_id,
+                COALESCE(dest_account_id, fact_account_id) AS dest_account_id, amount, ts, at,
+                tiebreak, opening_date, account_known_at, risk_flag, risk_known_at
+            FROM stream
+        ),
+        d AS (
+            SELECT *,
+                carry_forward(opening_date, account_known_at) OVER w AS dest_opening_date,
+                carry_forward(account_known_at, account_known_at) OVER w AS dest_account_known_at,
+                carry_forward(risk_flag, risk_known_at) OVER w AS dest_risk_flag,
+                carry_forward(risk_known_at, risk_known_at) OVER w AS dest_risk_known_at,
+                trailing_distinct(src_account_id, ts, 86400) OVER w AS dest_distinct_senders_24h
+            FROM s
+            WINDOW w AS (PARTITION BY dest_account_id ORDER BY at, payment_id IS NOT NULL, tiebreak)
+        ),
+        b AS (
+            SELECT payment_id,
+                carry_forward(opening_date, account_known_at) OVER w AS src_opening_date,
+                carry_forward(account_known_at, account_known_at) OVER w AS src_account_known_at,
+                carry_forward(risk_flag, risk_known_at) OVER w AS src_risk_flag,
+                carry_forward(risk_known_at, risk_known_at) OVER w AS src_risk_known_at,
+                dest_opening_date, dest_account_known_at, dest_risk_flag, dest_risk_known_at,
+                trailing_sum(1, ts, 3600) OVER w AS src_count_1h,
+                trailing_sum(amount, ts, 3600) OVER w AS src_amount_1h,
+                trailing_sum(1, ts, 86400) OVER w AS src_count_24h,
+                trailing_sum(amount, ts, 86400) OVER w AS src_amount_24h,
+                trailing_sum(1, ts, 604800) OVER w AS src_count_7d,
+                trailing_sum(amount, ts, 604800) OVER w AS src_amount_7d,
+                seen_before(dest_account_id, ts) OVER w AS pair_seen_before,
+                dest_distinct_senders_24h
+            FROM d
+            WINDOW w AS (PARTITION BY src_account_id ORDER BY at, payment_id IS NOT NULL, tiebreak)
+        )
+        SELECT * FROM b WHERE payment_id IS NOT NULL ORDER BY payment_id";
+
+    const IN_TIME_ORDER: &str = "
+        WITH f AS (
+            SELECT payment_id, point_in_time_features(payment_id IS NOT NULL, src_account_id,
+                dest_account_id, amount, ts, fact_account_id, opening_date, account_known_at,
+                risk_flag, risk_known_at) OVER (ORDER BY at, payment_id IS NOT NULL, tiebreak) AS f
+            FROM stream
+        )
+        SELECT payment_id, get_field(f, 'src_opening_date') AS src_opening_date,
+            get_field(f, 'src_account_known_at') AS src_account_known_at,
+            get_field(f, 'src_risk_flag') AS src_risk_flag,
+            get_field(f, 'src_risk_known_at') AS src_risk_known_at,
+            get_field(f, 'dest_opening_date') AS dest_opening_date,
+            get_field(f, 'dest_account_known_at') AS dest_account_known_at,
+            get_field(f, 'dest_risk_flag') AS dest_risk_flag,
+            get_field(f, 'dest_risk_known_at') AS dest_risk_known_at,
+            get_field(f, 'src_count_1h') AS src_count_1h,
+            get_field(f, 'src_amount_1h') AS src_amount_1h,
+            get_field(f, 'src_count_24h') AS src_count_24h,
+            get_field(f, 'src_amount_24h') AS src_amount_24h,
+            get_field(f, 'src_count_7d') AS src_count_7d,
+            get_field(f, 'src_amount_7d') AS src_amount_7d,
+            get_field(f, 'pair_seen_before') AS pair_seen_before,
+            get_field(f, 'dest_distinct_senders_24h') AS dest_distinct_senders_24h
+        FROM f WHERE payment_id IS NOT NULL ORDER BY payment_id";
+
+    /// A session over `batch` (as four partitions), with the day-bucketed window when
+    /// `by_day`, in a pool of `limit` bytes.
+    fn session(batch: &RecordBatch, by_day: bool, limit: usize) -> SessionContext {
+        // As paylake's engine: spilling operators share what the others leave.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
+            .build_arc()
+            .expect("runtime");
+        let mut state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(
+                SessionConfig::new()
+                    .with_target_partitions(2)
+                    .with_batch_size(512)
+                    .with_sort_spill_reservation_bytes(64 << 10),
+            )
+            .with_runtime_env(runtime);
+        if by_day {
+            state = state.with_physical_optimizer_rule(Arc::new(crate::TimeBucketedWindows));
+        }
+        let mut ctx = SessionContext::new_with_state(state.build());
+        crate::register(&mut ctx).expect("registers");
+        let quarter = batch.num_rows() / 4;
+        let parts = (0..4)
+            .map(|i| {
+                let len = if i == 3 {
+                    batch.num_rows() - 3 * quarter
+                } else {
+                    quarter
+                };
+                vec![batch.slice(i * quarter, len)]
+            })
+            .collect();
+        let table = MemTable::try_new(batch.schema(), parts).expect("table");
+        ctx.register_table("stream", Arc::new(table))
+            .expect("register");
+        ctx
+    }
+
+    async fn run(ctx: &SessionContext, sql: &str) -> (String, Arc<dyn ExecutionPlan>) {
+        let plan = ctx
+            .sql(sql)
+            .await
+            .expect("plans")
+            .create_physical_plan()
+            .await
+            .expect("physical plan");
+        let batches = collect(Arc::clone(&plan), ctx.task_ctx())
+            .await
+            .expect("runs");
+        let text = pretty_format_batches(&batches)
+            .expect("formats")
+            .to_string();
+        (text, plan)
+    }
+
+    /// Equal tables, or the first row that differs, with the header.
+    fn assert_same_rows(actual: &str, expected: &str, what: &str) {
+        let header = expected.lines().nth(1).unwrap_or_default();
+        for (line, (a, e)) in actual.lines().zip(expected.lines()).enumerate() {
+            assert_eq!(a, e, "{what}: line {line} differs\n{header}");
+        }
+        assert_eq!(
+            actual.lines().count(),
+            expected.lines().count(),
+            "{what}: rows"
+        );
+    }
+
+    fn spills_of(plan: &Arc<dyn ExecutionPlan>) -> usize {
+        let own = if plan.name() == "TimeBucketedWindowExec" {
+            plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
+        } else {
+            0
+        };
+        own + plan.children().into_iter().map(spills_of).sum::<usize>()
+    }
+
+    #[tokio::test]
+    async fn one_time_ordered_pass_equals_the_per_account_windows() {
+        let batch = stream(6000);
+        let limit = 256 << 20;
+        let (expected, _) = run(&session(&batch, false, limit), BY_ACCOUNT).await;
+        let (sorted_whole, _) = run(&session(&batch, false, limit), IN_TIME_ORDER).await;
+        let (by_day, plan) = run(&session(&batch, true, limit), IN_TIME_ORDER).await;
+        assert!(expected.lines().count() > 4000, "most rows are payments");
+        assert_same_rows(&sorted_whole, &expected, "one sort of the whole stream");
+        assert_same_rows(&by_day, &expected, "the stream ordered by day");
+        assert_eq!(spills_of(&plan), 0, "fits its pool");
+    }
+
+    #[tokio::test]
+    async fn the_day_buckets_spill_under_a_small_pool_with_the_same_features() {
+        let batch = stream(40_000);
+        let (expected, _) = run(&session(&batch, false, 256 << 20), IN_TIME_ORDER).await;
+        let (by_day, plan) = run(&session(&batch, true, 8 << 20), IN_TIME_ORDER).await;
+        assert_same_rows(&by_day, &expected, "spilled");
+        assert!(spills_of(&plan) > 0, "the buffer spilled");
+    }
+
+    #[tokio::test]
+    async fn payments_out_of_time_order_are_an_error() {
+        let batch = stream(200);
+        let ctx = session(&batch, false, 256 << 20);
+        let result = ctx
+            .sql(
+                "SELECT point_in_time_features(payment_id IS NOT NULL, src_account_id,
+                    dest_account_id, amount, ts, fact_account_id, opening_date,
+                    account_known_at, risk_flag, risk_known_at) OVER (ORDER BY payment_id DESC)
+                 FROM stream",
+            )
+            .await
+            .expect("plans")
+            .collect()
+            .await;
+        let error = result.expect_err("out of order").to_string();
+        assert!(error.contains("time order"), "{error}");
+    }
+}

@@ -30,8 +30,8 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{internal_err, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SpillFile;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::SpillFile;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::window::StandardWindowExpr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -185,11 +185,7 @@ impl ExecutionPlan for TimeBucketedWindowExec {
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
         let expressions = self.window.all_expressions();
-        for expression in expressions
-            .args
-            .iter()
-            .chain(&expressions.order_by_exprs)
-        {
+        for expression in expressions.args.iter().chain(&expressions.order_by_exprs) {
             if f(expression)? == TreeNodeRecursion::Stop {
                 return Ok(TreeNodeRecursion::Stop);
             }
@@ -220,12 +216,12 @@ impl ExecutionPlan for TimeBucketedWindowExec {
             return internal_err!("TimeBucketedWindowExec has one partition, not {partition}");
         }
         // Every input partition, each in a task of its own, into one stream.
-        let input: Arc<dyn ExecutionPlan> = if self.input.output_partitioning().partition_count() > 1
-        {
-            Arc::new(CoalescePartitionsExec::new(Arc::clone(&self.input)))
-        } else {
-            Arc::clone(&self.input)
-        };
+        let input: Arc<dyn ExecutionPlan> =
+            if self.input.output_partitioning().partition_count() > 1 {
+                Arc::new(CoalescePartitionsExec::new(Arc::clone(&self.input)))
+            } else {
+                Arc::clone(&self.input)
+            };
         let input = input.execute(0, Arc::clone(&context))?;
         let pool = context.memory_pool();
         let run = BucketedRun {
@@ -302,7 +298,11 @@ impl BucketedRun {
             &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()),
         )?;
         let micros = cast(&micros, &DataType::Int64)?;
-        let null_day = if first.options.nulls_first { i64::MIN } else { i64::MAX };
+        let null_day = if first.options.nulls_first {
+            i64::MIN
+        } else {
+            i64::MAX
+        };
         Ok(micros
             .as_primitive::<Int64Type>()
             .iter()
@@ -356,8 +356,11 @@ impl BucketedRun {
             .write(true)
             .truncate(true)
             .open(&path)
-            .map_err(|e| DataFusionError::Execution(format!("cannot write {}: {e}", path.display())))?;
-        let mut writer = FileWriter::try_new(BufWriter::new(out), self.schema_of_input()?.as_ref())?;
+            .map_err(|e| {
+                DataFusionError::Execution(format!("cannot write {}: {e}", path.display()))
+            })?;
+        let mut writer =
+            FileWriter::try_new(BufWriter::new(out), self.schema_of_input()?.as_ref())?;
         let mut days = Vec::new();
         for (day, batches) in std::mem::take(&mut self.pending) {
             for batch in &batches {
@@ -414,7 +417,7 @@ impl BucketedRun {
         let mut pending = std::mem::take(&mut self.pending);
         let window = Arc::clone(&self.window);
         let mut day_memory = self.day.new_empty();
-        let mut buffer = self.buffer.take();
+        let buffer = self.buffer.take();
         let elapsed = self.metrics.elapsed_compute().clone();
         let prepare = tokio::spawn(async move {
             for day in days {
@@ -453,16 +456,22 @@ impl BucketedRun {
 
         let mut state = FeatureState::default();
         while let Some(sorted) = sorted_rx.recv().await {
-            let SortedDay { rows, arguments, reserved } = sorted?;
+            let SortedDay {
+                rows,
+                arguments,
+                reserved,
+            } = sorted?;
             let output = {
                 let elapsed = self.metrics.elapsed_compute().clone();
                 let _timer = elapsed.timer();
                 let values = state.process(&arguments)?;
-                self.state_memory.try_resize(state.allocated()).map_err(|e| {
-                    e.context(
+                self.state_memory
+                    .try_resize(state.allocated())
+                    .map_err(|e| {
+                        e.context(
                         "TimeBucketedWindowExec: the accounts and pairs seen do not fit the pool",
                     )
-                })?;
+                    })?;
                 let mut columns = rows.columns().to_vec();
                 columns.push(values);
                 RecordBatch::try_new(Arc::clone(&self.schema), columns)?
