@@ -1,4 +1,4 @@
--- paylake: partition_by=payment_date datafusion.execution.spill_compression=lz4_frame
+-- paylake: partition_by=payment_date
 -- Point-in-time training table as of params.run.as_of (T): one row per payment with
 -- timestamp <= T known by T. Every feature uses only facts known at or before the payment;
 -- labels count only when known by T. Bounds are documented in docs/point-in-time.md.
@@ -8,8 +8,6 @@
 -- through it. It is written as a RIGHT JOIN with the labels first because the planner keeps the
 -- written sides when one has no row counts (a window's output): as a LEFT JOIN it hashed 1M
 -- payments (380 MB) instead.
--- Its as-of sorts spill LZ4 frames (the header's setting): at 10M payments 2.4 GiB of spill
--- becomes 0.9 GiB, for about the same time.
 -- The one-row `params` comes first in every cross join: the engine buffers the left side and
 -- emits one batch per buffered row, so a large left side would stream one-row batches. (A local
 -- run replaces the join with the parameters' values; a cluster runs it as written.)
