@@ -1,10 +1,14 @@
-//! Window functions for paylake's point-in-time features. Each one reads a partition (one
-//! account's rows, sorted by time) in a single vectorized pass.
+//! Window functions for paylake's point-in-time features.
 //!
-//! They replace running `sum`/`count` frames and windows partitioned by tiny groups, which
-//! DataFusion 55 evaluates row by row: together those took most of `gold.payment_training`'s
-//! time. Every session that plans the models registers them (`register`): the local engine,
-//! and a Ballista scheduler and its executors.
+//! `point_in_time_features` (module `point_in_time`) computes every feature of the training
+//! table in one pass over payments and account facts in time order; `TimeBucketedWindows`
+//! (module `time_buckets`) gets it that order by day instead of by sorting the whole stream.
+//!
+//! The per-account functions below each read a partition (one account's rows, sorted by time)
+//! in a single vectorized pass. They replaced running `sum`/`count` frames and windows
+//! partitioned by tiny groups, which DataFusion 55 evaluates row by row, and are the reference
+//! `point_in_time_features` is tested against. Every session that plans the models registers
+//! them all (`register`): the local engine, and a Ballista scheduler and its executors.
 //!
 //! - `trailing_sum(value, ts, seconds)`: the sum of `value` over the partition's rows with
 //!   `ts - seconds <= ts' < ts`. Rows at the same instant are excluded, and so is the row

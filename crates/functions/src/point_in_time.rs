@@ -164,9 +164,9 @@ struct Recent {
     ts: i64,
     src: u32,
     dest: u32,
-    /// `None` for a NULL source: it is no sender.
-    sender: Option<u32>,
-    amount: Option<i128>,
+    /// 0 for a NULL amount, which adds nothing to a sum (32 bytes an entry: the queue holds a
+    /// week of payments).
+    amount: i128,
 }
 
 /// The latest fact of one kind about an account: its value and when it was known.
@@ -193,8 +193,10 @@ pub(crate) struct FeatureState {
     fronts: [u64; 3],
     /// (destination, sender) pairs within the senders' window, with their payments.
     window_pairs: HashMap<u64, u32>,
-    /// (source, destination) pairs that paid at an earlier instant.
+    /// (source, destination) pairs that have paid, and those that paid for the first time at
+    /// the latest instant (a pair seen only there was not seen before it).
     pairs_seen: HashSet<u64>,
+    pairs_new_now: HashSet<u64>,
     /// Payments at the latest instant, added to the windows once time moves past it: a payment
     /// counts only for payments at later instants.
     pending: Vec<Recent>,
@@ -390,21 +392,19 @@ impl FeatureState {
             let sums = &mut self.sums[payment.src as usize];
             for window in 0..3 {
                 counts[window] += 1;
-                if let Some(amount) = payment.amount {
-                    sums[window] += amount;
-                }
+                sums[window] += payment.amount;
             }
-            if let Some(sender) = payment.sender {
+            // A NULL source (account 0) is no sender.
+            if payment.src != 0 {
                 let in_window = self
                     .window_pairs
-                    .entry(pair(payment.dest, sender))
+                    .entry(pair(payment.dest, payment.src))
                     .or_insert(0);
                 *in_window += 1;
                 if *in_window == 1 {
                     self.senders[payment.dest as usize] += 1;
                 }
             }
-            self.pairs_seen.insert(pair(payment.src, payment.dest));
             self.recent.push_back(payment);
         }
     }
@@ -420,12 +420,10 @@ impl FeatureState {
                     break;
                 }
                 self.counts[payment.src as usize][window] -= 1;
-                if let Some(amount) = payment.amount {
-                    self.sums[payment.src as usize][window] -= amount;
-                }
+                self.sums[payment.src as usize][window] -= payment.amount;
                 if window == SENDERS_WINDOW {
-                    if let Some(sender) = payment.sender {
-                        let key = pair(payment.dest, sender);
+                    if payment.src != 0 {
+                        let key = pair(payment.dest, payment.src);
                         if let Some(in_window) = self.window_pairs.get_mut(&key) {
                             *in_window -= 1;
                             if *in_window == 0 {
@@ -482,7 +480,10 @@ impl FeatureState {
                          tiebreak)"
                     )
                 }
-                Some(last) if time > last => self.flush_pending(),
+                Some(last) if time > last => {
+                    self.flush_pending();
+                    self.pairs_new_now.clear();
+                }
                 _ => {}
             }
             self.last_time = Some(time);
@@ -503,15 +504,22 @@ impl FeatureState {
                 out.counts[window].push(Some(self.counts[src as usize][window]));
                 out.sums[window].push(Some(self.sums[src as usize][window]));
             }
-            out.pair_seen_before
-                .push(Some(self.pairs_seen.contains(&pair(src, dest))));
+            // One probe of the (large) set of pairs: inserted now, and told apart from a pair
+            // first seen at this same instant by the (small) set of those.
+            let key = pair(src, dest);
+            let seen_before = if self.pairs_seen.insert(key) {
+                self.pairs_new_now.insert(key);
+                false
+            } else {
+                !self.pairs_new_now.contains(&key)
+            };
+            out.pair_seen_before.push(Some(seen_before));
             out.senders.push(Some(self.senders[dest as usize]));
             self.pending.push(Recent {
                 ts: time,
                 src,
                 dest,
-                sender: (src != 0).then_some(src),
-                amount: value(&inputs.amount, row),
+                amount: value(&inputs.amount, row).unwrap_or(0),
             });
         }
         out.finish(fields)

@@ -252,6 +252,14 @@ impl ExecutionPlan for TimeBucketedWindowExec {
     }
 }
 
+/// One day's buffered rows: slices of the day-sorted input batches, and their share of the
+/// buffer's reservation.
+#[derive(Default)]
+struct PendingDay {
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+}
+
 /// One spill file: the buffered batches, grouped by day in ascending order.
 struct Spill {
     file: Arc<dyn SpillFile>,
@@ -268,7 +276,7 @@ struct BucketedRun {
     day: MemoryReservation,
     state_memory: MemoryReservation,
     /// Buffered rows by day.
-    pending: BTreeMap<i64, Vec<RecordBatch>>,
+    pending: BTreeMap<i64, PendingDay>,
     spills: Vec<Spill>,
     metrics: BaselineMetrics,
     spilled_bytes: Count,
@@ -334,11 +342,11 @@ impl BucketedRun {
         }
         let days = datafusion::arrow::array::Int64Array::from(ordered_days);
         let runs = partition(&[Arc::new(days.clone()) as ArrayRef])?;
+        let rows = batch.num_rows();
         for run in runs.ranges() {
-            self.pending
-                .entry(days.value(run.start))
-                .or_default()
-                .push(batch.slice(run.start, run.end - run.start));
+            let day = self.pending.entry(days.value(run.start)).or_default();
+            day.batches.push(batch.slice(run.start, run.len()));
+            day.bytes += size * run.len() / rows;
         }
         Ok(())
     }
@@ -362,11 +370,14 @@ impl BucketedRun {
         let mut writer =
             FileWriter::try_new(BufWriter::new(out), self.schema_of_input()?.as_ref())?;
         let mut days = Vec::new();
-        for (day, batches) in std::mem::take(&mut self.pending) {
-            for batch in &batches {
-                writer.write(batch)?;
-            }
-            days.push((day, batches.len()));
+        for (day, pending) in std::mem::take(&mut self.pending) {
+            // One message per day: an input batch holds a few rows of many days, and a message
+            // per slice cost more in headers and reads than the rows themselves.
+            let Some(first) = pending.batches.first() else {
+                continue;
+            };
+            writer.write(&concat_batches(&first.schema(), &pending.batches)?)?;
+            days.push((day, 1));
         }
         writer.finish()?;
         drop(writer);
@@ -379,7 +390,7 @@ impl BucketedRun {
     }
 
     fn schema_of_input(&self) -> Result<SchemaRef> {
-        match self.pending.values().flatten().next() {
+        match self.pending.values().flat_map(|day| &day.batches).next() {
             Some(batch) => Ok(batch.schema()),
             None => internal_err!("TimeBucketedWindowExec spilled no rows"),
         }
@@ -439,9 +450,8 @@ impl BucketedRun {
                 }
                 let buffered = pending.remove(&day).unwrap_or_default();
                 // These rows were counted in the buffer: they now count for their day.
-                let done: usize = buffered.iter().map(|b| b.get_array_memory_size()).sum();
-                buffer.shrink(done.min(buffer.size()));
-                batches.extend(buffered);
+                buffer.shrink(buffered.bytes.min(buffer.size()));
+                batches.extend(buffered.batches);
                 let sorted = {
                     let _timer = elapsed.timer();
                     sort_day(&window, &batches, &mut day_memory)
@@ -516,9 +526,6 @@ fn sort_day(
         return internal_err!("TimeBucketedWindowExec: a day without rows");
     };
     let rows = concat_batches(&first.schema(), batches)?;
-    reserved
-        .try_grow(2 * rows.get_array_memory_size())
-        .map_err(|e| e.context("TimeBucketedWindowExec: one day's rows do not fit the pool"))?;
     let sort_columns = window
         .order_by()
         .iter()
@@ -531,6 +538,12 @@ fn sort_day(
         .collect::<Result<Vec<_>>>()?;
     let indices = lexsort_to_indices(&sort_columns, None)?;
     let rows = take_record_batch(&rows, &indices)?;
+    // Counted once sorted: a day read back from a spill file is one IPC message that every
+    // column's buffers point into, which would be counted once per column. Twice: the rows
+    // and, about as large, the function's arguments and values.
+    reserved
+        .try_grow(2 * rows.get_array_memory_size())
+        .map_err(|e| e.context("TimeBucketedWindowExec: one day's rows do not fit the pool"))?;
     let arguments = window
         .expressions()
         .iter()
