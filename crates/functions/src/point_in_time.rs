@@ -421,15 +421,13 @@ impl FeatureState {
                 }
                 self.counts[payment.src as usize][window] -= 1;
                 self.sums[payment.src as usize][window] -= payment.amount;
-                if window == SENDERS_WINDOW {
-                    if payment.src != 0 {
-                        let key = pair(payment.dest, payment.src);
-                        if let Some(in_window) = self.window_pairs.get_mut(&key) {
-                            *in_window -= 1;
-                            if *in_window == 0 {
-                                self.window_pairs.remove(&key);
-                                self.senders[payment.dest as usize] -= 1;
-                            }
+                if window == SENDERS_WINDOW && payment.src != 0 {
+                    let key = pair(payment.dest, payment.src);
+                    if let Some(in_window) = self.window_pairs.get_mut(&key) {
+                        *in_window -= 1;
+                        if *in_window == 0 {
+                            self.window_pairs.remove(&key);
+                            self.senders[payment.dest as usize] -= 1;
                         }
                     }
                 }
