@@ -172,6 +172,18 @@ struct Recent {
 /// The latest fact of one kind about an account: its value and when it was known.
 type Latest = Option<(Option<i32>, i64)>;
 
+/// One account's state.
+#[derive(Debug, Clone, Copy, Default)]
+struct AccountState {
+    /// The payments it sent in each of `SOURCE_WINDOWS`, and their amounts.
+    counts: [i64; 3],
+    sums: [i128; 3],
+    /// The distinct senders that paid it within the senders' window.
+    senders: i64,
+    account_fact: Latest,
+    risk_fact: Latest,
+}
+
 /// What the pass knows after the rows so far. Rows arrive in time order, possibly over
 /// several calls of [`FeatureState::process`] (one per day of rows, from
 /// [`crate::TimeBucketedWindows`]).
@@ -179,13 +191,10 @@ type Latest = Option<(Option<i32>, i64)>;
 pub(crate) struct FeatureState {
     /// Account ids as dense numbers; 0 is the NULL account.
     ids: HashMap<Box<str>, u32>,
-    account_fact: Vec<Latest>,
-    risk_fact: Vec<Latest>,
-    /// Per account, the payments it sent in each of `SOURCE_WINDOWS`, and their amounts.
-    counts: Vec<[i64; 3]>,
-    sums: Vec<[i128; 3]>,
-    /// Per account, the distinct senders that paid it within the senders' window.
-    senders: Vec<i64>,
+    /// What is known of each account, by id: one record each, so that a payment leaving a
+    /// window updates one place in memory, not one per array (those updates were most of the
+    /// pass's cache misses at 10M payments).
+    accounts: Vec<AccountState>,
     /// The payments of the widest window, in time order; `base` is the absolute position of
     /// its first, `fronts[w]` that of the first still inside window `w`.
     recent: VecDeque<Recent>,
@@ -356,7 +365,7 @@ impl FeatureState {
         let entry = |key: usize| (key + 1) * 8 / 7;
         self.ids.capacity() * entry(16 + 4)
             + self.ids.keys().map(|id| id.len()).sum::<usize>()
-            + self.counts.capacity() * (2 * 16 + 24 + 3 * 16 + 8)
+            + self.accounts.capacity() * std::mem::size_of::<AccountState>()
             + (self.recent.capacity() + self.pending.capacity()) * std::mem::size_of::<Recent>()
             + self.window_pairs.capacity() * entry(12)
             + self.pairs_seen.capacity() * entry(8)
@@ -376,23 +385,18 @@ impl FeatureState {
     /// Makes room in the per-account vectors for `id`.
     fn grow_to(&mut self, id: u32) {
         let len = id as usize + 1;
-        if self.counts.len() < len {
-            self.account_fact.resize(len, None);
-            self.risk_fact.resize(len, None);
-            self.counts.resize(len, [0; 3]);
-            self.sums.resize(len, [0; 3]);
-            self.senders.resize(len, 0);
+        if self.accounts.len() < len {
+            self.accounts.resize(len, AccountState::default());
         }
     }
 
     /// Adds the payments of the latest instant to the windows and the pairs seen.
     fn flush_pending(&mut self) {
         for payment in std::mem::take(&mut self.pending) {
-            let counts = &mut self.counts[payment.src as usize];
-            let sums = &mut self.sums[payment.src as usize];
+            let source = &mut self.accounts[payment.src as usize];
             for window in 0..3 {
-                counts[window] += 1;
-                sums[window] += payment.amount;
+                source.counts[window] += 1;
+                source.sums[window] += payment.amount;
             }
             // A NULL source (account 0) is no sender.
             if payment.src != 0 {
@@ -402,7 +406,7 @@ impl FeatureState {
                     .or_insert(0);
                 *in_window += 1;
                 if *in_window == 1 {
-                    self.senders[payment.dest as usize] += 1;
+                    self.accounts[payment.dest as usize].senders += 1;
                 }
             }
             self.recent.push_back(payment);
@@ -419,15 +423,16 @@ impl FeatureState {
                 if payment.ts >= from {
                     break;
                 }
-                self.counts[payment.src as usize][window] -= 1;
-                self.sums[payment.src as usize][window] -= payment.amount;
+                let source = &mut self.accounts[payment.src as usize];
+                source.counts[window] -= 1;
+                source.sums[window] -= payment.amount;
                 if window == SENDERS_WINDOW && payment.src != 0 {
                     let key = pair(payment.dest, payment.src);
                     if let Some(in_window) = self.window_pairs.get_mut(&key) {
                         *in_window -= 1;
                         if *in_window == 0 {
                             self.window_pairs.remove(&key);
-                            self.senders[payment.dest as usize] -= 1;
+                            self.accounts[payment.dest as usize].senders -= 1;
                         }
                     }
                 }
@@ -459,11 +464,12 @@ impl FeatureState {
                 let id = self.id(account);
                 self.grow_to(id);
                 if let Some(known_at) = value(&inputs.account_known_at, row) {
-                    self.account_fact[id as usize] =
+                    self.accounts[id as usize].account_fact =
                         Some((value(&inputs.opening_date, row), known_at));
                 }
                 if let Some(known_at) = value(&inputs.risk_known_at, row) {
-                    self.risk_fact[id as usize] = Some((value(&inputs.risk_flag, row), known_at));
+                    self.accounts[id as usize].risk_fact =
+                        Some((value(&inputs.risk_flag, row), known_at));
                 }
                 out.push_null();
                 continue;
@@ -491,16 +497,16 @@ impl FeatureState {
             self.grow_to(src.max(dest));
             out.valid.push(true);
             for (side, id) in [src, dest].into_iter().enumerate() {
-                let account = self.account_fact[id as usize];
+                let account = self.accounts[id as usize].account_fact;
                 out.opening_date[side].push(account.and_then(|(opening, _)| opening));
                 out.account_known_at[side].push(account.map(|(_, known_at)| known_at));
-                let risk = self.risk_fact[id as usize];
+                let risk = self.accounts[id as usize].risk_fact;
                 out.risk_flag[side].push(risk.and_then(|(flag, _)| flag));
                 out.risk_known_at[side].push(risk.map(|(_, known_at)| known_at));
             }
             for window in 0..3 {
-                out.counts[window].push(Some(self.counts[src as usize][window]));
-                out.sums[window].push(Some(self.sums[src as usize][window]));
+                out.counts[window].push(Some(self.accounts[src as usize].counts[window]));
+                out.sums[window].push(Some(self.accounts[src as usize].sums[window]));
             }
             // One probe of the (large) set of pairs: inserted now, and told apart from a pair
             // first seen at this same instant by the (small) set of those.
@@ -512,7 +518,7 @@ impl FeatureState {
                 !self.pairs_new_now.contains(&key)
             };
             out.pair_seen_before.push(Some(seen_before));
-            out.senders.push(Some(self.senders[dest as usize]));
+            out.senders.push(Some(self.accounts[dest as usize].senders));
             self.pending.push(Recent {
                 ts: time,
                 src,
