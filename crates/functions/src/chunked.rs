@@ -129,22 +129,7 @@ impl ExecutionPlan for ChunkedWindowAggExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        let mut recursion = TreeNodeRecursion::Continue;
-        for window in &self.window_expr {
-            let expressions = window.all_expressions();
-            for expression in expressions
-                .args
-                .iter()
-                .chain(&expressions.partition_by_exprs)
-                .chain(&expressions.order_by_exprs)
-            {
-                recursion = f(expression)?;
-                if recursion == TreeNodeRecursion::Stop {
-                    return Ok(recursion);
-                }
-            }
-        }
-        Ok(recursion)
+        apply_window_expressions(&self.window_expr, f)
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
@@ -287,6 +272,30 @@ impl ChunkedWindowStream {
         }
         Ok(())
     }
+}
+
+/// Applies `f` to every expression of `windows` (arguments, `PARTITION BY`, `ORDER BY`), for
+/// an operator's `ExecutionPlan::apply_expressions`.
+pub(crate) fn apply_window_expressions(
+    windows: &[Arc<dyn WindowExpr>],
+    f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+) -> Result<TreeNodeRecursion> {
+    let mut recursion = TreeNodeRecursion::Continue;
+    for window in windows {
+        let expressions = window.all_expressions();
+        for expression in expressions
+            .args
+            .iter()
+            .chain(&expressions.partition_by_exprs)
+            .chain(&expressions.order_by_exprs)
+        {
+            recursion = f(expression)?;
+            if recursion == TreeNodeRecursion::Stop {
+                return Ok(recursion);
+            }
+        }
+    }
+    Ok(recursion)
 }
 
 /// `batches` split into those holding the first `rows` rows and those holding the rest (a

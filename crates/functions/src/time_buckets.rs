@@ -184,13 +184,7 @@ impl ExecutionPlan for TimeBucketedWindowExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        let expressions = self.window.all_expressions();
-        for expression in expressions.args.iter().chain(&expressions.order_by_exprs) {
-            if f(expression)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        crate::chunked::apply_window_expressions(std::slice::from_ref(&self.window), f)
     }
 
     fn with_new_children(
