@@ -254,11 +254,11 @@ struct PendingDay {
     bytes: usize,
 }
 
-/// One spill file: the buffered batches, grouped by day in ascending order.
+/// One spill file: one message per buffered day, in ascending order.
 struct Spill {
     file: Arc<dyn SpillFile>,
-    /// Each day in the file and how many batches it has, in file order.
-    days: Vec<(i64, usize)>,
+    /// The days in the file, in file order.
+    days: Vec<i64>,
 }
 
 struct BucketedRun {
@@ -371,7 +371,7 @@ impl BucketedRun {
                 continue;
             };
             writer.write(&concat_batches(&first.schema(), &pending.batches)?)?;
-            days.push((day, 1));
+            days.push(day);
         }
         writer.finish()?;
         drop(writer);
@@ -413,7 +413,7 @@ impl BucketedRun {
             .collect::<Result<Vec<_>>>()?;
         let mut days: Vec<i64> = self.pending.keys().copied().collect();
         for spill in &spills {
-            days.extend(spill.days.iter().map(|(day, _)| *day));
+            days.extend(spill.days.iter().copied());
         }
         days.sort_unstable();
         days.dedup();
@@ -428,18 +428,13 @@ impl BucketedRun {
             for day in days {
                 let mut batches = Vec::new();
                 for (reader, spilled_days) in &mut readers {
-                    let Some(&(next_day, count)) = spilled_days.peek() else {
-                        continue;
-                    };
-                    if next_day != day {
+                    // Each file's next message is its next day's rows.
+                    if spilled_days.next_if_eq(&day).is_none() {
                         continue;
                     }
-                    spilled_days.next();
-                    for _ in 0..count {
-                        match reader.next() {
-                            Some(batch) => batches.push(batch?),
-                            None => return internal_err!("a spill file ended early"),
-                        }
+                    match reader.next() {
+                        Some(batch) => batches.push(batch?),
+                        None => return internal_err!("a spill file ended early"),
                     }
                 }
                 let buffered = pending.remove(&day).unwrap_or_default();
