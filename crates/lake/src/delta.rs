@@ -650,22 +650,43 @@ async fn write_bucketed(
         .map_err(engine)?;
         let schema = Arc::clone(schema);
         let table = table.clone();
+        let mut grouped = Some(GroupedRunWriter::new(
+            Arc::clone(store),
+            config.clone(),
+            key_columns.clone(),
+            table.clone(),
+        ));
         bucketing.spawn(async move {
             let engine = building(&table);
             let mut rows = 0u64;
+            let mut adds = Vec::new();
             while let Some(batch) = stream.next().await {
                 let batch = to_delta_batch(&batch.map_err(engine)?, &schema)?;
                 rows += batch.num_rows() as u64;
+                if let Some(writer) = grouped.as_mut() {
+                    if writer.write(&batch).await? {
+                        continue;
+                    }
+                    // Not grouped after all: this batch and every later one are bucketed.
+                    if let Some(writer) = grouped.take() {
+                        adds.extend(writer.close().await?);
+                    }
+                }
                 buckets.push(&batch).map_err(engine)?;
             }
-            Ok::<_, LakeError>((rows, buckets.finish().map_err(engine)?))
+            if let Some(writer) = grouped.take() {
+                adds.extend(writer.close().await?);
+            }
+            Ok::<_, LakeError>((rows, adds, buckets.finish().map_err(engine)?))
         });
     }
     let mut rows = 0u64;
+    let mut adds = Vec::new();
     let mut files_by_value: HashMap<PartitionKey, Vec<std::path::PathBuf>> = HashMap::new();
     while let Some(joined) = bucketing.join_next().await {
-        let (bucketed, files) = joined.map_err(|e| writer_task_failed(table, e))??;
+        let (bucketed, written, files) = joined.map_err(|e| writer_task_failed(table, e))??;
         rows += bucketed;
+        adds.extend(written);
         for (value, files) in files {
             files_by_value.entry(value).or_default().extend(files);
         }
@@ -722,11 +743,123 @@ async fn write_bucketed(
             Ok::<_, LakeError>(adds)
         });
     }
-    let mut adds = Vec::new();
     while let Some(joined) = writing.join_next().await {
         adds.extend(joined.map_err(|e| writer_task_failed(table, e))??);
     }
     Ok((rows, adds))
+}
+
+/// Writes one stream's rows straight to Delta for as long as they arrive grouped by partition
+/// value, each value in one run: a time-ordered build's rows arrive date after date, and
+/// bucketing them would write every row to scratch and read it back for nothing (at 10M
+/// payments, a fifth of `gold.payment_training`'s CPU time). One open writer, for the value of
+/// the current run; it is closed when the run ends.
+struct GroupedRunWriter {
+    store: ObjectStoreRef,
+    config: WriterConfig,
+    key_columns: Vec<usize>,
+    table: TableName,
+    current: Option<(crate::buckets::PartitionKey, DeltaWriter)>,
+    /// Values whose run has ended: one more row of them and the stream is not grouped.
+    ended: std::collections::HashSet<crate::buckets::PartitionKey>,
+    adds: Vec<Add>,
+}
+
+impl GroupedRunWriter {
+    /// Runs one batch may hold and still count as grouped: the end of one value and the start
+    /// of the next. A batch of many values (rows in no particular order) is bucketed whole,
+    /// rather than leave a small file per value behind.
+    const MAX_RUNS_PER_BATCH: usize = 2;
+
+    fn new(
+        store: ObjectStoreRef,
+        config: WriterConfig,
+        key_columns: Vec<usize>,
+        table: TableName,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            key_columns,
+            table,
+            current: None,
+            ended: Default::default(),
+            adds: Vec::new(),
+        }
+    }
+
+    /// Writes `batch` if the stream stays grouped with it and returns true; returns false,
+    /// writing nothing, if not.
+    async fn write(&mut self, batch: &RecordBatch) -> Result<bool> {
+        if batch.num_rows() == 0 {
+            return Ok(true);
+        }
+        let engine = building(&self.table);
+        let keys: Vec<_> = self
+            .key_columns
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let runs = datafusion::arrow::compute::partition(&keys)
+            .map_err(|e| engine(e.into()))?
+            .ranges();
+        if runs.len() > Self::MAX_RUNS_PER_BATCH {
+            return Ok(false);
+        }
+        let values = runs
+            .iter()
+            .map(|run| {
+                keys.iter()
+                    .map(|column| {
+                        datafusion::scalar::ScalarValue::try_from_array(column, run.start)
+                    })
+                    .collect::<datafusion::error::Result<Vec<_>>>()
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(engine)?;
+        // Adjacent runs differ: a run continues the current value or starts one never seen.
+        let first_continues = self.current.as_ref().map(|(value, _)| value) == values.first();
+        let continues = |i: usize| i == 0 && first_continues;
+        if (0..values.len()).any(|i| !continues(i) && self.ended.contains(&values[i])) {
+            return Ok(false);
+        }
+        for (i, (run, value)) in runs.into_iter().zip(values).enumerate() {
+            if !continues(i) {
+                self.end_run().await?;
+                let writer = DeltaWriter::new(Arc::clone(&self.store), self.config.clone());
+                self.current = Some((value, writer));
+            }
+            let run = batch.slice(run.start, run.end - run.start);
+            let values = partition_values(&run, &self.key_columns, &self.table)?;
+            if let Some((_, writer)) = self.current.as_mut() {
+                writer
+                    .write_partition(run, &values)
+                    .await
+                    .map_err(delta_error(&self.table, "writing"))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Closes the current value's writer: its run has ended.
+    async fn end_run(&mut self) -> Result<()> {
+        if let Some((value, writer)) = self.current.take() {
+            self.adds.extend(
+                writer
+                    .close()
+                    .await
+                    .map_err(delta_error(&self.table, "writing"))?,
+            );
+            self.ended.insert(value);
+        }
+        Ok(())
+    }
+
+    /// The files written.
+    async fn close(mut self) -> Result<Vec<Add>> {
+        self.end_run().await?;
+        Ok(self.adds)
+    }
 }
 
 /// The partition values of `batch`'s first row, by partition column name, as Delta's writer
