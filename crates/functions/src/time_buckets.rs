@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
-    cast, concat_batches, lexsort_to_indices, partition, take_record_batch, SortColumn,
+    cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn,
 };
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::reader::FileReader;
@@ -39,7 +39,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
 };
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -209,15 +209,37 @@ impl ExecutionPlan for TimeBucketedWindowExec {
         if partition != 0 {
             return internal_err!("TimeBucketedWindowExec has one partition, not {partition}");
         }
-        // Every input partition, each in a task of its own, into one stream.
-        let input: Arc<dyn ExecutionPlan> =
-            if self.input.output_partitioning().partition_count() > 1 {
-                Arc::new(CoalescePartitionsExec::new(Arc::clone(&self.input)))
-            } else {
-                Arc::clone(&self.input)
-            };
-        let input = input.execute(0, Arc::clone(&context))?;
         let pool = context.memory_pool();
+        let metrics = BaselineMetrics::new(&self.metrics, 0);
+        let filing_time = MetricBuilder::new(&self.metrics).subset_time("filing_time", 0);
+        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
+        // Each input partition in a task of its own, which also orders its batches by day:
+        // that copies every row, and one task doing it for all of them held up the rest.
+        let partitions = self.input.output_partitioning().partition_count();
+        let (filed_tx, filed_rx) = tokio::sync::mpsc::channel(2 * partitions.max(1));
+        for partition in 0..partitions {
+            let mut input = self.input.execute(partition, Arc::clone(&context))?;
+            let window = Arc::clone(&self.window);
+            let filed_tx = filed_tx.clone();
+            let elapsed = metrics.elapsed_compute().clone();
+            let filing_time = filing_time.clone();
+            builder.spawn(async move {
+                while let Some(batch) = input.next().await {
+                    let sorted = batch.and_then(|batch| {
+                        let _timer = elapsed.timer();
+                        let _filing = filing_time.timer();
+                        sort_by_day(&window, &batch)
+                    });
+                    let failed = sorted.is_err();
+                    // A closed channel: the run has stopped (an error, or the consumer left).
+                    if filed_tx.send(sorted).await.is_err() || failed {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+        }
+        drop(filed_tx);
         let run = BucketedRun {
             window: Arc::clone(&self.window),
             schema: self.schema(),
@@ -231,13 +253,15 @@ impl ExecutionPlan for TimeBucketedWindowExec {
             state_memory: MemoryConsumer::new("TimeBucketedWindowExec[state]").register(pool),
             pending: BTreeMap::new(),
             spills: Vec::new(),
-            metrics: BaselineMetrics::new(&self.metrics, 0),
+            metrics,
+            input_wall_time: MetricBuilder::new(&self.metrics).subset_time("input_wall_time", 0),
+            day_sort_time: MetricBuilder::new(&self.metrics).subset_time("day_sort_time", 0),
+            function_time: MetricBuilder::new(&self.metrics).subset_time("function_time", 0),
             spilled_bytes: MetricBuilder::new(&self.metrics).spilled_bytes(0),
             spill_count: MetricBuilder::new(&self.metrics).spill_count(0),
         };
-        let mut builder = RecordBatchReceiverStreamBuilder::new(self.schema(), 2);
         let tx = builder.tx();
-        builder.spawn(async move { run.run(input, tx).await });
+        builder.spawn(async move { run.run(filed_rx, &tx).await });
         Ok(builder.build())
     }
 
@@ -272,61 +296,94 @@ struct BucketedRun {
     /// Buffered rows by day.
     pending: BTreeMap<i64, PendingDay>,
     spills: Vec<Spill>,
+    /// `elapsed_compute` is the CPU time of all three parts below (`filing_time`, in the
+    /// input's tasks, `day_sort_time`, `function_time`); this, from the start to the end of the
+    /// input, is wall time.
     metrics: BaselineMetrics,
+    input_wall_time: Time,
+    day_sort_time: Time,
+    function_time: Time,
     spilled_bytes: Count,
     spill_count: Count,
 }
 
+/// An input batch, its rows ordered by day: each day's run of rows.
+struct DaySortedBatch {
+    batch: RecordBatch,
+    runs: Vec<(i64, std::ops::Range<usize>)>,
+}
+
+/// The rows of `batch` ordered by the UTC day of the window's first ordering key, in a copy
+/// holding only this batch's rows (a batch can be a slice of a larger one, whose buffers the
+/// pool would count in full).
+fn sort_by_day(window: &Arc<dyn WindowExpr>, batch: &RecordBatch) -> Result<DaySortedBatch> {
+    if batch.num_rows() == 0 {
+        return Ok(DaySortedBatch {
+            batch: batch.clone(),
+            runs: Vec::new(),
+        });
+    }
+    let days = days_of(window, batch)?;
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    order.sort_by_key(|&row| days[row as usize]);
+    let ordered_days: Vec<i64> = order.iter().map(|&row| days[row as usize]).collect();
+    let batch = take_record_batch(batch, &UInt32Array::from(order))?;
+    let mut runs: Vec<(i64, std::ops::Range<usize>)> = Vec::new();
+    for (row, &day) in ordered_days.iter().enumerate() {
+        match runs.last_mut() {
+            Some((last, range)) if *last == day => range.end = row + 1,
+            _ => runs.push((day, row..row + 1)),
+        }
+    }
+    Ok(DaySortedBatch { batch, runs })
+}
+
+/// The UTC day of each row's first ordering key; NULL (sorted last) after every day.
+fn days_of(window: &Arc<dyn WindowExpr>, batch: &RecordBatch) -> Result<Vec<i64>> {
+    let first = &window.order_by()[0];
+    let keys = first.expr.evaluate(batch)?.into_array(batch.num_rows())?;
+    let DataType::Timestamp(_, zone) = keys.data_type() else {
+        return internal_err!("TimeBucketedWindowExec orders by a timestamp first");
+    };
+    let micros = cast(
+        &keys,
+        &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()),
+    )?;
+    let micros = cast(&micros, &DataType::Int64)?;
+    let null_day = if first.options.nulls_first {
+        i64::MIN
+    } else {
+        i64::MAX
+    };
+    Ok(micros
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|time| time.map_or(null_day, |time| time.div_euclid(DAY_MICROS)))
+        .collect())
+}
+
+type Filed = tokio::sync::mpsc::Receiver<Result<DaySortedBatch>>;
+
 type Sender = tokio::sync::mpsc::Sender<Result<RecordBatch>>;
 
 impl BucketedRun {
-    async fn run(mut self, mut input: SendableRecordBatchStream, tx: Sender) -> Result<()> {
-        while let Some(batch) = input.next().await {
-            self.file_by_day(batch?)?;
+    async fn run(mut self, mut filed: Filed, tx: &Sender) -> Result<()> {
+        let started = std::time::Instant::now();
+        while let Some(batch) = filed.recv().await {
+            self.file(batch?)?;
         }
-        drop(input);
-        self.evaluate_days(&tx).await
+        drop(filed);
+        self.input_wall_time.add_duration(started.elapsed());
+        self.evaluate_days(tx).await
     }
 
-    /// The UTC day of each row's first ordering key; NULL (sorted last) after every day.
-    fn days_of(&self, batch: &RecordBatch) -> Result<Vec<i64>> {
-        let first = &self.window.order_by()[0];
-        let keys = first.expr.evaluate(batch)?.into_array(batch.num_rows())?;
-        let DataType::Timestamp(_, zone) = keys.data_type() else {
-            return internal_err!("TimeBucketedWindowExec orders by a timestamp first");
-        };
-        let micros = cast(
-            &keys,
-            &DataType::Timestamp(TimeUnit::Microsecond, zone.clone()),
-        )?;
-        let micros = cast(&micros, &DataType::Int64)?;
-        let null_day = if first.options.nulls_first {
-            i64::MIN
-        } else {
-            i64::MAX
-        };
-        Ok(micros
-            .as_primitive::<Int64Type>()
-            .iter()
-            .map(|time| time.map_or(null_day, |time| time.div_euclid(DAY_MICROS)))
-            .collect())
-    }
-
-    /// Files `batch`'s rows under their days, spilling the buffer first when the pool has no
+    /// Files a batch's rows under their days, spilling the buffer first when the pool has no
     /// room for them.
-    fn file_by_day(&mut self, batch: RecordBatch) -> Result<()> {
+    fn file(&mut self, sorted: DaySortedBatch) -> Result<()> {
+        let DaySortedBatch { batch, runs } = sorted;
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let elapsed = self.metrics.elapsed_compute().clone();
-        let _timer = elapsed.timer();
-        let days = self.days_of(&batch)?;
-        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-        order.sort_by_key(|&row| days[row as usize]);
-        let ordered_days: Vec<i64> = order.iter().map(|&row| days[row as usize]).collect();
-        // Sorted by day: a copy holding only this batch's rows (a batch can be a slice of a
-        // larger one, whose buffers the pool would count in full).
-        let batch = take_record_batch(&batch, &UInt32Array::from(order))?;
         let size = batch.get_array_memory_size();
         if self.buffer.try_grow(size).is_err() {
             self.spill()?;
@@ -334,13 +391,11 @@ impl BucketedRun {
                 e.context("TimeBucketedWindowExec: one batch does not fit its share of the pool")
             })?;
         }
-        let days = datafusion::arrow::array::Int64Array::from(ordered_days);
-        let runs = partition(&[Arc::new(days.clone()) as ArrayRef])?;
         let rows = batch.num_rows();
-        for run in runs.ranges() {
-            let day = self.pending.entry(days.value(run.start)).or_default();
-            day.batches.push(batch.slice(run.start, run.len()));
-            day.bytes += size * run.len() / rows;
+        for (day, run) in runs {
+            let pending = self.pending.entry(day).or_default();
+            pending.bytes += size * run.len() / rows;
+            pending.batches.push(batch.slice(run.start, run.len()));
         }
         Ok(())
     }
@@ -424,6 +479,7 @@ impl BucketedRun {
         let mut day_memory = self.day.new_empty();
         let buffer = self.buffer.take();
         let elapsed = self.metrics.elapsed_compute().clone();
+        let day_sort_time = self.day_sort_time.clone();
         let prepare = tokio::spawn(async move {
             for day in days {
                 let mut batches = Vec::new();
@@ -443,6 +499,7 @@ impl BucketedRun {
                 batches.extend(buffered.batches);
                 let sorted = {
                     let _timer = elapsed.timer();
+                    let _sorting = day_sort_time.timer();
                     sort_day(&window, &batches, &mut day_memory)
                 };
                 drop(batches);
@@ -463,6 +520,7 @@ impl BucketedRun {
             let output = {
                 let elapsed = self.metrics.elapsed_compute().clone();
                 let _timer = elapsed.timer();
+                let _function = self.function_time.timer();
                 let values = state.process(&arguments)?;
                 self.state_memory
                     .try_resize(state.allocated())
