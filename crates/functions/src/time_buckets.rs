@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
     cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn,
 };
@@ -53,7 +53,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use crate::point_in_time::{FeatureState, PointInTimeFeatures};
+use crate::point_in_time::{AccountKeys, KeyedRows, PointInTimeFeatures, WindowState};
 
 const DAY_MICROS: i64 = 86_400_000_000;
 
@@ -480,7 +480,10 @@ impl BucketedRun {
         let buffer = self.buffer.take();
         let elapsed = self.metrics.elapsed_compute().clone();
         let day_sort_time = self.day_sort_time.clone();
+        let keys_memory = self.state_memory.new_empty();
         let prepare = tokio::spawn(async move {
+            // The accounts' ids and pairs, resolved a day ahead of the windows.
+            let mut keys = AccountKeys::default();
             for day in days {
                 let mut batches = Vec::new();
                 for (reader, spilled_days) in &mut readers {
@@ -500,8 +503,14 @@ impl BucketedRun {
                 let sorted = {
                     let _timer = elapsed.timer();
                     let _sorting = day_sort_time.timer();
-                    sort_day(&window, &batches, &mut day_memory)
+                    sort_day(&window, &batches, &mut day_memory, &mut keys)
                 };
+                let keys_fit = keys_memory.try_resize(keys.allocated()).map_err(|e| {
+                    e.context(
+                        "TimeBucketedWindowExec: the accounts and pairs seen do not fit the pool",
+                    )
+                });
+                let sorted = keys_fit.and(sorted);
                 drop(batches);
                 if sorted_tx.send(sorted).await.is_err() {
                     break;
@@ -510,24 +519,24 @@ impl BucketedRun {
             Ok(())
         });
 
-        let mut state = FeatureState::default();
+        let mut state = WindowState::default();
         while let Some(sorted) = sorted_rx.recv().await {
             let SortedDay {
                 rows,
-                arguments,
+                keyed,
                 reserved,
             } = sorted?;
             let output = {
                 let elapsed = self.metrics.elapsed_compute().clone();
                 let _timer = elapsed.timer();
                 let _function = self.function_time.timer();
-                let values = state.process(&arguments)?;
+                let values = state.process(&keyed)?;
                 self.state_memory
                     .try_resize(state.allocated())
                     .map_err(|e| {
                         e.context(
-                        "TimeBucketedWindowExec: the accounts and pairs seen do not fit the pool",
-                    )
+                            "TimeBucketedWindowExec: the accounts' windows do not fit the pool",
+                        )
                     })?;
                 let mut columns = rows.columns().to_vec();
                 columns.push(values);
@@ -558,15 +567,17 @@ impl BucketedRun {
 /// they hold.
 struct SortedDay {
     rows: RecordBatch,
-    arguments: Vec<ArrayRef>,
+    keyed: KeyedRows,
     reserved: MemoryReservation,
 }
 
-/// `batches` (one day's rows) sorted by the window's order.
+/// `batches` (one day's rows) sorted by the window's order, with the function's arguments
+/// over them and their accounts resolved by `keys`.
 fn sort_day(
     window: &Arc<dyn WindowExpr>,
     batches: &[RecordBatch],
     memory: &mut MemoryReservation,
+    keys: &mut AccountKeys,
 ) -> Result<SortedDay> {
     let reserved = memory.new_empty();
     let Some(first) = batches.first() else {
@@ -596,9 +607,10 @@ fn sort_day(
         .iter()
         .map(|argument| argument.evaluate(&rows)?.into_array(rows.num_rows()))
         .collect::<Result<Vec<_>>>()?;
+    let keyed = keys.resolve(&arguments)?;
     Ok(SortedDay {
         rows,
-        arguments,
+        keyed,
         reserved,
     })
 }

@@ -493,9 +493,10 @@ pub async fn stage(
 
 /// [`stage`] for a plan the caller made, so it can read the plan's metrics afterwards.
 ///
-/// A partitioned table gets one file per partition value, written by one open writer at a
-/// time. With `scratch` (a local folder of the run), rows reach their value's writer through
-/// bucket files there ([`crate::buckets`]); without it, through a sort by partition value that
+/// A partitioned table gets one file per partition value (per stream, for a stream written
+/// as it arrives), written by one open writer at a time. With `scratch` (a local folder of the
+/// run), rows reach their value's writer straight from a stream that arrives grouped by value,
+/// or else through bucket files there ([`crate::buckets`]); without it, through a sort by partition value that
 /// spills under the pool ([`grouped_by_partition`]), which also runs where no local folder is
 /// shared, on a cluster.
 pub async fn stage_plan(
@@ -615,7 +616,10 @@ fn writer_task_failed(table: &TableName, error: tokio::task::JoinError) -> LakeE
 /// Writes a partitioned table through bucket files under `dir`: every stream of `plan` splits
 /// its rows by partition value into files (one task per stream), then each value's files are
 /// read back into one Delta writer, the values shared among as many tasks as the session has
-/// partitions. One file per value and version, one open writer per task.
+/// partitions. One file per value and version, one open writer per task. A stream whose rows
+/// arrive grouped by value (a time-ordered build's, by date) is written straight to Delta
+/// instead, one file per value and stream ([`GroupedRunWriter`]), until a batch breaks the
+/// grouping; from there on it is bucketed.
 async fn write_bucketed(
     plan: Arc<dyn ExecutionPlan>,
     task: Arc<TaskContext>,
