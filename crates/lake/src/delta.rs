@@ -1677,7 +1677,9 @@ pub async fn file_count(lake: &Lake, table: &TableName) -> Result<usize> {
 mod tests {
     use super::*;
     use crate::layout::Layer;
+    use datafusion::arrow::array::AsArray;
     use datafusion::prelude::SessionContext;
+    use std::collections::BTreeMap;
 
     /// A lake in a temporary folder and a session that can read it.
     fn test_lake() -> (tempfile::TempDir, Lake, SessionContext) {
@@ -1818,6 +1820,125 @@ mod tests {
             3
         );
         assert_eq!(history(&lake, &table).await.unwrap().len(), 2);
+    }
+
+    /// Stages `batches` (one stream of `n`, `day` rows) as a table partitioned by day through
+    /// a scratch folder; returns the files staged per day and the rows read back per day.
+    async fn stage_through_scratch(
+        days_per_batch: &[&[&str]],
+    ) -> (BTreeMap<String, usize>, BTreeMap<String, i64>) {
+        use datafusion::arrow::array::{Int64Array, StringArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+        let (dir, lake, ctx) = test_lake();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("day", DataType::Utf8, false),
+        ]));
+        let mut n = 0;
+        let batches: Vec<RecordBatch> = days_per_batch
+            .iter()
+            .map(|days| {
+                let numbers: Vec<i64> = days
+                    .iter()
+                    .map(|_| {
+                        n += 1;
+                        n
+                    })
+                    .collect();
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(Int64Array::from(numbers)),
+                        Arc::new(StringArray::from(days.to_vec())),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let table = Arc::new(MemTable::try_new(schema, vec![batches]).unwrap());
+        let frame = ctx.read_table(table).unwrap();
+        let task = Arc::new(frame.task_ctx());
+        let plan = frame.create_physical_plan().await.unwrap();
+        assert_eq!(plan.properties().partitioning.partition_count(), 1);
+        let table = TableName::new(Layer::Gold, "by_day");
+        let scratch = dir.path().join("scratch");
+        let staged = stage_plan(
+            &lake,
+            &table,
+            plan,
+            task,
+            &["day".into()],
+            "r1",
+            Some(&scratch),
+        )
+        .await
+        .unwrap();
+        assert_eq!(staged.rows, n as u64);
+        let mut files = BTreeMap::new();
+        for add in &staged.adds {
+            let day = add.partition_values["day"].clone().unwrap();
+            *files.entry(day).or_default() += 1;
+        }
+        let counted = ctx
+            .read_table(staged_provider(&lake, &staged).unwrap())
+            .unwrap()
+            .aggregate(
+                vec![datafusion::prelude::col("day")],
+                vec![
+                    datafusion::functions_aggregate::count::count(datafusion::prelude::col("n"))
+                        .alias("rows"),
+                ],
+            )
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let mut rows = BTreeMap::new();
+        for batch in counted {
+            let days = batch.column(0).as_string::<i32>();
+            let counts = batch
+                .column(1)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            for row in 0..batch.num_rows() {
+                rows.insert(days.value(row).to_string(), counts.value(row));
+            }
+        }
+        (files, rows)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stream_grouped_by_partition_value_is_written_straight_and_any_other_through_buckets()
+    {
+        let counts = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+            pairs.iter().map(|(d, c)| (d.to_string(), *c)).collect()
+        };
+        let files = |pairs: &[(&str, usize)]| -> BTreeMap<String, usize> {
+            pairs.iter().map(|(d, c)| (d.to_string(), *c)).collect()
+        };
+        // Grouped: a batch may end one day and start the next. One file per day.
+        let (written, rows) = stage_through_scratch(&[
+            &["a", "a", "a"],
+            &["a", "a", "b", "b"],
+            &["b", "b", "b"],
+            &["c"],
+        ])
+        .await;
+        assert_eq!(rows, counts(&[("a", 5), ("b", 5), ("c", 1)]));
+        assert_eq!(written, files(&[("a", 1), ("b", 1), ("c", 1)]));
+
+        // Grouped, then a day comes back: what came before stays written, the rest is
+        // bucketed (a second file for that day), and no row is lost.
+        let (written, rows) =
+            stage_through_scratch(&[&["a", "a"], &["b", "b"], &["a", "c"], &["b"]]).await;
+        assert_eq!(rows, counts(&[("a", 3), ("b", 3), ("c", 1)]));
+        assert_eq!(written, files(&[("a", 2), ("b", 2), ("c", 1)]));
+
+        // Many days per batch from the start: bucketed whole, one file per day.
+        let (written, rows) =
+            stage_through_scratch(&[&["a", "b", "c", "a"], &["c", "b", "a"]]).await;
+        assert_eq!(rows, counts(&[("a", 3), ("b", 2), ("c", 2)]));
+        assert_eq!(written, files(&[("a", 1), ("b", 1), ("c", 1)]));
     }
 
     #[tokio::test(flavor = "multi_thread")]
