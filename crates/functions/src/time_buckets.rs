@@ -512,7 +512,8 @@ impl BucketedRun {
                 });
                 let sorted = keys_fit.and(sorted);
                 drop(batches);
-                if sorted_tx.send(sorted).await.is_err() {
+                let failed = sorted.is_err();
+                if sorted_tx.send(sorted).await.is_err() || failed {
                     break;
                 }
             }

@@ -798,36 +798,22 @@ impl GroupedRunWriter {
         if batch.num_rows() == 0 {
             return Ok(true);
         }
-        let engine = building(&self.table);
-        let keys: Vec<_> = self
-            .key_columns
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let runs = datafusion::arrow::compute::partition(&keys)
-            .map_err(|e| engine(e.into()))?
-            .ranges();
+        let runs = value_runs(batch, &self.key_columns, &self.table)?;
         if runs.len() > Self::MAX_RUNS_PER_BATCH {
             return Ok(false);
         }
-        let values = runs
-            .iter()
-            .map(|run| {
-                keys.iter()
-                    .map(|column| {
-                        datafusion::scalar::ScalarValue::try_from_array(column, run.start)
-                    })
-                    .collect::<datafusion::error::Result<Vec<_>>>()
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()
-            .map_err(engine)?;
-        // Adjacent runs differ: a run continues the current value or starts one never seen.
-        let first_continues = self.current.as_ref().map(|(value, _)| value) == values.first();
+        // Adjacent runs differ: a run continues the current value or starts one never seen
+        // (the current value, after another run, comes back too).
+        let current = self.current.as_ref().map(|(value, _)| value);
+        let first_continues = current == runs.first().map(|(_, value)| value);
         let continues = |i: usize| i == 0 && first_continues;
-        if (0..values.len()).any(|i| !continues(i) && self.ended.contains(&values[i])) {
+        let comes_back = |value: &crate::buckets::PartitionKey| {
+            self.ended.contains(value) || current == Some(value)
+        };
+        if (0..runs.len()).any(|i| !continues(i) && comes_back(&runs[i].1)) {
             return Ok(false);
         }
-        for (i, (run, value)) in runs.into_iter().zip(values).enumerate() {
+        for (i, (run, value)) in runs.into_iter().enumerate() {
             if !continues(i) {
                 self.end_run().await?;
                 let writer = DeltaWriter::new(Arc::clone(&self.store), self.config.clone());
@@ -864,6 +850,32 @@ impl GroupedRunWriter {
         self.end_run().await?;
         Ok(self.adds)
     }
+}
+
+/// The runs of rows of one partition value in `batch`, in order, each with its value.
+fn value_runs(
+    batch: &RecordBatch,
+    key_columns: &[usize],
+    table: &TableName,
+) -> Result<Vec<(std::ops::Range<usize>, crate::buckets::PartitionKey)>> {
+    let engine = building(table);
+    let keys: Vec<_> = key_columns
+        .iter()
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect();
+    let runs = datafusion::arrow::compute::partition(&keys)
+        .map_err(|e| engine(e.into()))?
+        .ranges();
+    runs.into_iter()
+        .map(|run| {
+            let value = keys
+                .iter()
+                .map(|column| datafusion::scalar::ScalarValue::try_from_array(column, run.start))
+                .collect::<datafusion::error::Result<Vec<_>>>()
+                .map_err(engine)?;
+            Ok((run, value))
+        })
+        .collect()
 }
 
 /// The partition values of `batch`'s first row, by partition column name, as Delta's writer
@@ -1005,19 +1017,7 @@ async fn write_stream(
                 .map_err(delta_error(&table, "writing"))?;
             continue;
         }
-        let keys: Vec<_> = key_columns
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let runs = datafusion::arrow::compute::partition(&keys)
-            .map_err(|e| engine(e.into()))?
-            .ranges();
-        for run in runs {
-            let key = keys
-                .iter()
-                .map(|column| datafusion::scalar::ScalarValue::try_from_array(column, run.start))
-                .collect::<datafusion::error::Result<Vec<_>>>()
-                .map_err(engine)?;
+        for (run, key) in value_runs(&batch, &key_columns, &table)? {
             if current_key.as_ref().is_some_and(|current| *current != key) {
                 let finished = std::mem::replace(
                     &mut writer,
@@ -1933,6 +1933,11 @@ mod tests {
             stage_through_scratch(&[&["a", "a"], &["b", "b"], &["a", "c"], &["b"]]).await;
         assert_eq!(rows, counts(&[("a", 3), ("b", 3), ("c", 1)]));
         assert_eq!(written, files(&[("a", 2), ("b", 2), ("c", 1)]));
+
+        // The open day back after another in the same batch: bucketed from that batch on.
+        let (written, rows) = stage_through_scratch(&[&["a", "a"], &["b", "a"]]).await;
+        assert_eq!(rows, counts(&[("a", 3), ("b", 1)]));
+        assert_eq!(written, files(&[("a", 2), ("b", 1)]));
 
         // Many days per batch from the start: bucketed whole, one file per day.
         let (written, rows) =
