@@ -296,10 +296,10 @@ struct BucketedRun {
     /// Buffered rows by day.
     pending: BTreeMap<i64, PendingDay>,
     spills: Vec<Spill>,
-    /// `elapsed_compute` is the CPU time of all three parts below (`filing_time`, in the
-    /// input's tasks, `day_sort_time`, `function_time`); this, from the start to the end of the
-    /// input, is wall time.
+    /// `elapsed_compute` adds up the busy time of the three parts: `filing_time` (in the
+    /// input's tasks), `day_sort_time` and `function_time`.
     metrics: BaselineMetrics,
+    /// Wall time from the start of the run to the end of its input.
     input_wall_time: Time,
     day_sort_time: Time,
     function_time: Time,

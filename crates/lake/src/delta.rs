@@ -496,9 +496,9 @@ pub async fn stage(
 /// A partitioned table gets one file per partition value (per stream, for a stream written
 /// as it arrives), written by one open writer at a time. With `scratch` (a local folder of the
 /// run), rows reach their value's writer straight from a stream that arrives grouped by value,
-/// or else through bucket files there ([`crate::buckets`]); without it, through a sort by partition value that
-/// spills under the pool ([`grouped_by_partition`]), which also runs where no local folder is
-/// shared, on a cluster.
+/// or else through bucket files there ([`crate::buckets`]); without it, through a sort by
+/// partition value that spills under the pool ([`grouped_by_partition`]), which also runs
+/// where no local folder is shared, on a cluster.
 pub async fn stage_plan(
     lake: &Lake,
     table: &TableName,
