@@ -645,3 +645,27 @@ fn two_bronze_runs_at_once_keep_one_file_log_entry_per_file() {
     );
     assert_lines_add_up(&ws);
 }
+
+#[test]
+fn a_run_of_many_files_builds_each_commit_on_the_one_before() {
+    // 300 files make two commit groups; the second must be built on the first one's version.
+    // Built on the version read at the start instead, every later commit had Delta check it
+    // against all the commits since, which made a run of thousands of micro-batches slow down
+    // with every group.
+    let ws = Workspace::new();
+    for i in 0..300 {
+        ws.land(
+            &format!("payments/2024-11-15/p_{i:03}.csv"),
+            payments(&[&format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:00:00")]),
+        );
+    }
+    let output = ws.run(&["bronze", "--landing", ws.landing().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("checking for conflicts"),
+        "a commit was built on a stale version: {stderr}"
+    );
+    assert_eq!(ws.count("bronze.payments"), 300);
+    assert_lines_add_up(&ws);
+}

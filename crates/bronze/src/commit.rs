@@ -123,14 +123,27 @@ impl PendingCommits {
         facts.insert(delta::INFO_RUN_ID.into(), self.batch_id.clone().into());
         for (table, (schema, objects)) in std::mem::take(&mut self.objects) {
             let read_version = self.committed.get(&table).and_then(|c| c.read_version);
-            delta::append_objects(lake, &table, &schema, &objects, &facts, read_version).await?;
-            if let Some(committed) = self.committed.get_mut(&table) {
-                committed.hashes.extend(
-                    objects
-                        .iter()
-                        .filter_map(|o| layout::hash_of_bronze_object(&o.path))
-                        .map(str::to_string),
-                );
+            let version =
+                delta::append_objects(lake, &table, &schema, &objects, &facts, read_version)
+                    .await?;
+            // The next commit is built on this one only when nobody else committed in between:
+            // then the known hashes plus ours are exactly this version's. Otherwise the table is
+            // read again. Building every commit on the first version read instead made Delta
+            // check each one against all the commits since: work growing with the square of
+            // the groups in a run of thousands of micro-batch files.
+            match (read_version, self.committed.get_mut(&table)) {
+                (Some(read), Some(committed)) if version == read + 1 => {
+                    committed.read_version = Some(version);
+                    committed.hashes.extend(
+                        objects
+                            .iter()
+                            .filter_map(|o| layout::hash_of_bronze_object(&o.path))
+                            .map(str::to_string),
+                    );
+                }
+                _ => {
+                    self.committed.remove(&table);
+                }
             }
         }
         if self.entries.is_empty() {

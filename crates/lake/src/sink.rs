@@ -75,9 +75,8 @@ impl ParquetObjectSink {
             let path = path.to_string();
             move |source| LakeError::Parquet { path, source }
         };
-        // Bronze's codec: what goes through a sink is landed data (and a cluster run's
-        // temporary models).
-        let properties = crate::delta::writer_properties(crate::layout::Layer::Bronze);
+        // What goes through a sink is landed data (and a cluster run's temporary models).
+        let properties = crate::delta::object_writer_properties();
         let mut writer = AsyncArrowWriter::try_new(object, schema, Some(properties))
             .map_err(parquet_error(relative))?;
         let (batches, mut queue) = mpsc::channel(QUEUED_BATCHES);
