@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Benchmark against a peer, in one run: generate the input once (the original four-CSV layout and
-# the folder layout of micro-batches, same data), then time DuckDB building the unified table in
-# one query from the four CSVs, paylake bronze+silver+gold on the four CSVs, and paylake
-# bronze+silver+gold on the folder layout. Prints seconds, peak RSS, the ratio to DuckDB and
-# whether each stage stayed within 1 GiB (issue 8's budget).
+# the folder layout of micro-batches, same data), then, for each layout, time DuckDB building
+# the unified table in one query from that layout's files and paylake bronze+silver+gold on
+# the same files. Prints seconds, peak RSS, the ratio to DuckDB on the same layout and whether
+# each stage stayed within 1 GiB (issue 8's budget).
 #
 # usage: bench/run.sh [PAYMENTS]   (default 1000000; `make bench BENCH_PAYMENTS=N`)
 # environment:
 #   PAYLAKE_BIN          the binary (default ${CARGO_TARGET_DIR:-target}/release/paylake)
 #   VENV                 a venv with duckdb and deltalake (default $HOME/.cache/paylake/venv)
 #   BENCH_PAYLAKE_FLAGS  extra flags for paylake silver and gold, e.g. "--memory-limit 1GiB"
-#   BENCH_VERIFY=1       afterwards, check that both lakes' gold.unified_payments equal DuckDB's
-#   BENCH_LAYOUTS        the paylake runs to time: "flat folder" (default), "flat" or "folder"
+#   BENCH_VERIFY=1       afterwards, check that each lake's gold.unified_payments equals DuckDB's
+#                        table from the same layout
+#   BENCH_LAYOUTS        the layouts to time: "flat folder" (default), "flat" or "folder"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,10 +63,10 @@ run_paylake() {
 }
 
 measure generate "$venv/bin/python" bench/generate.py "$payments" --flat "$work/flat" --folder "$work/folder" || exit 1
-# The yardstick first, then the original layout, then the live one; the input is in the page
-# cache for all three after generation.
-measure duckdb "$venv/bin/python" bench/unified_duckdb.py "$work/flat" "$work/duckdb_unified.parquet" || exit 1
+# Per layout, the yardstick first, then paylake; the input is in the page cache for both after
+# generation.
 for layout in $layouts; do
+  measure "$layout-duckdb" "$venv/bin/python" bench/unified_duckdb.py "$work/$layout" "$work/duckdb-$layout.parquet" || exit 1
   run_paylake "$layout"
 done
 
@@ -85,8 +86,8 @@ source_state() {
   git diff --quiet HEAD 2>/dev/null && echo "$head" || echo "$head + uncommitted changes"
 }
 {
-  echo "duckdb flat unified $(tail -n 1 "$work/duckdb.time")"
   for layout in $layouts; do
+    echo "duckdb $layout unified $(tail -n 1 "$work/$layout-duckdb.time")"
     for stage in bronze silver gold; do
       [ -f "$work/$layout-$stage.time" ] || continue
       if [ -f "$work/$layout-$stage.failed" ]; then
@@ -115,6 +116,7 @@ awk -v budget="$budget_kib" '
       (kib <= budget ? "yes" : "NO"), note
   }
   BEGIN { printf "%-8s %-7s %-8s %9s %9s %9s  %s\n", "engine", "layout", "stage", "seconds", "peak MiB", "x DuckDB", "<= 1 GiB" }
+  # The paylake stages of a layout are measured against DuckDB on the same layout.
   $1 == "duckdb" { base = ($4 > 0 ? $4 : 0.01); line($1, $2, $3, $4, $5); next }
   {
     line($1, $2, $3, $4, $5, ($6 == "FAILED" ? "  FAILED" : ""))
@@ -123,17 +125,17 @@ awk -v budget="$budget_kib" '
     if ($3 == "gold" && $6 != "FAILED") line($1, $2, "total", total[$2], peak[$2], "")
   }' "$work/stages"
 echo
-unified="unified rows    duckdb $(rows_of duckdb unified_payments)"
+unified="unified rows   "
 for layout in $layouts; do
-  unified="$unified, paylake $layout $(rows_of "$layout-gold" gold.unified_payments)"
+  unified="$unified $layout: duckdb $(rows_of "$layout-duckdb" unified_payments), paylake $(rows_of "$layout-gold" gold.unified_payments);"
 done
-echo "$unified"
+echo "${unified%;}"
 
 if [ "${BENCH_VERIFY:-0}" = 1 ] && [ "$failures" -eq 0 ]; then
-  lakes=()
-  for layout in $layouts; do lakes+=("$work/lake-$layout"); done
-  "$venv/bin/python" bench/compare_unified.py "$work/duckdb_unified.parquet" "${lakes[@]}" |
-    sed "s|$work/||; s/^/verify          /"
+  for layout in $layouts; do
+    "$venv/bin/python" bench/compare_unified.py "$work/duckdb-$layout.parquet" "$work/lake-$layout" |
+      sed "s|$work/||; s/^/verify          /"
+  done
 fi
 
 # Where the time goes: each model's profile (`--profile`) of the first layout's run.

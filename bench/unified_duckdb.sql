@@ -1,14 +1,18 @@
 -- The unified payment table (the original pipeline's thirteen columns) in ONE DuckDB query over
--- the four CSVs of the flat layout: the yardstick paylake's Gold `unified_payments` is measured
--- against. Same semantics as sql/silver/*.sql and sql/gold/unified_payments.sql for files
--- without knowledge times (each source is one file, so order means line order):
+-- the landing files: the yardstick paylake's Gold `unified_payments` is measured against. Same
+-- semantics as sql/silver/*.sql and sql/gold/unified_payments.sql as of now, where a file's
+-- place in time is its path: the flat layout's four CSVs carry none (one file per source, so
+-- order means line order), the folder layout's names carry their knowledge time and sort by it.
 --   * every value trimmed, empty means missing; a row failing a Silver rule is dropped;
---   * payments: the first valid occurrence of a payment_id wins;
---   * accounts: within one snapshot file the last valid row of an account wins;
---   * risk flags: within one batch file the highest valid flag wins; no flag means 0;
---   * labels: the latest fraud_reported_date wins, ties to the last line.
--- The landing folder comes from the variable `landing` (SET VARIABLE landing = '...').
--- Columns are read as text, as paylake's Bronze lands them, and typed with the same rules.
+--   * payments: the first valid occurrence of a payment_id wins (by file, then line);
+--   * accounts: the latest snapshot holding a valid row of an account wins, and within it the
+--     last such row;
+--   * risk flags: the latest batch holding a valid flag of an account wins, and within it the
+--     highest flag; no flag means 0;
+--   * labels: the latest fraud_reported_date wins, ties to the latest file, then line.
+-- Each source's files come from a variable holding a path or glob (SET VARIABLE payments_files
+-- = '...', and accounts_files, risk_files, labels_files). Columns are read as text, as
+-- paylake's Bronze lands them, and typed with the same rules.
 WITH raw_payments AS (
     SELECT
         NULLIF(TRIM(payment_id), '') AS payment_id,
@@ -17,9 +21,11 @@ WITH raw_payments AS (
         NULLIF(TRIM(payment_reference), '') AS payment_reference,
         TRIM(amount) AS amount_text,
         TRIM("timestamp") AS timestamp_text,
+        filename AS file,
+        -- Files are read in path order and each in line order (DuckDB keeps insertion order).
         row_number() OVER () AS line
-    FROM read_csv(getvariable('landing') || '/payment_transactions.csv', header = true,
-        all_varchar = true)
+    FROM read_csv(getvariable('payments_files'), header = true, all_varchar = true,
+        filename = true)
 ),
 payments AS (
     SELECT payment_id, src_account_id, dest_account_id, payment_reference, amount, "timestamp"
@@ -37,7 +43,7 @@ payments AS (
     )
     WHERE payment_id IS NOT NULL AND src_account_id IS NOT NULL AND dest_account_id IS NOT NULL
         AND amount > 0 AND "timestamp" IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY payment_id ORDER BY line) = 1
+    QUALIFY row_number() OVER (PARTITION BY payment_id ORDER BY file, line) = 1
 ),
 accounts AS (
     SELECT account_id, opening_date
@@ -46,19 +52,27 @@ accounts AS (
             NULLIF(TRIM(account_id), '') AS account_id,
             CASE WHEN regexp_matches(TRIM(opening_date), '^[0-9]{4}-[0-9]{2}-[0-9]{2}$')
                 THEN TRY_CAST(TRIM(opening_date) AS DATE) END AS opening_date,
+            filename AS file,
             row_number() OVER () AS line
-        FROM read_csv(getvariable('landing') || '/account_details.csv', header = true,
-            all_varchar = true)
+        FROM read_csv(getvariable('accounts_files'), header = true, all_varchar = true,
+            filename = true)
     )
     WHERE account_id IS NOT NULL AND opening_date IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY line DESC) = 1
+    QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY file DESC, line DESC) = 1
 ),
 risk AS (
-    SELECT NULLIF(TRIM(account_id), '') AS account_id, max(CAST(TRIM(risk_flag) AS INTEGER)) AS risk_flag
-    FROM read_csv(getvariable('landing') || '/external_risk_feed.csv', header = true,
-        all_varchar = true)
-    WHERE NULLIF(TRIM(account_id), '') IS NOT NULL AND TRIM(risk_flag) IN ('0', '1', '2')
-    GROUP BY ALL
+    SELECT account_id, max(risk_flag) AS risk_flag
+    FROM (
+        SELECT
+            NULLIF(TRIM(account_id), '') AS account_id,
+            CAST(TRIM(risk_flag) AS INTEGER) AS risk_flag,
+            filename AS file
+        FROM read_csv(getvariable('risk_files'), header = true, all_varchar = true,
+            filename = true)
+        WHERE NULLIF(TRIM(account_id), '') IS NOT NULL AND TRIM(risk_flag) IN ('0', '1', '2')
+        QUALIFY file = max(file) OVER (PARTITION BY account_id)
+    )
+    GROUP BY account_id
 ),
 labels AS (
     SELECT payment_id, fraud_type, fraud_reported_date
@@ -68,13 +82,14 @@ labels AS (
             NULLIF(TRIM(fraud_type), '') AS fraud_type,
             CASE WHEN regexp_matches(TRIM(fraud_reported_date), '^[0-9]{4}-[0-9]{2}-[0-9]{2}$')
                 THEN TRY_CAST(TRIM(fraud_reported_date) AS DATE) END AS fraud_reported_date,
+            filename AS file,
             row_number() OVER () AS line
-        FROM read_csv(getvariable('landing') || '/historical_fraud_cases.csv', header = true,
-            all_varchar = true)
+        FROM read_csv(getvariable('labels_files'), header = true, all_varchar = true,
+            filename = true)
     )
     WHERE payment_id IS NOT NULL AND fraud_type IS NOT NULL AND fraud_reported_date IS NOT NULL
     QUALIFY row_number() OVER (
-        PARTITION BY payment_id ORDER BY fraud_reported_date DESC, line DESC
+        PARTITION BY payment_id ORDER BY fraud_reported_date DESC, file DESC, line DESC
     ) = 1
 )
 SELECT
