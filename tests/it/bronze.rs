@@ -605,9 +605,9 @@ fn symlinks_special_files_and_hidden_names_are_followed_or_refused_and_logged() 
 #[test]
 fn two_bronze_runs_at_once_keep_one_file_log_entry_per_file() {
     let ws = Workspace::new();
-    for i in 0..300 {
+    for i in 0..FILES_IN_TWO_COMMIT_GROUPS {
         ws.land(
-            &format!("payments/2024-11-15/p_{i:03}.csv"),
+            &format!("payments/2024-11-15/p_{i:04}.csv"),
             payments(&[&format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:00:00")]),
         );
     }
@@ -633,29 +633,29 @@ fn two_bronze_runs_at_once_keep_one_file_log_entry_per_file() {
     }
     // Whatever happened, a further run completes the landing.
     ws.bronze();
-    assert_eq!(ws.count("bronze._file_log"), 300);
+    let files = FILES_IN_TWO_COMMIT_GROUPS as i64;
+    assert_eq!(ws.count("bronze._file_log"), files);
     assert_eq!(
         ws.count("(SELECT DISTINCT source_file, file_sha256 FROM bronze._file_log)"),
-        300
+        files
     );
-    assert_eq!(ws.count("bronze.payments"), 300);
+    assert_eq!(ws.count("bronze.payments"), files);
     assert_eq!(
         ws.count("(SELECT DISTINCT payment_id FROM bronze.payments)"),
-        300
+        files
     );
     assert_lines_add_up(&ws);
 }
 
 #[test]
 fn a_run_of_many_files_builds_each_commit_on_the_one_before() {
-    // 300 files make two commit groups; the second must be built on the first one's version.
-    // Built on the version read at the start instead, every later commit had Delta check it
-    // against all the commits since, which made a run of thousands of micro-batches slow down
-    // with every group.
+    // Two commit groups: the second must be built on the first one's version. Built on the
+    // version read at the start instead, every later commit had Delta check it against all the
+    // commits since, which made a run of thousands of micro-batches slow down with every group.
     let ws = Workspace::new();
-    for i in 0..300 {
+    for i in 0..FILES_IN_TWO_COMMIT_GROUPS {
         ws.land(
-            &format!("payments/2024-11-15/p_{i:03}.csv"),
+            &format!("payments/2024-11-15/p_{i:04}.csv"),
             payments(&[&format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:00:00")]),
         );
     }
@@ -666,6 +666,12 @@ fn a_run_of_many_files_builds_each_commit_on_the_one_before() {
         !stderr.contains("checking for conflicts"),
         "a commit was built on a stale version: {stderr}"
     );
-    assert_eq!(ws.count("bronze.payments"), 300);
+    assert_eq!(
+        ws.count("bronze.payments"),
+        FILES_IN_TWO_COMMIT_GROUPS as i64
+    );
     assert_lines_add_up(&ws);
 }
+
+/// Tiny landing files enough for two of Bronze's commit groups (of at most 1,024 files).
+const FILES_IN_TWO_COMMIT_GROUPS: usize = 1100;

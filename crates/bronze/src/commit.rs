@@ -19,8 +19,12 @@ use paylake_lake::Lake;
 use crate::filelog::{self, FileLogEntry};
 use crate::BronzeError;
 
-/// How many landing files share one commit: bounds what a crash makes the next run redo.
-pub(crate) const FILES_PER_COMMIT: usize = 256;
+/// How many landing files share one commit at most, and how many of their bytes: bounds what a
+/// crash makes the next run redo. Each commit group opens the table and the file log again,
+/// replaying their logs, so fewer groups cost less: measured on the folder layout at 1M
+/// payments (8,818 files), groups of 256 files spent 10% of Bronze's CPU in those replays.
+pub(crate) const FILES_PER_COMMIT: usize = 1024;
+pub(crate) const BYTES_PER_COMMIT: u64 = 128 * 1024 * 1024;
 
 /// What a table already holds, by landing-file hash.
 struct Committed {
@@ -35,6 +39,8 @@ struct Committed {
 pub(crate) struct PendingCommits {
     objects: BTreeMap<TableName, (SchemaRef, Vec<WrittenObject>)>,
     entries: Vec<FileLogEntry>,
+    /// The landing bytes of `entries`.
+    entry_bytes: u64,
     committed: HashMap<TableName, Committed>,
     batch_id: String,
     abort_before_file_log: bool,
@@ -45,6 +51,7 @@ impl PendingCommits {
         Self {
             objects: BTreeMap::new(),
             entries: Vec::new(),
+            entry_bytes: 0,
             committed: HashMap::new(),
             batch_id: batch_id.to_string(),
             abort_before_file_log,
@@ -110,11 +117,12 @@ impl PendingCommits {
     }
 
     pub(crate) fn add_entry(&mut self, entry: FileLogEntry) {
+        self.entry_bytes += u64::try_from(entry.size_bytes).unwrap_or(0);
         self.entries.push(entry);
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.entries.len() >= FILES_PER_COMMIT
+        self.entries.len() >= FILES_PER_COMMIT || self.entry_bytes >= BYTES_PER_COMMIT
     }
 
     /// Commits the queued objects table by table, then their file-log entries.
@@ -153,6 +161,7 @@ impl PendingCommits {
             tracing::error!("PAYLAKE_ABORT_BEFORE_FILE_LOG: aborting as a crash test");
             std::process::abort();
         }
+        self.entry_bytes = 0;
         filelog::append(lake, &std::mem::take(&mut self.entries), &facts).await?;
         Ok(())
     }
