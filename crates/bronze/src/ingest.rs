@@ -29,7 +29,7 @@ use object_store::path::Path as ObjectPath;
 use paylake_contracts::{
     all_contracts, known_at_from_path, route_landing_file, Compression, FileFormat, SourceContract,
 };
-use paylake_lake::delta::WrittenObject;
+use paylake_lake::delta::{self, WrittenObject};
 use paylake_lake::layout;
 use paylake_lake::layout::TableName;
 use paylake_lake::sink::ParquetObjectSink;
@@ -604,6 +604,8 @@ struct FileWriter<'a> {
     lake: &'a Lake,
     options: &'a BronzeOptions,
     lineage: FileLineage,
+    /// The landing file's size, which picks its objects' codec.
+    landing_bytes: u64,
     rows: Option<RowBuffer>,
     rows_sink: Option<ParquetObjectSink>,
     dead: DeadLetterBuffer,
@@ -670,8 +672,12 @@ impl FileWriter<'_> {
             None => {
                 let source = self.lineage.source.as_deref().unwrap_or_default();
                 let path = self.lineage.object_path(&layout::bronze_table(source));
-                self.rows_sink
-                    .insert(ParquetObjectSink::create(self.lake, &path, batch.schema())?)
+                self.rows_sink.insert(ParquetObjectSink::create(
+                    self.lake,
+                    &path,
+                    batch.schema(),
+                    delta::object_writer_properties(self.landing_bytes),
+                )?)
             }
         };
         sink.write(&batch).await?;
@@ -700,6 +706,7 @@ impl FileWriter<'_> {
                     self.lake,
                     &path,
                     dead_letter_schema(),
+                    delta::object_writer_properties(self.landing_bytes),
                 )?)
             }
         };
@@ -922,6 +929,7 @@ pub async fn run_bronze(
             lake,
             options,
             lineage,
+            landing_bytes: file.size,
             rows: contract.map(RowBuffer::new),
             rows_sink: None,
             dead: DeadLetterBuffer::new(),

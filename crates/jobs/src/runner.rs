@@ -641,8 +641,12 @@ async fn write_temporary_to_lake(
     let mut rows = 0u64;
     for (index, mut stream) in streams.into_iter().enumerate() {
         let path = dir.clone().join(format!("part-{index:04}.parquet"));
-        let mut sink =
-            paylake_lake::sink::ParquetObjectSink::create(lake, &path, Arc::clone(&schema))?;
+        let mut sink = paylake_lake::sink::ParquetObjectSink::create(
+            lake,
+            &path,
+            Arc::clone(&schema),
+            paylake_lake::delta::scratch_writer_properties(),
+        )?;
         while let Some(batch) = stream.next().await {
             sink.write(&batch.map_err(engine)?).await?;
         }

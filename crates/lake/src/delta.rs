@@ -255,15 +255,24 @@ pub fn writer_properties(layer: Layer) -> WriterProperties {
     base_writer_properties().set_compression(codec).build()
 }
 
-/// Parquet for an object streamed whole into the lake ([`crate::sink`]): one per landing file
-/// and table in Bronze, kept until compaction rewrites the table in its own codec. LZ4, like
-/// scratch files: zstd creates a compressor for every column chunk written and a decompressor
-/// for every one read back, and with objects of a few dozen rows that was the work. Measured on
-/// the folder layout at 1M payments (8,818 files), `ZSTD_createCCtx` and `ZSTD_createDCtx` took
-/// 14% of Bronze's CPU each.
-pub fn object_writer_properties() -> WriterProperties {
-    scratch_writer_properties()
+/// Parquet for Bronze's object of a landing file of `landing_bytes`, streamed whole into the
+/// lake ([`crate::sink`]). A large file's object is the archive as kept: Bronze's zstd. A small
+/// one is LZ4, like scratch files, until compaction rewrites its table in zstd: zstd creates a
+/// compressor for every column chunk written and a decompressor for every one read back, and
+/// with objects of a few dozen rows that was the work. Measured on the folder layout at 1M
+/// payments (8,818 files of ~15 KiB), `ZSTD_createCCtx` and `ZSTD_createDCtx` took 14% of
+/// Bronze's CPU each.
+pub fn object_writer_properties(landing_bytes: u64) -> WriterProperties {
+    if landing_bytes >= ARCHIVE_CODEC_FROM_BYTES {
+        writer_properties(Layer::Bronze)
+    } else {
+        scratch_writer_properties()
+    }
 }
+
+/// The landing-file size from which Bronze's object is written in zstd right away: one
+/// compressor per column chunk is nothing beside a few MiB of rows.
+pub const ARCHIVE_CODEC_FROM_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Parquet for a run's scratch files, read once or twice and deleted: LZ4, fast both ways.
 pub fn scratch_writer_properties() -> WriterProperties {
@@ -2048,8 +2057,13 @@ mod tests {
         )
         .unwrap();
         let object = layout::table_root(&table).join("f1.parquet");
-        let mut sink =
-            crate::sink::ParquetObjectSink::create(&lake, &object, Arc::clone(&schema)).unwrap();
+        let mut sink = crate::sink::ParquetObjectSink::create(
+            &lake,
+            &object,
+            Arc::clone(&schema),
+            object_writer_properties(0),
+        )
+        .unwrap();
         sink.write(&batch).await.unwrap();
         let (rows, size) = sink.finish().await.unwrap();
         let written = WrittenObject {

@@ -3,6 +3,7 @@
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
 use object_store::path::Path;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -66,17 +67,20 @@ fn encoder_gone(path: &Path) -> LakeError {
 }
 
 impl ParquetObjectSink {
-    /// Opens the object's writer; must be called within the async runtime (it starts the task
-    /// that encodes).
-    pub fn create(lake: &Lake, relative: &Path, schema: SchemaRef) -> Result<Self> {
+    /// Opens the object's writer, writing Parquet as `properties` say; must be called within
+    /// the async runtime (it starts the task that encodes).
+    pub fn create(
+        lake: &Lake,
+        relative: &Path,
+        schema: SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<Self> {
         let absolute = lake.path(relative);
         let object = object_store::buffered::BufWriter::new(lake.store(), absolute);
         let parquet_error = |path: &Path| {
             let path = path.to_string();
             move |source| LakeError::Parquet { path, source }
         };
-        // What goes through a sink is landed data (and a cluster run's temporary models).
-        let properties = crate::delta::object_writer_properties();
         let mut writer = AsyncArrowWriter::try_new(object, schema, Some(properties))
             .map_err(parquet_error(relative))?;
         let (batches, mut queue) = mpsc::channel(QUEUED_BATCHES);
