@@ -63,10 +63,10 @@ run_paylake() {
 }
 
 measure generate "$venv/bin/python" bench/generate.py "$payments" --flat "$work/flat" --folder "$work/folder" || exit 1
-# Per layout, the yardstick first, then paylake; the input is in the page cache for both after
-# generation.
+# Per layout, the yardstick first, then paylake (not timed without its yardstick). Both
+# layouts fit in the page cache after generation.
 for layout in $layouts; do
-  measure "$layout-duckdb" "$venv/bin/python" bench/unified_duckdb.py "$work/$layout" "$work/duckdb-$layout.parquet" || exit 1
+  measure "$layout-duckdb" "$venv/bin/python" bench/unified_duckdb.py "$work/$layout" "$work/duckdb-$layout.parquet" || continue
   run_paylake "$layout"
 done
 
@@ -85,17 +85,19 @@ source_state() {
   head="$(git rev-parse --short HEAD 2>/dev/null)" || { echo "not a git checkout"; return; }
   git diff --quiet HEAD 2>/dev/null && echo "$head" || echo "$head + uncommitted changes"
 }
+# stage_line ENGINE LAYOUT STAGE NAME: the stage's line, if it ran. GNU time's first line is
+# "Command exited with non-zero status N" for a failed one: its last holds the numbers.
+stage_line() {
+  [ -f "$work/$4.time" ] || return 0
+  local failed=""
+  [ ! -f "$work/$4.failed" ] || failed=" FAILED"
+  echo "$1 $2 $3 $(tail -n 1 "$work/$4.time")$failed"
+}
 {
   for layout in $layouts; do
-    echo "duckdb $layout unified $(tail -n 1 "$work/$layout-duckdb.time")"
+    stage_line duckdb "$layout" unified "$layout-duckdb"
     for stage in bronze silver gold; do
-      [ -f "$work/$layout-$stage.time" ] || continue
-      if [ -f "$work/$layout-$stage.failed" ]; then
-        # GNU time's first line is "Command exited with non-zero status N": keep the numbers.
-        echo "paylake $layout $stage $(tail -n 1 "$work/$layout-$stage.time") FAILED"
-      else
-        echo "paylake $layout $stage $(tail -n 1 "$work/$layout-$stage.time")"
-      fi
+      stage_line paylake "$layout" "$stage" "$layout-$stage"
     done
   done
 } > "$work/stages"
@@ -112,12 +114,16 @@ echo "                four CSVs $(mib_in flat) MiB; folder layout $(files_in fol
 echo
 awk -v budget="$budget_kib" '
   function line(engine, layout, stage, s, kib, note) {
-    printf "%-8s %-7s %-8s %9.2f %9d %9.2f  %s%s\n", engine, layout, stage, s, kib / 1024, s / base,
-      (kib <= budget ? "yes" : "NO"), note
+    printf "%-8s %-7s %-8s %9.2f %9d %9s  %s%s\n", engine, layout, stage, s, kib / 1024,
+      (base > 0 ? sprintf("%.2f", s / base) : "n/a"), (kib <= budget ? "yes" : "NO"), note
   }
   BEGIN { printf "%-8s %-7s %-8s %9s %9s %9s  %s\n", "engine", "layout", "stage", "seconds", "peak MiB", "x DuckDB", "<= 1 GiB" }
   # The paylake stages of a layout are measured against DuckDB on the same layout.
-  $1 == "duckdb" { base = ($4 > 0 ? $4 : 0.01); line($1, $2, $3, $4, $5); next }
+  $1 == "duckdb" {
+    base = ($6 == "FAILED" ? 0 : ($4 > 0 ? $4 : 0.01))
+    line($1, $2, $3, $4, $5, ($6 == "FAILED" ? "  FAILED" : ""))
+    next
+  }
   {
     line($1, $2, $3, $4, $5, ($6 == "FAILED" ? "  FAILED" : ""))
     total[$2] += $4
@@ -134,7 +140,7 @@ echo "${unified%;}"
 if [ "${BENCH_VERIFY:-0}" = 1 ] && [ "$failures" -eq 0 ]; then
   for layout in $layouts; do
     "$venv/bin/python" bench/compare_unified.py "$work/duckdb-$layout.parquet" "$work/lake-$layout" |
-      sed "s|$work/||; s/^/verify          /"
+      sed "s|$work/||; s/^/verify          /" || failures=$((failures + 1))
   done
 fi
 
@@ -146,4 +152,4 @@ for stage in silver gold; do
   echo "profile of $first $stage:"
   sed -n '/^ *model  *kind/,/^total /p' "$work/$first-$stage.err"
 done
-[ "$failures" -eq 0 ] || { echo "bench: $failures stage(s) failed (see above)" >&2; exit 1; }
+[ "$failures" -eq 0 ] || { echo "bench: $failures stage(s) or checks failed (see above)" >&2; exit 1; }

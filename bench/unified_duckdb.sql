@@ -10,9 +10,10 @@
 --   * risk flags: the latest batch holding a valid flag of an account wins, and within it the
 --     highest flag; no flag means 0;
 --   * labels: the latest fraud_reported_date wins, ties to the latest file, then line.
--- Each source's files come from a variable holding a path or glob (SET VARIABLE payments_files
--- = '...', and accounts_files, risk_files, labels_files). Columns are read as text, as
--- paylake's Bronze lands them, and typed with the same rules.
+-- Unlike paylake, DuckDB reads again a file whose content already came under another name; the
+-- generated input sends no such copy. Each source's files come from a variable holding a path
+-- or glob (SET VARIABLE payments_files = '...', and accounts_files, risk_files, labels_files).
+-- Columns are read as text, as paylake's Bronze lands them, and typed with the same rules.
 WITH raw_payments AS (
     SELECT
         NULLIF(TRIM(payment_id), '') AS payment_id,
@@ -65,7 +66,7 @@ risk AS (
     FROM (
         SELECT
             NULLIF(TRIM(account_id), '') AS account_id,
-            CAST(TRIM(risk_flag) AS INTEGER) AS risk_flag,
+            TRY_CAST(TRIM(risk_flag) AS INTEGER) AS risk_flag,
             filename AS file
         FROM read_csv(getvariable('risk_files'), header = true, all_varchar = true,
             filename = true)

@@ -6,8 +6,9 @@
 //! file is committed only if its table has no object of that hash yet. The check is a set
 //! lookup over the table's file names (`<sha256>-…`); only when the hash is there, or the table
 //! was compacted (`optimize` renames files), is the transaction id itself looked up. Every
-//! commit is built on the version those names were read at, so a writer that landed the same
-//! file since (past the lease) makes the commit conflict rather than land it twice.
+//! commit is built on the version those names were read at (the version this run's previous
+//! group committed, when nobody wrote in between, or a fresh read), so a writer that landed the
+//! same file since (past the lease) makes the commit conflict rather than land it twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

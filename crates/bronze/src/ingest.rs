@@ -31,7 +31,7 @@ use paylake_contracts::{
 };
 use paylake_lake::delta::{self, WrittenObject};
 use paylake_lake::layout;
-use paylake_lake::layout::TableName;
+use paylake_lake::layout::{Layer, TableName};
 use paylake_lake::sink::ParquetObjectSink;
 use paylake_lake::Lake;
 use serde::Serialize;
@@ -604,8 +604,6 @@ struct FileWriter<'a> {
     lake: &'a Lake,
     options: &'a BronzeOptions,
     lineage: FileLineage,
-    /// The landing file's size, which picks its objects' codec.
-    landing_bytes: u64,
     rows: Option<RowBuffer>,
     rows_sink: Option<ParquetObjectSink>,
     dead: DeadLetterBuffer,
@@ -672,11 +670,18 @@ impl FileWriter<'_> {
             None => {
                 let source = self.lineage.source.as_deref().unwrap_or_default();
                 let path = self.lineage.object_path(&layout::bronze_table(source));
+                // A file whose rows all fit in this one batch makes a small object, in a codec
+                // cheap to set up; a larger one is written in Bronze's own.
+                let properties = if batch.num_rows() < self.options.batch_rows {
+                    delta::small_object_writer_properties()
+                } else {
+                    delta::writer_properties(Layer::Bronze)
+                };
                 self.rows_sink.insert(ParquetObjectSink::create(
                     self.lake,
                     &path,
                     batch.schema(),
-                    delta::object_writer_properties(self.landing_bytes),
+                    properties,
                 )?)
             }
         };
@@ -702,11 +707,12 @@ impl FileWriter<'_> {
             Some(sink) => sink,
             None => {
                 let path = self.lineage.object_path(&layout::dead_letter_table());
+                // Never compacted: the dead letter keeps Bronze's codec.
                 self.dead_sink.insert(ParquetObjectSink::create(
                     self.lake,
                     &path,
                     dead_letter_schema(),
-                    delta::object_writer_properties(self.landing_bytes),
+                    delta::writer_properties(Layer::Bronze),
                 )?)
             }
         };
@@ -929,7 +935,6 @@ pub async fn run_bronze(
             lake,
             options,
             lineage,
-            landing_bytes: file.size,
             rows: contract.map(RowBuffer::new),
             rows_sink: None,
             dead: DeadLetterBuffer::new(),

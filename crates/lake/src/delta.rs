@@ -255,24 +255,19 @@ pub fn writer_properties(layer: Layer) -> WriterProperties {
     base_writer_properties().set_compression(codec).build()
 }
 
-/// Parquet for Bronze's object of a landing file of `landing_bytes`, streamed whole into the
-/// lake ([`crate::sink`]). A large file's object is the archive as kept: Bronze's zstd. A small
-/// one is LZ4, like scratch files, until compaction rewrites its table in zstd: zstd creates a
-/// compressor for every column chunk written and a decompressor for every one read back, and
-/// with objects of a few dozen rows that was the work. Measured on the folder layout at 1M
-/// payments (8,818 files of ~15 KiB), `ZSTD_createCCtx` and `ZSTD_createDCtx` took 14% of
-/// Bronze's CPU each.
-pub fn object_writer_properties(landing_bytes: u64) -> WriterProperties {
-    if landing_bytes >= ARCHIVE_CODEC_FROM_BYTES {
-        writer_properties(Layer::Bronze)
-    } else {
-        scratch_writer_properties()
-    }
+/// Parquet for a small Bronze object: the rows of a landing file that fit in one record batch,
+/// streamed whole into the lake ([`crate::sink`]) and kept until compaction rewrites its table
+/// in Bronze's zstd. Snappy, which every Parquet reader has: zstd creates a compressor for every
+/// column chunk written and a decompressor for every one read back, and with objects of a few
+/// dozen rows that was the work. Measured on the folder layout at 1M payments (8,818 files of
+/// ~15 KiB), `ZSTD_createCCtx` and `ZSTD_createDCtx` took 14% of Bronze's CPU each. A larger
+/// file's object is written in zstd at once, where one compressor per column chunk is nothing
+/// beside the rows.
+pub fn small_object_writer_properties() -> WriterProperties {
+    base_writer_properties()
+        .set_compression(Compression::SNAPPY)
+        .build()
 }
-
-/// The landing-file size from which Bronze's object is written in zstd right away: one
-/// compressor per column chunk is nothing beside a few MiB of rows.
-pub const ARCHIVE_CODEC_FROM_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Parquet for a run's scratch files, read once or twice and deleted: LZ4, fast both ways.
 pub fn scratch_writer_properties() -> WriterProperties {
@@ -2061,7 +2056,7 @@ mod tests {
             &lake,
             &object,
             Arc::clone(&schema),
-            object_writer_properties(0),
+            writer_properties(Layer::Bronze),
         )
         .unwrap();
         sink.write(&batch).await.unwrap();
