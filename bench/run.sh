@@ -144,12 +144,13 @@ if [ "${BENCH_VERIFY:-0}" = 1 ] && [ "$failures" -eq 0 ]; then
   done
 fi
 
-# Where the time goes: each model's profile (`--profile`) of the first layout's run.
-first="${layouts%% *}"
-for stage in silver gold; do
-  [ -f "$work/$first-$stage.err" ] || continue
-  echo
-  echo "profile of $first $stage:"
-  sed -n '/^ *model  *kind/,/^total /p' "$work/$first-$stage.err"
+# Where the time goes: each model's profile (`--profile`) of every layout's run.
+for layout in $layouts; do
+  for stage in silver gold; do
+    [ -f "$work/$layout-$stage.err" ] || continue
+    echo
+    echo "profile of $layout $stage:"
+    sed -n '/^ *model  *kind/,/^total /p' "$work/$layout-$stage.err"
+  done
 done
 [ "$failures" -eq 0 ] || { echo "bench: $failures stage(s) or checks failed (see above)" >&2; exit 1; }
