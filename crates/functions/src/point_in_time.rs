@@ -72,12 +72,18 @@ impl PointInTimeFeatures {
 }
 
 /// The struct's fields for amounts of `amount_type`.
+/// The time zone of the knowledge times the function returns.
+const KNOWN_AT_ZONE: &str = "UTC";
+
 fn feature_fields(amount_type: &DataType) -> Result<Fields> {
     let DataType::Decimal128(_, scale) = amount_type else {
         return plan_err!("{NAME}: the amount must be a DECIMAL, not {amount_type}");
     };
     let sum = DataType::Decimal128(38, *scale);
-    let known_at = DataType::Timestamp(TimeUnit::Microsecond, None);
+    // Knowledge times are instants: typed UTC here, so the Gold table's UTC columns take them
+    // as they are. Naive, their cast to UTC went through arrow's local-time adjustment, a time
+    // zone lookup per value (two such columns: 0.55 s of CPU each at 10M payments).
+    let known_at = DataType::Timestamp(TimeUnit::Microsecond, Some(KNOWN_AT_ZONE.into()));
     let mut fields = Vec::new();
     for side in ["src", "dest"] {
         fields.push(Field::new(
@@ -363,9 +369,13 @@ impl Columns {
             (dest_opening, dest_known, dest_flag, dest_risk_known),
         ] {
             arrays.push(Arc::new(Date32Array::from(opening)));
-            arrays.push(Arc::new(TimestampMicrosecondArray::from(known)));
+            arrays.push(Arc::new(
+                TimestampMicrosecondArray::from(known).with_timezone(KNOWN_AT_ZONE),
+            ));
             arrays.push(Arc::new(Int32Array::from(flag)));
-            arrays.push(Arc::new(TimestampMicrosecondArray::from(risk_known)));
+            arrays.push(Arc::new(
+                TimestampMicrosecondArray::from(risk_known).with_timezone(KNOWN_AT_ZONE),
+            ));
         }
         for (counts, sums) in self.counts.into_iter().zip(self.sums) {
             arrays.push(Arc::new(Int64Array::from(counts)));
@@ -757,13 +767,18 @@ mod tests {
             FROM stream
         )
         SELECT payment_id, get_field(f, 'src_opening_date') AS src_opening_date,
-            get_field(f, 'src_account_known_at') AS src_account_known_at,
+            -- Knowledge times come out typed UTC; the reference's are naive, same instants.
+            arrow_cast(get_field(f, 'src_account_known_at'), 'Timestamp(Microsecond, None)')
+                AS src_account_known_at,
             get_field(f, 'src_risk_flag') AS src_risk_flag,
-            get_field(f, 'src_risk_known_at') AS src_risk_known_at,
+            arrow_cast(get_field(f, 'src_risk_known_at'), 'Timestamp(Microsecond, None)')
+                AS src_risk_known_at,
             get_field(f, 'dest_opening_date') AS dest_opening_date,
-            get_field(f, 'dest_account_known_at') AS dest_account_known_at,
+            arrow_cast(get_field(f, 'dest_account_known_at'), 'Timestamp(Microsecond, None)')
+                AS dest_account_known_at,
             get_field(f, 'dest_risk_flag') AS dest_risk_flag,
-            get_field(f, 'dest_risk_known_at') AS dest_risk_known_at,
+            arrow_cast(get_field(f, 'dest_risk_known_at'), 'Timestamp(Microsecond, None)')
+                AS dest_risk_known_at,
             get_field(f, 'src_count_1h') AS src_count_1h,
             get_field(f, 'src_amount_1h') AS src_amount_1h,
             get_field(f, 'src_count_24h') AS src_count_24h,
