@@ -605,12 +605,7 @@ fn symlinks_special_files_and_hidden_names_are_followed_or_refused_and_logged() 
 #[test]
 fn two_bronze_runs_at_once_keep_one_file_log_entry_per_file() {
     let ws = Workspace::new();
-    for i in 0..FILES_IN_TWO_COMMIT_GROUPS {
-        ws.land(
-            &format!("payments/2024-11-15/p_{i:04}.csv"),
-            payments(&[&format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:00:00")]),
-        );
-    }
+    land_tiny_payment_files(&ws, FILES_IN_TWO_COMMIT_GROUPS);
     let landing = ws.landing();
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_paylake"))
@@ -653,12 +648,7 @@ fn a_run_of_many_files_builds_each_commit_on_the_one_before() {
     // version read at the start instead, every later commit had Delta check it against all the
     // commits since, which made a run of thousands of micro-batches slow down with every group.
     let ws = Workspace::new();
-    for i in 0..FILES_IN_TWO_COMMIT_GROUPS {
-        ws.land(
-            &format!("payments/2024-11-15/p_{i:04}.csv"),
-            payments(&[&format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:00:00")]),
-        );
-    }
+    land_tiny_payment_files(&ws, FILES_IN_TWO_COMMIT_GROUPS);
     // delta-rs warns of each commit it checks against later ones.
     let output = ws.run_with_env(
         &["bronze", "--landing", ws.landing().to_str().unwrap()],
@@ -679,3 +669,13 @@ fn a_run_of_many_files_builds_each_commit_on_the_one_before() {
 
 /// Tiny landing files enough for two of Bronze's commit groups (of at most 1,024 files).
 const FILES_IN_TWO_COMMIT_GROUPS: usize = 1100;
+
+/// Lands `count` payment files of one payment each, `P0` to `P<count - 1>`.
+fn land_tiny_payment_files(ws: &Workspace, count: usize) {
+    for i in 0..count {
+        ws.land(
+            &format!("payments/2024-11-15/p_{i:04}.csv"),
+            payments(&[&format!("P{i},A1,A2,R,{i}.00,2024-11-15 09:00:00")]),
+        );
+    }
+}
