@@ -71,10 +71,10 @@ impl PointInTimeFeatures {
     }
 }
 
-/// The struct's fields for amounts of `amount_type`.
 /// The time zone of the knowledge times the function returns.
 const KNOWN_AT_ZONE: &str = "UTC";
 
+/// The struct's fields for amounts of `amount_type`.
 fn feature_fields(amount_type: &DataType) -> Result<Fields> {
     let DataType::Decimal128(_, scale) = amount_type else {
         return plan_err!("{NAME}: the amount must be a DECIMAL, not {amount_type}");
