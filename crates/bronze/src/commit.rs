@@ -40,8 +40,6 @@ struct Committed {
 pub(crate) struct PendingCommits {
     objects: BTreeMap<TableName, (SchemaRef, Vec<WrittenObject>)>,
     entries: Vec<FileLogEntry>,
-    /// The landing bytes of `entries`.
-    entry_bytes: u64,
     committed: HashMap<TableName, Committed>,
     batch_id: String,
     abort_before_file_log: bool,
@@ -52,7 +50,6 @@ impl PendingCommits {
         Self {
             objects: BTreeMap::new(),
             entries: Vec::new(),
-            entry_bytes: 0,
             committed: HashMap::new(),
             batch_id: batch_id.to_string(),
             abort_before_file_log,
@@ -118,12 +115,16 @@ impl PendingCommits {
     }
 
     pub(crate) fn add_entry(&mut self, entry: FileLogEntry) {
-        self.entry_bytes += u64::try_from(entry.size_bytes).unwrap_or(0);
         self.entries.push(entry);
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.entries.len() >= FILES_PER_COMMIT || self.entry_bytes >= BYTES_PER_COMMIT
+        let bytes: u64 = self
+            .entries
+            .iter()
+            .map(|e| u64::try_from(e.size_bytes).unwrap_or(0))
+            .sum();
+        self.entries.len() >= FILES_PER_COMMIT || bytes >= BYTES_PER_COMMIT
     }
 
     /// Commits the queued objects table by table, then their file-log entries.
@@ -162,7 +163,6 @@ impl PendingCommits {
             tracing::error!("PAYLAKE_ABORT_BEFORE_FILE_LOG: aborting as a crash test");
             std::process::abort();
         }
-        self.entry_bytes = 0;
         filelog::append(lake, &std::mem::take(&mut self.entries), &facts).await?;
         Ok(())
     }
