@@ -140,12 +140,15 @@ class Background:
         return self.process.poll() is None
 
     def kill(self):
-        """SIGKILL if still running; returns True when the kill hit a running process."""
+        """SIGKILL if still running; returns True when the kill is what ended the process.
+
+        The process can exit on its own between the poll and the signal (a zombie ignores
+        SIGKILL), so the exit status, not the poll, says whether the kill hit it.
+        """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
-            return True
-        return False
+        return self.process.returncode == -signal.SIGKILL
 
     def wait(self, timeout=RUN_TIMEOUT):
         try:
