@@ -464,7 +464,7 @@ impl FileLineage {
             path: self.object_name(),
             size,
             rows,
-            txn: Some(txn),
+            txns: vec![txn],
         }
     }
 }
@@ -670,23 +670,22 @@ impl FileWriter<'_> {
             None => {
                 let source = self.lineage.source.as_deref().unwrap_or_default();
                 let path = self.lineage.object_path(&layout::bronze_table(source));
-                // A file whose rows all fit in this one batch makes a small object, in a codec
-                // cheap to set up; a larger one is written in Bronze's own.
-                let properties = if batch.num_rows() < self.options.batch_rows {
-                    delta::small_object_writer_properties()
-                } else {
-                    delta::writer_properties(Layer::Bronze)
-                };
                 self.rows_sink.insert(ParquetObjectSink::create(
                     self.lake,
                     &path,
                     batch.schema(),
-                    properties,
+                    delta::writer_properties(Layer::Bronze),
                 )?)
             }
         };
         sink.write(&batch).await?;
-        *self.rows_buffered_in_run += batch.num_rows() as u64;
+        self.count_rows(batch.num_rows());
+        Ok(())
+    }
+
+    /// Counts rows handed to an object; the crash hook aborts when the run reaches its count.
+    fn count_rows(&mut self, rows: usize) {
+        *self.rows_buffered_in_run += rows as u64;
         if let Some(limit) = self.options.abort_after_rows {
             if *self.rows_buffered_in_run >= limit {
                 tracing::error!(
@@ -695,7 +694,6 @@ impl FileWriter<'_> {
                 std::process::abort();
             }
         }
-        Ok(())
     }
 
     async fn flush_dead(&mut self) -> Result<(), BronzeError> {
@@ -737,15 +735,29 @@ impl FileWriter<'_> {
 
     /// Writes what is buffered and closes the objects; they are committed by the caller, in
     /// groups. Each object's transaction id is the file's content hash (for the dead letter:
-    /// hash and path, since a rejected file may land later under a name that routes it).
+    /// hash and path, since a rejected file may land later under a name that routes it). The
+    /// rows of a file that fit in one batch are handed back instead, for its group's shared
+    /// object: an object per 15-minute batch made Bronze spend its time creating files.
     async fn finish(mut self) -> Result<FinishedFile, BronzeError> {
-        self.flush_rows().await?;
-        self.flush_dead().await?;
         let mut finished = FinishedFile {
             records_read: self.records_read,
             blank_lines: self.blank_lines,
             ..Default::default()
         };
+        let small = match self.rows.as_mut() {
+            Some(rows) if self.rows_sink.is_none() && rows.len > 0 => {
+                Some(rows.take(&self.lineage)?)
+            }
+            _ => None,
+        };
+        if let Some(batch) = small {
+            let table = layout::bronze_table(self.lineage.source.as_deref().unwrap_or_default());
+            finished.rows_landed = batch.num_rows() as u64;
+            self.count_rows(batch.num_rows());
+            finished.small_rows = Some((table, batch));
+        }
+        self.flush_rows().await?;
+        self.flush_dead().await?;
         if let Some(sink) = self.rows_sink.take() {
             let source = self.lineage.source.as_deref().unwrap_or_default();
             let (rows, size) = sink.finish().await?;
@@ -786,6 +798,8 @@ struct FinishedFile {
     rows_landed: u64,
     dead_lettered: u64,
     objects: Vec<(TableName, SchemaRef, WrittenObject)>,
+    /// All the rows of a file that fit in one batch, for the shared object of its table.
+    small_rows: Option<(TableName, RecordBatch)>,
 }
 
 /// Runs Bronze ingestion over a landing directory.
@@ -989,9 +1003,10 @@ pub async fn run_bronze(
             blank_lines: finished.blank_lines,
         };
         for (table, schema, object) in finished.objects {
-            pending
-                .add_object(lake, table, schema, object, &sha256)
-                .await?;
+            pending.add_object(lake, table, schema, object).await?;
+        }
+        if let Some((table, batch)) = finished.small_rows {
+            pending.add_small_file(lake, table, batch, &sha256).await?;
         }
         let entry = FileLogEntry::processed(
             &relative, &routed, contract, &sha256, file.size, &outcome, counts, known_at, options,

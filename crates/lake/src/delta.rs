@@ -14,10 +14,11 @@
 //! Readers resolve a table through its log ([`provider`]), so they see one whole version, and
 //! files of older versions stay until `vacuum` removes them after the retention period.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -29,7 +30,10 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::{provider_as_source, MemTable};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlanBuilder;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
@@ -253,20 +257,6 @@ pub fn writer_properties(layer: Layer) -> WriterProperties {
         Layer::Silver | Layer::Gold => Compression::SNAPPY,
     };
     base_writer_properties().set_compression(codec).build()
-}
-
-/// Parquet for a small Bronze object: the rows of a landing file that fit in one record batch,
-/// streamed whole into the lake ([`crate::sink`]) and kept until compaction rewrites its table
-/// in Bronze's zstd. Snappy, which every Parquet reader has: zstd creates a compressor for every
-/// column chunk written and a decompressor for every one read back, and with objects of a few
-/// dozen rows that was the work. Measured on the folder layout at 1M payments (8,818 files of
-/// ~15 KiB), `ZSTD_createCCtx` and `ZSTD_createDCtx` took 14% of Bronze's CPU each. A larger
-/// file's object is written in zstd at once, where one compressor per column chunk is nothing
-/// beside the rows.
-pub fn small_object_writer_properties() -> WriterProperties {
-    base_writer_properties()
-        .set_compression(Compression::SNAPPY)
-        .build()
 }
 
 /// Parquet for a run's scratch files, read once or twice and deleted: LZ4, fast both ways.
@@ -1211,8 +1201,9 @@ pub struct WrittenObject {
     pub path: String,
     pub size: u64,
     pub rows: u64,
-    /// The application transaction id recorded with it (Bronze: the landing file's hash).
-    pub txn: Option<String>,
+    /// The application transaction ids recorded with it (Bronze: the hashes of the landing
+    /// files whose rows it holds).
+    pub txns: Vec<String>,
 }
 
 /// The paths of the data files of a table's latest version (none when it does not exist).
@@ -1272,6 +1263,109 @@ pub async fn has_transaction(lake: &Lake, table: &TableName, app_id: &str) -> Re
     Ok(seen.is_some())
 }
 
+/// Every application transaction id a table's commits recorded, and the version they were
+/// read at (`None`: no table yet).
+#[derive(Debug, Default)]
+pub struct TransactionIds {
+    pub version: Option<u64>,
+    pub ids: HashSet<String>,
+}
+
+/// The `_last_checkpoint` fields this reads (the file has more).
+#[derive(serde::Deserialize)]
+struct LastCheckpoint {
+    version: u64,
+    parts: Option<u64>,
+}
+
+/// Every transaction id of a table in one pass over its log: the last checkpoint's `txn`
+/// column and the commits after it. Asking [`has_transaction`] id by id replays the log each
+/// time (some 60 ms for a table of ten commits), too slow for thousands of landing files.
+/// `None` when the log has a shape this does not read (a multi-part or V2 checkpoint, or a
+/// commit already cleaned away); the caller then asks id by id.
+pub async fn transaction_ids(lake: &Lake, table: &TableName) -> Result<Option<TransactionIds>> {
+    let Some(delta) = open(lake, table).await? else {
+        return Ok(Some(TransactionIds::default()));
+    };
+    let Some(version) = delta.version() else {
+        return Ok(Some(TransactionIds::default()));
+    };
+    let in_log = |name: &str| layout::table_root(table).join("_delta_log").join(name);
+    let mut ids = HashSet::new();
+    let mut first_commit = 0;
+    if let Some(hint) = lake.get_bytes(&in_log("_last_checkpoint")).await? {
+        let hint: LastCheckpoint =
+            serde_json::from_slice(&hint).map_err(|e| LakeError::Corrupt {
+                path: lake.object_url(&in_log("_last_checkpoint")),
+                reason: e.to_string(),
+            })?;
+        if hint.parts.is_some() {
+            return Ok(None);
+        }
+        let checkpoint = in_log(&format!("{:020}.checkpoint.parquet", hint.version));
+        let Some(bytes) = lake.get_bytes(&checkpoint).await? else {
+            return Ok(None);
+        };
+        checkpoint_transaction_ids(bytes, &mut ids).map_err(|source| LakeError::Parquet {
+            path: lake.object_url(&checkpoint),
+            source,
+        })?;
+        first_commit = hint.version + 1;
+    }
+    // A checkpoint newer than the version read (another writer's) already holds every id of
+    // that version: a superset, which only makes the caller skip what has landed since.
+    let commits: Vec<Option<Vec<Action>>> = futures::stream::iter(first_commit..=version)
+        .map(|v| commit_actions(&delta, table, v))
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for actions in commits {
+        let Some(actions) = actions else {
+            return Ok(None);
+        };
+        ids.extend(actions.into_iter().filter_map(|action| match action {
+            Action::Txn(txn) => Some(txn.app_id),
+            _ => None,
+        }));
+    }
+    Ok(Some(TransactionIds {
+        version: Some(version),
+        ids,
+    }))
+}
+
+/// The `txn.appId` values of a checkpoint file.
+fn checkpoint_transaction_ids(
+    bytes: Vec<u8>,
+    ids: &mut HashSet<String>,
+) -> std::result::Result<(), ParquetError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))?;
+    let Ok(txn_column) = builder.schema().index_of("txn") else {
+        return Ok(());
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [txn_column]);
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let txns = batch.column(0).as_struct_opt();
+        let Some((txns, app_ids)) = txns.and_then(|txns| {
+            let app_ids = txns.column_by_name("appId")?.as_string_opt::<i32>()?;
+            Some((txns, app_ids))
+        }) else {
+            return Err(ParquetError::General(
+                "its txn column has no appId strings".into(),
+            ));
+        };
+        // Each row of a checkpoint is one action: rows of other actions have no txn, and the
+        // appId beneath a null txn holds no value.
+        ids.extend(
+            (0..txns.len())
+                .filter(|&row| txns.is_valid(row) && app_ids.is_valid(row))
+                .map(|row| app_ids.value(row).to_string()),
+        );
+    }
+    Ok(())
+}
+
 /// Adds whole objects to an append-only table in one commit, each with its transaction id.
 /// With `read_version` (the version whose files the caller checked for these objects), the
 /// commit is checked against every commit since then: one that recorded any of the same
@@ -1307,7 +1401,7 @@ pub async fn append_objects(
         .collect();
     let txns = objects
         .iter()
-        .filter_map(|o| o.txn.as_ref())
+        .flat_map(|o| &o.txns)
         .map(|id| Transaction::new(id, 1))
         .collect();
     commit(&delta, table, actions, APPEND, facts, txns).await
@@ -1691,7 +1785,6 @@ pub async fn file_count(lake: &Lake, table: &TableName) -> Result<usize> {
 mod tests {
     use super::*;
     use crate::layout::Layer;
-    use datafusion::arrow::array::AsArray;
     use datafusion::prelude::SessionContext;
     use std::collections::BTreeMap;
 
@@ -2065,14 +2158,15 @@ mod tests {
             path: "f1.parquet".into(),
             size,
             rows,
-            txn: Some("sha-1".into()),
+            txns: vec!["sha-1".into(), "sha-2".into()],
         };
         assert!(!has_transaction(&lake, &table, "sha-1").await.unwrap());
         append_objects(&lake, &table, &schema, &[written], &facts("b1"), None)
             .await
             .unwrap();
         assert!(has_transaction(&lake, &table, "sha-1").await.unwrap());
-        assert!(!has_transaction(&lake, &table, "sha-2").await.unwrap());
+        assert!(has_transaction(&lake, &table, "sha-2").await.unwrap());
+        assert!(!has_transaction(&lake, &table, "sha-3").await.unwrap());
         assert_eq!(
             active_files(&lake, &table).await.unwrap(),
             vec!["f1.parquet"]
@@ -2090,6 +2184,48 @@ mod tests {
             count(&ctx, provider(&lake, &table, None).await.unwrap().unwrap()).await,
             4
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn transaction_ids_are_read_from_the_checkpoint_and_the_commits_after_it() {
+        let (dir, lake, _ctx) = test_lake();
+        let table = TableName::new(Layer::Bronze, "things");
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, true)]));
+        let empty = transaction_ids(&lake, &table).await.unwrap().unwrap();
+        assert_eq!((empty.version, empty.ids.len()), (None, 0));
+        // The table's creation, then 105 commits of two ids each: a checkpoint at version 100,
+        // five commits after it.
+        for commit in 0..105 {
+            let object = WrittenObject {
+                path: format!("f{commit}.parquet"),
+                size: 1,
+                rows: 1,
+                txns: vec![format!("a{commit}"), format!("b{commit}")],
+            };
+            append_objects(&lake, &table, &schema, &[object], &facts("b"), None)
+                .await
+                .unwrap();
+        }
+        assert!(dir
+            .path()
+            .join("bronze/things/_delta_log/_last_checkpoint")
+            .exists());
+        let read = transaction_ids(&lake, &table).await.unwrap().unwrap();
+        let expected: HashSet<String> = (0..105)
+            .flat_map(|c| [format!("a{c}"), format!("b{c}")])
+            .collect();
+        assert_eq!(read.version, Some(105));
+        assert_eq!(read.ids, expected);
+        // With the commits before the checkpoint gone, the checkpoint still holds their ids.
+        for version in 0..100u64 {
+            std::fs::remove_file(
+                dir.path()
+                    .join(format!("bronze/things/_delta_log/{version:020}.json")),
+            )
+            .unwrap();
+        }
+        let read = transaction_ids(&lake, &table).await.unwrap().unwrap();
+        assert_eq!(read.ids, expected);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,8 @@
 //! ```text
 //! <layer>/<table>/                                  one Delta table (its log in _delta_log/)
 //!   bronze/<source>/                                raw rows of every landing file (append-only)
-//!   bronze/<source>/<sha256>-<batch>-<n>.parquet    the rows of one landing file
+//!   bronze/<source>/<sha256>-<batch>-<n>.parquet    the rows of one landing file (a large one)
+//!   bronze/<source>/shared-<batch>-<n>.parquet      the rows of a commit group's small files
 //!   bronze/_dead_letter/<sha256>-<batch>-<n>.parquet lines of that file that could not be used
 //!   bronze/_file_log/                               one entry per landing file seen by a run
 //!   silver/<table>/, gold/<table>/                  rebuilt tables; a build writes stage-<run>/…
@@ -15,8 +16,8 @@
 //! _scratch/<run>/models/<layer>.<model>/            a cluster run's temporary models
 //! <layer>/<table>/_paylake_no_files/                never written: an empty scan's folder
 //! ```
-//! Bronze objects are named by content hash and batch, and added to their table with the hash
-//! as the Delta transaction id, so the same content lands once.
+//! Bronze objects are added to their table with the hashes of the landing files they hold as
+//! Delta transaction ids, so the same content lands once.
 
 use object_store::path::Path;
 
@@ -117,11 +118,10 @@ pub fn bronze_object_name(file_sha256: &str, batch_id: &str, sequence: usize) ->
     format!("{file_sha256}-{batch_id}-{sequence:06}.parquet")
 }
 
-/// The landing-file hash a Bronze object is named by; `None` for other files (compacted).
-pub fn hash_of_bronze_object(path: &str) -> Option<&str> {
-    let name = path.rsplit('/').next()?;
-    let hash = name.split('-').next()?;
-    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+/// The object holding the rows of many small landing files in a Bronze source table (one per
+/// table and commit group), relative to the table root: the run and the object's place in it.
+pub fn bronze_shared_object_name(batch_id: &str, sequence: usize) -> String {
+    format!("shared-{batch_id}-{sequence:06}.parquet")
 }
 
 /// The gate verdict of the latest run of a layer, read by the next layer.
@@ -183,8 +183,10 @@ mod tests {
         let hash = "a".repeat(64);
         let name = bronze_object_name(&hash, "b1", 7);
         assert_eq!(name, format!("{hash}-b1-000007.parquet"));
-        assert_eq!(hash_of_bronze_object(&name), Some(hash.as_str()));
-        assert_eq!(hash_of_bronze_object("part-00001-c000.zstd.parquet"), None);
+        assert_eq!(
+            bronze_shared_object_name("b1", 3),
+            "shared-b1-000003.parquet"
+        );
         assert_eq!(
             table_root(&dead_letter_table()).as_ref(),
             "bronze/_dead_letter"
