@@ -100,6 +100,10 @@ const EMBEDDED_SILVER: &[(&str, &str)] = &[
         include_str!("../../../sql/silver/payments_quarantine.sql"),
     ),
     (
+        "int_accounts_checked",
+        include_str!("../../../sql/silver/int_accounts_checked.sql"),
+    ),
+    (
         "stg_accounts",
         include_str!("../../../sql/silver/stg_accounts.sql"),
     ),
