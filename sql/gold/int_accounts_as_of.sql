@@ -16,17 +16,57 @@
 -- the two per-account sorts this model had spilled ~1 GiB each).
 -- A view, not a temporary model: gold.payment_training streams its rows straight into its
 -- label join and partition buckets.
-WITH facts AS (
+WITH snapshot_instants AS (
+    -- The instants account snapshots became known by T, each with the one before and after
+    -- it, and the smallest account it lists (about a dozen rows).
+    SELECT known_at,
+        lag(known_at) OVER (ORDER BY known_at) AS previous_instant,
+        lead(known_at) OVER (ORDER BY known_at) AS next_instant,
+        first_account_id
+    FROM (
+        SELECT h.known_at, min(h.account_id) AS first_account_id
+        FROM params.run AS params
+        CROSS JOIN silver.accounts_history AS h
+        WHERE h.known_at <= params.as_of
+        GROUP BY h.known_at
+    ) AS instants
+),
+-- Of an account's snapshot rows, only those where something changes: its first after a
+-- snapshot instant without it, one whose opening date differs from the row before or after,
+-- its last before an instant without it; and one row per instant, so that the function sees
+-- every instant. A row followed by the account's row at the next instant with the same opening
+-- date `follows_snapshots`: the function then reads the account as known at the latest
+-- instant, until a later row about it. The rows left out change nothing the function returns
+-- (weekly snapshots of 100k accounts: about 200k rows instead of 1.26M).
+account_facts AS (
     SELECT h.account_id, h.known_at AS at, arrow_cast(h.snapshot_file, 'Utf8') AS tiebreak,
         h.opening_date, CAST(h.known_at AS TIMESTAMP) AS account_known_at,
-        CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
-    FROM params.run AS params
-    CROSS JOIN silver.accounts_history AS h
-    WHERE h.known_at <= params.as_of
+        CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at,
+        NOT (h.opening_date_changes_next OR (h.valid_to IS DISTINCT FROM i.next_instant))
+            AS follows_snapshots
+    -- The dozen instants are the build side of the join, every snapshot row streams through.
+    FROM snapshot_instants AS i
+    JOIN (
+        SELECT h.*
+        FROM params.run AS params
+        CROSS JOIN silver.accounts_history AS h
+        WHERE h.known_at <= params.as_of
+    ) AS h ON h.known_at = i.known_at
+    WHERE h.opening_date_changed
+        OR (h.previous_known_at IS DISTINCT FROM i.previous_instant)
+        OR h.opening_date_changes_next
+        OR (h.valid_to IS DISTINCT FROM i.next_instant)
+        OR h.account_id = i.first_account_id
+),
+facts AS (
+    SELECT account_id, at, tiebreak, opening_date, account_known_at, risk_flag, risk_known_at,
+        follows_snapshots
+    FROM account_facts
     UNION ALL
     SELECT r.account_id, r.known_at AS at, arrow_cast(r.batch_file, 'Utf8') AS tiebreak,
         CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS account_known_at,
-        r.risk_flag, CAST(r.known_at AS TIMESTAMP) AS risk_known_at
+        r.risk_flag, CAST(r.known_at AS TIMESTAMP) AS risk_known_at,
+        false AS follows_snapshots
     FROM params.run AS params
     CROSS JOIN silver.risk_feed_history AS r
     WHERE r.known_at <= params.as_of
@@ -36,7 +76,8 @@ stream AS (
         p.ts AS at, arrow_cast('', 'Utf8') AS tiebreak,
         arrow_cast(NULL, 'Utf8') AS fact_account_id,
         CAST(NULL AS DATE) AS opening_date, CAST(NULL AS TIMESTAMP) AS account_known_at,
-        CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at
+        CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at,
+        false AS follows_snapshots
     FROM gold.int_training_payments AS p
     UNION ALL
     SELECT arrow_cast(NULL, 'Utf8') AS payment_id, arrow_cast(NULL, 'Utf8') AS src_account_id,
@@ -44,13 +85,14 @@ stream AS (
         arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS ts,
         arrow_cast(NULL, 'Timestamp(Microsecond, Some("UTC"))') AS known_at,
         f.at, f.tiebreak, arrow_cast(f.account_id, 'Utf8') AS fact_account_id,
-        f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at
+        f.opening_date, f.account_known_at, f.risk_flag, f.risk_known_at, f.follows_snapshots
     FROM facts AS f
 ),
 featured AS (
     SELECT payment_id, src_account_id, dest_account_id, amount, ts, known_at,
         point_in_time_features(payment_id IS NOT NULL, src_account_id, dest_account_id, amount,
-            ts, fact_account_id, opening_date, account_known_at, risk_flag, risk_known_at)
+            ts, fact_account_id, opening_date, account_known_at, risk_flag, risk_known_at,
+            follows_snapshots)
             OVER (ORDER BY at, payment_id IS NOT NULL, tiebreak) AS f
     FROM stream
 )
