@@ -39,7 +39,10 @@ WITH snapshot_instants AS (
 -- instant, until a later row about it. The rows left out change nothing the function returns
 -- (weekly snapshots of 100k accounts: about 200k rows instead of 1.26M).
 account_facts AS (
-    SELECT h.account_id, h.known_at AS at, arrow_cast(h.snapshot_file, 'Utf8') AS tiebreak,
+    -- The file, then the run that landed it (a file resent at its path lands again): the
+    -- order silver.accounts_history gives an account's rows (chr(1) sorts before any name).
+    SELECT h.account_id, h.known_at AS at,
+        arrow_cast(concat(h.snapshot_file, chr(1), h._batch_id), 'Utf8') AS tiebreak,
         h.opening_date, CAST(h.known_at AS TIMESTAMP) AS account_known_at,
         CAST(NULL AS INT) AS risk_flag, CAST(NULL AS TIMESTAMP) AS risk_known_at,
         NOT (h.opening_date_changes_next OR (h.valid_to IS DISTINCT FROM i.next_instant))

@@ -5,7 +5,7 @@ FROM (
     SELECT
         *,
         row_number() OVER (
-            PARTITION BY account_id ORDER BY valid_from DESC, snapshot_file DESC
+            PARTITION BY account_id ORDER BY valid_from DESC, snapshot_file DESC, _batch_id DESC
         ) AS recency
     FROM silver.accounts_history
 ) AS ranked

@@ -404,9 +404,15 @@ fn build(ws: &Workspace, as_of: DateTime<Utc>, maturity_days: i64) {
 fn assert_agrees_with_the_reference(case: &str, history: &History, as_of: DateTime<Utc>) {
     let ws = Workspace::new();
     history.land(&ws);
-    build(&ws, as_of, 60);
+    assert_built_agrees(case, &ws, history, as_of);
+}
+
+/// Builds the lake of `ws` (landed with `history`) and compares every training row with the
+/// reference.
+fn assert_built_agrees(case: &str, ws: &Workspace, history: &History, as_of: DateTime<Utc>) {
+    build(ws, as_of, 60);
     let expected = history.reference(as_of, 60);
-    let built = built_rows(&ws);
+    let built = built_rows(ws);
     assert_eq!(
         built.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
@@ -478,6 +484,56 @@ fn unchanged_snapshots_in_a_row_are_known_as_of_the_latest() {
         ..Default::default()
     };
     assert_agrees_with_the_reference("runs of snapshots", &history, at(24 * 70));
+}
+
+/// A snapshot resent at its path with other content lands again, and an account on the same
+/// line of both versions is kept twice, at one instant in one file: the run that landed each
+/// orders them, the same in Silver and Gold, so the account's later snapshots still move its
+/// knowledge time on.
+#[test]
+fn a_snapshot_resent_with_other_content_keeps_the_runs_of_its_accounts() {
+    let at = |hours: i64| base() + Duration::hours(hours);
+    let snapshot = |f: usize, hours: i64, accounts: &[&str]| Snapshot {
+        file: format!("accounts/snap{f}_{}.csv", stamp(at(hours))),
+        known_at: at(hours),
+        rows: accounts
+            .iter()
+            .map(|a| (a.to_string(), "2020-01-15".to_string()))
+            .collect(),
+    };
+    let payments = [1, 11, 21, 31, 41]
+        .iter()
+        .enumerate()
+        .map(|(i, hours)| Payment {
+            id: format!("P{i:03}"),
+            src: "A1".to_string(),
+            dest: "A2".to_string(),
+            amount: 10,
+            ts: at(*hours),
+        })
+        .collect();
+    let first = History {
+        payments,
+        payments_known_at: base(),
+        snapshots: vec![
+            snapshot(0, 0, &["A1"]),
+            snapshot(1, 10, &["A1", "A2"]),
+            snapshot(2, 20, &["A1"]),
+            snapshot(3, 30, &["A1"]),
+        ],
+        ..Default::default()
+    };
+    let ws = Workspace::new();
+    first.land(&ws);
+    ws.ok(&["bronze", "--landing", ws.landing().to_str().unwrap()]);
+    let resent = snapshot(1, 10, &["A1", "A3"]);
+    ws.land(
+        &resent.file,
+        "account_id,opening_date\nA1,2020-01-15\nA3,2020-01-15\n",
+    );
+    let mut history = first;
+    history.snapshots.insert(2, resent);
+    assert_built_agrees("resent snapshot", &ws, &history, at(24 * 70));
 }
 
 fn one_payment_at(ws: &Workspace, ts: DateTime<Utc>) {

@@ -154,7 +154,9 @@ impl PendingCommits {
             Some(shared) => shared,
             None => {
                 self.shared_objects += 1;
-                let name = layout::bronze_shared_object_name(&self.batch_id, self.shared_objects);
+                let unique = uuid::Uuid::new_v4().simple().to_string();
+                let name =
+                    layout::bronze_shared_object_name(&self.batch_id, self.shared_objects, &unique);
                 let sink = ParquetObjectSink::create(
                     lake,
                     &layout::table_root(&table).join(name.as_str()),

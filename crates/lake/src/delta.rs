@@ -1306,10 +1306,14 @@ pub async fn transaction_ids(lake: &Lake, table: &TableName) -> Result<Option<Tr
         let Some(bytes) = lake.get_bytes(&checkpoint).await? else {
             return Ok(None);
         };
-        checkpoint_transaction_ids(bytes, &mut ids).map_err(|source| LakeError::Parquet {
-            path: lake.object_url(&checkpoint),
-            source,
-        })?;
+        let read =
+            checkpoint_transaction_ids(bytes, &mut ids).map_err(|source| LakeError::Parquet {
+                path: lake.object_url(&checkpoint),
+                source,
+            })?;
+        if !read {
+            return Ok(None);
+        }
         first_commit = hint.version + 1;
     }
     // A checkpoint newer than the version read (another writer's) already holds every id of
@@ -1334,27 +1338,29 @@ pub async fn transaction_ids(lake: &Lake, table: &TableName) -> Result<Option<Tr
     }))
 }
 
-/// The `txn.appId` values of a checkpoint file.
+/// Adds the `txn.appId` values of a checkpoint file to `ids`; false when its `txn` column
+/// has another shape than this reads (another writer's), for the caller to fall back.
 fn checkpoint_transaction_ids(
     bytes: Vec<u8>,
     ids: &mut HashSet<String>,
-) -> std::result::Result<(), ParquetError> {
+) -> std::result::Result<bool, ParquetError> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))?;
     let Ok(txn_column) = builder.schema().index_of("txn") else {
-        return Ok(());
+        return Ok(true);
     };
     let mask = ProjectionMask::roots(builder.parquet_schema(), [txn_column]);
     for batch in builder.with_projection(mask).build()? {
         let batch = batch?;
-        let txns = batch.column(0).as_struct_opt();
-        let Some((txns, app_ids)) = txns.and_then(|txns| {
-            let app_ids = txns.column_by_name("appId")?.as_string_opt::<i32>()?;
-            Some((txns, app_ids))
-        }) else {
-            return Err(ParquetError::General(
-                "its txn column has no appId strings".into(),
-            ));
+        let Some(txns) = batch.column(0).as_struct_opt() else {
+            return Ok(false);
         };
+        let Some(app_ids) = txns
+            .column_by_name("appId")
+            .and_then(|ids| cast(ids, &DataType::Utf8).ok())
+        else {
+            return Ok(false);
+        };
+        let app_ids = app_ids.as_string::<i32>();
         // Each row of a checkpoint is one action: rows of other actions have no txn, and the
         // appId beneath a null txn holds no value.
         ids.extend(
@@ -1363,7 +1369,7 @@ fn checkpoint_transaction_ids(
                 .map(|row| app_ids.value(row).to_string()),
         );
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Adds whole objects to an append-only table in one commit, each with its transaction id.

@@ -4,7 +4,7 @@
 //! <layer>/<table>/                                  one Delta table (its log in _delta_log/)
 //!   bronze/<source>/                                raw rows of every landing file (append-only)
 //!   bronze/<source>/<sha256>-<batch>-<n>.parquet    the rows of one landing file (a large one)
-//!   bronze/<source>/shared-<batch>-<n>.parquet      the rows of a commit group's small files
+//!   bronze/<source>/shared-<batch>-<n>-<uuid>.parquet  the rows of a commit group's small files
 //!   bronze/_dead_letter/<sha256>-<batch>-<n>.parquet lines of that file that could not be used
 //!   bronze/_file_log/                               one entry per landing file seen by a run
 //!   silver/<table>/, gold/<table>/                  rebuilt tables; a build writes stage-<run>/…
@@ -119,9 +119,11 @@ pub fn bronze_object_name(file_sha256: &str, batch_id: &str, sequence: usize) ->
 }
 
 /// The object holding the rows of many small landing files in a Bronze source table (one per
-/// table and commit group), relative to the table root: the run and the object's place in it.
-pub fn bronze_shared_object_name(batch_id: &str, sequence: usize) -> String {
-    format!("shared-{batch_id}-{sequence:06}.parquet")
+/// table and commit group), relative to the table root: the run, the object's place in it,
+/// and a random id. Two runs started in one second can share a run id, and a second object of
+/// one name would replace the first one's committed rows.
+pub fn bronze_shared_object_name(batch_id: &str, sequence: usize, unique: &str) -> String {
+    format!("shared-{batch_id}-{sequence:06}-{unique}.parquet")
 }
 
 /// The gate verdict of the latest run of a layer, read by the next layer.
@@ -184,8 +186,8 @@ mod tests {
         let name = bronze_object_name(&hash, "b1", 7);
         assert_eq!(name, format!("{hash}-b1-000007.parquet"));
         assert_eq!(
-            bronze_shared_object_name("b1", 3),
-            "shared-b1-000003.parquet"
+            bronze_shared_object_name("b1", 3, "u"),
+            "shared-b1-000003-u.parquet"
         );
         assert_eq!(
             table_root(&dead_letter_table()).as_ref(),
