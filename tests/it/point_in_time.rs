@@ -440,20 +440,25 @@ fn sql_point_in_time_joins_agree_with_the_naive_reference() {
     }
 }
 
+/// Snapshot file `f`, known `hours` after the base, listing `accounts` opened 2020-01-15.
+fn hourly_snapshot(f: usize, hours: i64, accounts: &[&str]) -> Snapshot {
+    let known_at = base() + Duration::hours(hours);
+    Snapshot {
+        file: format!("accounts/snap{f}_{}.csv", stamp(known_at)),
+        known_at,
+        rows: accounts
+            .iter()
+            .map(|a| (a.to_string(), "2020-01-15".to_string()))
+            .collect(),
+    }
+}
+
 /// Gold passes an account's unchanged snapshots in a row as their first row, and one row per
 /// snapshot instant: when no account changes at an instant, that row is what moves every
 /// account's knowledge time on.
 #[test]
 fn unchanged_snapshots_in_a_row_are_known_as_of_the_latest() {
     let at = |hours: i64| base() + Duration::hours(hours);
-    let snapshot = |f: usize, hours: i64, accounts: &[&str]| Snapshot {
-        file: format!("accounts/snap{f}_{}.csv", stamp(at(hours))),
-        known_at: at(hours),
-        rows: accounts
-            .iter()
-            .map(|a| (a.to_string(), "2020-01-15".to_string()))
-            .collect(),
-    };
     let payment = |i: usize, hours: i64, src: &str| Payment {
         id: format!("P{i:03}"),
         src: src.to_string(),
@@ -472,14 +477,14 @@ fn unchanged_snapshots_in_a_row_are_known_as_of_the_latest() {
         ],
         payments_known_at: base(),
         snapshots: vec![
-            snapshot(0, 0, &["A1", "A2"]),
+            hourly_snapshot(0, 0, &["A1", "A2"]),
             // Nothing changes at hour 10: every row of it is in the middle of a run.
-            snapshot(1, 10, &["A1", "A2"]),
-            snapshot(2, 20, &["A1", "A2"]),
+            hourly_snapshot(1, 10, &["A1", "A2"]),
+            hourly_snapshot(2, 20, &["A1", "A2"]),
             // A1 is missing at hour 30 and back at 40; A2 stops at 30.
-            snapshot(3, 30, &["A2", "A3"]),
-            snapshot(4, 40, &["A1", "A3"]),
-            snapshot(5, 50, &["A1", "A3"]),
+            hourly_snapshot(3, 30, &["A2", "A3"]),
+            hourly_snapshot(4, 40, &["A1", "A3"]),
+            hourly_snapshot(5, 50, &["A1", "A3"]),
         ],
         ..Default::default()
     };
@@ -493,14 +498,6 @@ fn unchanged_snapshots_in_a_row_are_known_as_of_the_latest() {
 #[test]
 fn a_snapshot_resent_with_other_content_keeps_the_runs_of_its_accounts() {
     let at = |hours: i64| base() + Duration::hours(hours);
-    let snapshot = |f: usize, hours: i64, accounts: &[&str]| Snapshot {
-        file: format!("accounts/snap{f}_{}.csv", stamp(at(hours))),
-        known_at: at(hours),
-        rows: accounts
-            .iter()
-            .map(|a| (a.to_string(), "2020-01-15".to_string()))
-            .collect(),
-    };
     let payments = [1, 11, 21, 31, 41]
         .iter()
         .enumerate()
@@ -516,17 +513,17 @@ fn a_snapshot_resent_with_other_content_keeps_the_runs_of_its_accounts() {
         payments,
         payments_known_at: base(),
         snapshots: vec![
-            snapshot(0, 0, &["A1"]),
-            snapshot(1, 10, &["A1", "A2"]),
-            snapshot(2, 20, &["A1"]),
-            snapshot(3, 30, &["A1"]),
+            hourly_snapshot(0, 0, &["A1"]),
+            hourly_snapshot(1, 10, &["A1", "A2"]),
+            hourly_snapshot(2, 20, &["A1"]),
+            hourly_snapshot(3, 30, &["A1"]),
         ],
         ..Default::default()
     };
     let ws = Workspace::new();
     first.land(&ws);
     ws.ok(&["bronze", "--landing", ws.landing().to_str().unwrap()]);
-    let resent = snapshot(1, 10, &["A1", "A3"]);
+    let resent = hourly_snapshot(1, 10, &["A1", "A3"]);
     ws.land(
         &resent.file,
         "account_id,opening_date\nA1,2020-01-15\nA3,2020-01-15\n",
