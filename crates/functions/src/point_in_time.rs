@@ -44,8 +44,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Decimal128Array, Int32Array, Int64Array,
-    PrimitiveArray, StringArray, StructArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, Date32Array, Date32Builder,
+    Decimal128Array, Int32Array, Int32Builder, Int64Array, PrimitiveArray, StringArray,
+    StructArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::cast;
@@ -348,74 +349,94 @@ fn value<T: ArrowPrimitiveType>(array: &PrimitiveArray<T>, row: usize) -> Option
     array.is_valid(row).then(|| array.value(row))
 }
 
-/// The features of one payment, gathered row by row into the output columns.
-#[derive(Default)]
+/// The features of one payment, gathered row by row into the output columns. The columns a
+/// payment always has (counts, sums, `pair_seen_before`, senders) are plain values, NULL where
+/// the struct is (a fact's row); the others have builders of their own.
 struct Columns {
-    valid: Vec<bool>,
-    opening_date: [Vec<Option<i32>>; 2],
-    account_known_at: [Vec<Option<i64>>; 2],
-    risk_flag: [Vec<Option<i32>>; 2],
-    risk_known_at: [Vec<Option<i64>>; 2],
-    counts: [Vec<Option<i64>>; 3],
-    sums: [Vec<Option<i128>>; 3],
-    pair_seen_before: Vec<Option<bool>>,
-    senders: Vec<Option<i64>>,
+    valid: BooleanBufferBuilder,
+    opening_date: [Date32Builder; 2],
+    account_known_at: [TimestampMicrosecondBuilder; 2],
+    risk_flag: [Int32Builder; 2],
+    risk_known_at: [TimestampMicrosecondBuilder; 2],
+    counts: [Vec<i64>; 3],
+    sums: [Vec<i128>; 3],
+    pair_seen_before: BooleanBufferBuilder,
+    senders: Vec<i64>,
 }
 
 impl Columns {
     fn with_capacity(rows: usize) -> Self {
-        let mut columns = Self::default();
-        columns.valid.reserve(rows);
-        columns
+        let timestamps = || {
+            [
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(KNOWN_AT_ZONE),
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(KNOWN_AT_ZONE),
+            ]
+        };
+        Self {
+            valid: BooleanBufferBuilder::new(rows),
+            opening_date: [
+                Date32Builder::with_capacity(rows),
+                Date32Builder::with_capacity(rows),
+            ],
+            account_known_at: timestamps(),
+            risk_flag: [
+                Int32Builder::with_capacity(rows),
+                Int32Builder::with_capacity(rows),
+            ],
+            risk_known_at: timestamps(),
+            counts: std::array::from_fn(|_| Vec::with_capacity(rows)),
+            sums: std::array::from_fn(|_| Vec::with_capacity(rows)),
+            pair_seen_before: BooleanBufferBuilder::new(rows),
+            senders: Vec::with_capacity(rows),
+        }
     }
 
     fn push_null(&mut self) {
-        self.valid.push(false);
+        self.valid.append(false);
         for side in 0..2 {
-            self.opening_date[side].push(None);
-            self.account_known_at[side].push(None);
-            self.risk_flag[side].push(None);
-            self.risk_known_at[side].push(None);
+            self.opening_date[side].append_null();
+            self.account_known_at[side].append_null();
+            self.risk_flag[side].append_null();
+            self.risk_known_at[side].append_null();
         }
         for window in 0..3 {
-            self.counts[window].push(None);
-            self.sums[window].push(None);
+            self.counts[window].push(0);
+            self.sums[window].push(0);
         }
-        self.pair_seen_before.push(None);
-        self.senders.push(None);
+        self.pair_seen_before.append(false);
+        self.senders.push(0);
     }
 
-    fn finish(self, fields: Fields) -> Result<ArrayRef> {
+    fn finish(mut self, fields: Fields) -> Result<ArrayRef> {
         let DataType::Decimal128(precision, scale) = fields[9].data_type().clone() else {
             return exec_err!("{NAME}: the sums must be decimals");
         };
+        let nulls = NullBuffer::new(self.valid.finish());
         let mut arrays: Vec<ArrayRef> = Vec::new();
-        let [src_opening, dest_opening] = self.opening_date;
-        let [src_known, dest_known] = self.account_known_at;
-        let [src_flag, dest_flag] = self.risk_flag;
-        let [src_risk_known, dest_risk_known] = self.risk_known_at;
-        for (opening, known, flag, risk_known) in [
-            (src_opening, src_known, src_flag, src_risk_known),
-            (dest_opening, dest_known, dest_flag, dest_risk_known),
-        ] {
-            arrays.push(Arc::new(Date32Array::from(opening)));
-            arrays.push(Arc::new(
-                TimestampMicrosecondArray::from(known).with_timezone(KNOWN_AT_ZONE),
-            ));
-            arrays.push(Arc::new(Int32Array::from(flag)));
-            arrays.push(Arc::new(
-                TimestampMicrosecondArray::from(risk_known).with_timezone(KNOWN_AT_ZONE),
-            ));
+        for side in 0..2 {
+            arrays.push(Arc::new(self.opening_date[side].finish()));
+            arrays.push(Arc::new(self.account_known_at[side].finish()));
+            arrays.push(Arc::new(self.risk_flag[side].finish()));
+            arrays.push(Arc::new(self.risk_known_at[side].finish()));
         }
         for (counts, sums) in self.counts.into_iter().zip(self.sums) {
-            arrays.push(Arc::new(Int64Array::from(counts)));
+            arrays.push(Arc::new(Int64Array::new(
+                counts.into(),
+                Some(nulls.clone()),
+            )));
             arrays.push(Arc::new(
-                Decimal128Array::from(sums).with_precision_and_scale(precision, scale)?,
+                Decimal128Array::new(sums.into(), Some(nulls.clone()))
+                    .with_precision_and_scale(precision, scale)?,
             ));
         }
-        arrays.push(Arc::new(BooleanArray::from(self.pair_seen_before)));
-        arrays.push(Arc::new(Int64Array::from(self.senders)));
-        let nulls = NullBuffer::from(self.valid);
+        arrays.push(Arc::new(BooleanArray::new(
+            self.pair_seen_before.finish(),
+            Some(nulls.clone()),
+        )));
+        arrays.push(Arc::new(Int64Array::new(
+            self.senders.into(),
+            Some(nulls.clone()),
+        )));
         Ok(Arc::new(StructArray::try_new(fields, arrays, Some(nulls))?))
     }
 }
@@ -613,13 +634,13 @@ impl WindowState {
             self.evict_before(time);
             let (src, dest) = (rows.account[row], rows.dest[row]);
             self.grow_to(src.max(dest));
-            out.valid.push(true);
+            out.valid.append(true);
             for (side, id) in [src, dest].into_iter().enumerate() {
                 let state = &self.accounts[id as usize];
                 let account = state.account_fact;
                 let latest = self.latest_snapshot;
-                out.opening_date[side].push(account.and_then(|(opening, _)| opening));
-                out.account_known_at[side].push(account.map(|(_, known_at)| {
+                out.opening_date[side].append_option(account.and_then(|(opening, _)| opening));
+                out.account_known_at[side].append_option(account.map(|(_, known_at)| {
                     if state.account_follows {
                         latest.map_or(known_at, |latest| latest.max(known_at))
                     } else {
@@ -627,15 +648,16 @@ impl WindowState {
                     }
                 }));
                 let risk = self.accounts[id as usize].risk_fact;
-                out.risk_flag[side].push(risk.and_then(|(flag, _)| flag));
-                out.risk_known_at[side].push(risk.map(|(_, known_at)| known_at));
+                out.risk_flag[side].append_option(risk.and_then(|(flag, _)| flag));
+                out.risk_known_at[side].append_option(risk.map(|(_, known_at)| known_at));
             }
+            let source = &self.accounts[src as usize];
             for window in 0..3 {
-                out.counts[window].push(Some(self.accounts[src as usize].counts[window]));
-                out.sums[window].push(Some(self.accounts[src as usize].sums[window]));
+                out.counts[window].push(source.counts[window]);
+                out.sums[window].push(source.sums[window]);
             }
-            out.pair_seen_before.push(Some(rows.pair_seen_before[row]));
-            out.senders.push(Some(self.accounts[dest as usize].senders));
+            out.pair_seen_before.append(rows.pair_seen_before[row]);
+            out.senders.push(self.accounts[dest as usize].senders);
             self.pending.push(Recent {
                 ts: time,
                 src,

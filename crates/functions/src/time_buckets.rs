@@ -255,8 +255,12 @@ impl ExecutionPlan for TimeBucketedWindowExec {
             spills: Vec::new(),
             metrics,
             input_wall_time: MetricBuilder::new(&self.metrics).subset_time("input_wall_time", 0),
+            days_wall_time: MetricBuilder::new(&self.metrics).subset_time("days_wall_time", 0),
             day_sort_time: MetricBuilder::new(&self.metrics).subset_time("day_sort_time", 0),
             function_time: MetricBuilder::new(&self.metrics).subset_time("function_time", 0),
+            waiting_for_days: MetricBuilder::new(&self.metrics).subset_time("waiting_for_days", 0),
+            waiting_for_output: MetricBuilder::new(&self.metrics)
+                .subset_time("waiting_for_output", 0),
             spilled_bytes: MetricBuilder::new(&self.metrics).spilled_bytes(0),
             spill_count: MetricBuilder::new(&self.metrics).spill_count(0),
         };
@@ -301,8 +305,14 @@ struct BucketedRun {
     metrics: BaselineMetrics,
     /// Wall time from the start of the run to the end of its input.
     input_wall_time: Time,
+    /// Wall time from the end of the input to the last row out.
+    days_wall_time: Time,
     day_sort_time: Time,
     function_time: Time,
+    /// Time the function's pass waited for the next sorted day, and for its output to be
+    /// taken: which side holds it back.
+    waiting_for_days: Time,
+    waiting_for_output: Time,
     spilled_bytes: Count,
     spill_count: Count,
 }
@@ -374,7 +384,11 @@ impl BucketedRun {
         }
         drop(filed);
         self.input_wall_time.add_duration(started.elapsed());
-        self.evaluate_days(tx).await
+        let days_started = std::time::Instant::now();
+        let days_wall_time = self.days_wall_time.clone();
+        let result = self.evaluate_days(tx).await;
+        days_wall_time.add_duration(days_started.elapsed());
+        result
     }
 
     /// Files a batch's rows under their days, spilling the buffer first when the pool has no
@@ -445,9 +459,11 @@ impl BucketedRun {
         }
     }
 
-    /// Takes the days in order: each day's rows are read back and sorted in one task while
-    /// the day before goes through the function in another (the function's pass is sequential;
-    /// this keeps a second core busy), then sent.
+    /// Takes the days in order, in three stages that overlap: a day's rows are read back and
+    /// sorted while the day before goes through the function and the output of the day before
+    /// that is sent. The sort and the function run on blocking threads: each holds its thread
+    /// for a whole day, and on tokio's workers they kept the plan above (the label join, the
+    /// Parquet writers) waiting for a core, and themselves waiting on it in turn.
     async fn evaluate_days(mut self, tx: &Sender) -> Result<()> {
         let spills = std::mem::take(&mut self.spills);
         let mut readers = spills
@@ -476,7 +492,7 @@ impl BucketedRun {
         let (sorted_tx, mut sorted_rx) = tokio::sync::mpsc::channel::<Result<SortedDay>>(1);
         let mut pending = std::mem::take(&mut self.pending);
         let window = Arc::clone(&self.window);
-        let mut day_memory = self.day.new_empty();
+        let day_memory = self.day.new_empty();
         let buffer = self.buffer.take();
         let elapsed = self.metrics.elapsed_compute().clone();
         let day_sort_time = self.day_sort_time.clone();
@@ -500,18 +516,28 @@ impl BucketedRun {
                 // These rows were counted in the buffer: they now count for their day.
                 buffer.shrink(buffered.bytes.min(buffer.size()));
                 batches.extend(buffered.batches);
-                let sorted = {
+                let (window, elapsed, day_sort_time) =
+                    (Arc::clone(&window), elapsed.clone(), day_sort_time.clone());
+                let reserved = day_memory.new_empty();
+                let sorting = tokio::task::spawn_blocking(move || {
                     let _timer = elapsed.timer();
                     let _sorting = day_sort_time.timer();
-                    sort_day(&window, &batches, &mut day_memory, &mut keys)
+                    let sorted = sort_day(&window, &batches, reserved, &mut keys);
+                    (sorted, keys)
+                });
+                let (sorted, returned) = match sorting.await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        return internal_err!("TimeBucketedWindowExec: a day's sort failed: {e}")
+                    }
                 };
+                keys = returned;
                 let keys_fit = keys_memory.try_resize(keys.allocated()).map_err(|e| {
                     e.context(
                         "TimeBucketedWindowExec: the accounts and pairs seen do not fit the pool",
                     )
                 });
                 let sorted = keys_fit.and(sorted);
-                drop(batches);
                 let failed = sorted.is_err();
                 if sorted_tx.send(sorted).await.is_err() || failed {
                     break;
@@ -521,46 +547,83 @@ impl BucketedRun {
         });
 
         let mut state = WindowState::default();
-        while let Some(sorted) = sorted_rx.recv().await {
+        // The day whose output is being sent while the next one goes through the function.
+        let mut sending: Option<(RecordBatch, MemoryReservation)> = None;
+        loop {
+            let waiting = std::time::Instant::now();
+            let Some(sorted) = sorted_rx.recv().await else {
+                break;
+            };
+            self.waiting_for_days.add_duration(waiting.elapsed());
             let SortedDay {
                 rows,
                 keyed,
                 reserved,
             } = sorted?;
-            let output = {
-                let elapsed = self.metrics.elapsed_compute().clone();
+            let (elapsed, function_time) = (
+                self.metrics.elapsed_compute().clone(),
+                self.function_time.clone(),
+            );
+            let schema = Arc::clone(&self.schema);
+            let mut day_state = std::mem::take(&mut state);
+            let function = tokio::task::spawn_blocking(move || {
                 let _timer = elapsed.timer();
-                let _function = self.function_time.timer();
-                let values = state.process(&keyed)?;
-                self.state_memory
-                    .try_resize(state.allocated())
-                    .map_err(|e| {
-                        e.context(
-                            "TimeBucketedWindowExec: the accounts' windows do not fit the pool",
-                        )
-                    })?;
-                let mut columns = rows.columns().to_vec();
-                columns.push(values);
-                RecordBatch::try_new(Arc::clone(&self.schema), columns)?
-            };
-            let mut offset = 0;
-            while offset < output.num_rows() {
-                let rows = self.batch_size.min(output.num_rows() - offset);
-                let batch = output.slice(offset, rows);
-                offset += rows;
-                self.metrics.record_output(batch.num_rows());
-                if tx.send(Ok(batch)).await.is_err() {
+                let _function = function_time.timer();
+                let output = day_state.process(&keyed).and_then(|values| {
+                    let mut columns = rows.columns().to_vec();
+                    columns.push(values);
+                    Ok(RecordBatch::try_new(schema, columns)?)
+                });
+                (output, day_state)
+            });
+            if let Some((output, reserved)) = sending.take() {
+                if !self.send(output, tx).await {
                     // The consumer is gone: nothing more to do.
                     prepare.abort();
                     return Ok(());
                 }
+                drop(reserved);
             }
-            drop(reserved);
+            let (output, day_state) = match function.await {
+                Ok(done) => done,
+                Err(e) => return internal_err!("TimeBucketedWindowExec: the function failed: {e}"),
+            };
+            state = day_state;
+            self.state_memory
+                .try_resize(state.allocated())
+                .map_err(|e| {
+                    e.context("TimeBucketedWindowExec: the accounts' windows do not fit the pool")
+                })?;
+            sending = Some((output?, reserved));
+        }
+        if let Some((output, _reserved)) = sending.take() {
+            if !self.send(output, tx).await {
+                prepare.abort();
+                return Ok(());
+            }
         }
         match prepare.await {
             Ok(result) => result,
             Err(e) => internal_err!("TimeBucketedWindowExec: reading the days failed: {e}"),
         }
+    }
+
+    /// Sends one day's output in batches of the session's size; false if the consumer is gone.
+    async fn send(&self, output: RecordBatch, tx: &Sender) -> bool {
+        let mut offset = 0;
+        while offset < output.num_rows() {
+            let rows = self.batch_size.min(output.num_rows() - offset);
+            let batch = output.slice(offset, rows);
+            offset += rows;
+            self.metrics.record_output(batch.num_rows());
+            let waiting = std::time::Instant::now();
+            let sent = tx.send(Ok(batch)).await;
+            self.waiting_for_output.add_duration(waiting.elapsed());
+            if sent.is_err() {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -577,10 +640,9 @@ struct SortedDay {
 fn sort_day(
     window: &Arc<dyn WindowExpr>,
     batches: &[RecordBatch],
-    memory: &mut MemoryReservation,
+    reserved: MemoryReservation,
     keys: &mut AccountKeys,
 ) -> Result<SortedDay> {
-    let reserved = memory.new_empty();
     let Some(first) = batches.first() else {
         return internal_err!("TimeBucketedWindowExec: a day without rows");
     };

@@ -774,10 +774,13 @@ struct GroupedRunWriter {
 }
 
 impl GroupedRunWriter {
-    /// Runs one batch may hold and still count as grouped: the end of one value and the start
-    /// of the next. A batch of many values (rows in no particular order) is bucketed whole,
-    /// rather than leave a small file per value behind.
-    const MAX_RUNS_PER_BATCH: usize = 2;
+    /// Values one batch may hold and still count as grouped: the end of one value and the
+    /// start of the next. A batch of many values (rows in no particular order) is bucketed
+    /// whole, rather than leave a small file per value behind.
+    const MAX_VALUES_PER_BATCH: usize = 2;
+    /// Runs one batch may hold: a value can come in two runs (a right hash join puts a batch's
+    /// matched rows before its other ones, so a batch across two days holds both twice).
+    const MAX_RUNS_PER_BATCH: usize = 2 * Self::MAX_VALUES_PER_BATCH;
 
     fn new(
         store: ObjectStoreRef,
@@ -804,30 +807,48 @@ impl GroupedRunWriter {
         }
         let runs = value_runs(batch, &self.key_columns, &self.table)?;
         if runs.len() > Self::MAX_RUNS_PER_BATCH {
+            tracing::debug!(table = %self.table, runs = runs.len(), rows = batch.num_rows(),
+                "a batch holds many runs of partition values: the stream is bucketed");
             return Ok(false);
         }
-        // Adjacent runs differ: a run continues the current value or starts one never seen
-        // (the current value, after another run, comes back too).
+        let values = group_runs(runs);
+        if values.len() > Self::MAX_VALUES_PER_BATCH {
+            tracing::debug!(table = %self.table, values = values.len(), rows = batch.num_rows(),
+                "a batch holds many partition values: the stream is bucketed");
+            return Ok(false);
+        }
+        // Every value continues the current one or starts one never seen; the current one is
+        // written first.
         let current = self.current.as_ref().map(|(value, _)| value);
-        let first_continues = current == runs.first().map(|(_, value)| value);
-        let continues = |i: usize| i == 0 && first_continues;
-        let comes_back = |value: &crate::buckets::PartitionKey| {
-            self.ended.contains(value) || current == Some(value)
-        };
-        if (0..runs.len()).any(|i| !continues(i) && comes_back(&runs[i].1)) {
+        let comes_back = |value: &crate::buckets::PartitionKey| self.ended.contains(value);
+        if values.iter().any(|(value, _)| comes_back(value)) {
+            tracing::debug!(table = %self.table,
+                "a partition value comes back after its run ended: the stream is bucketed");
             return Ok(false);
         }
-        for (i, (run, value)) in runs.into_iter().enumerate() {
-            if !continues(i) {
+        let (mut continuing, starting): (Vec<_>, Vec<_>) = values
+            .into_iter()
+            .partition(|(value, _)| Some(value) == current);
+        continuing.extend(starting);
+        for (value, ranges) in continuing {
+            if self.current.as_ref().map(|(current, _)| current) != Some(&value) {
                 self.end_run().await?;
                 let writer = DeltaWriter::new(Arc::clone(&self.store), self.config.clone());
                 self.current = Some((value, writer));
             }
-            let run = batch.slice(run.start, run.end - run.start);
-            let values = partition_values(&run, &self.key_columns, &self.table)?;
+            let slices: Vec<RecordBatch> = ranges
+                .iter()
+                .map(|run| batch.slice(run.start, run.end - run.start))
+                .collect();
+            let rows = match slices.as_slice() {
+                [one] => one.clone(),
+                _ => datafusion::arrow::compute::concat_batches(&batch.schema(), &slices)
+                    .map_err(|e| building(&self.table)(e.into()))?,
+            };
+            let values = partition_values(&rows, &self.key_columns, &self.table)?;
             if let Some((_, writer)) = self.current.as_mut() {
                 writer
-                    .write_partition(run, &values)
+                    .write_partition(rows, &values)
                     .await
                     .map_err(delta_error(&self.table, "writing"))?;
             }
@@ -854,6 +875,25 @@ impl GroupedRunWriter {
         self.end_run().await?;
         Ok(self.adds)
     }
+}
+
+/// The runs of `runs` grouped by value, the values in the order of their last run: a right
+/// hash join puts a batch's matched rows (a few) before the others, which keep their order.
+fn group_runs(
+    runs: Vec<(std::ops::Range<usize>, crate::buckets::PartitionKey)>,
+) -> Vec<(crate::buckets::PartitionKey, Vec<std::ops::Range<usize>>)> {
+    let mut values: Vec<(crate::buckets::PartitionKey, Vec<std::ops::Range<usize>>)> = Vec::new();
+    for (run, value) in runs {
+        match values.iter().position(|(seen, _)| *seen == value) {
+            Some(index) => {
+                let (value, mut ranges) = values.remove(index);
+                ranges.push(run);
+                values.push((value, ranges));
+            }
+            None => values.push((value, vec![run])),
+        }
+    }
+    values
 }
 
 /// The runs of rows of one partition value in `batch`, in order, each with its value.
@@ -2047,9 +2087,20 @@ mod tests {
         assert_eq!(rows, counts(&[("a", 3), ("b", 3), ("c", 1)]));
         assert_eq!(written, files(&[("a", 2), ("b", 2), ("c", 1)]));
 
-        // The open day back after another in the same batch: bucketed from that batch on.
-        let (written, rows) = stage_through_scratch(&[&["a", "a"], &["b", "a"]]).await;
-        assert_eq!(rows, counts(&[("a", 3), ("b", 1)]));
+        // A batch across two days with the days in two runs each, as a right hash join
+        // emits them (its matched rows first): still grouped, one file per day.
+        let (written, rows) =
+            stage_through_scratch(&[&["a", "a"], &["a", "b", "a", "b"], &["b"]]).await;
+        assert_eq!(rows, counts(&[("a", 4), ("b", 3)]));
+        assert_eq!(written, files(&[("a", 1), ("b", 1)]));
+        let (written, rows) = stage_through_scratch(&[&["b", "a", "b"], &["b", "c"]]).await;
+        assert_eq!(rows, counts(&[("a", 1), ("b", 3), ("c", 1)]));
+        assert_eq!(written, files(&[("a", 1), ("b", 1), ("c", 1)]));
+
+        // The open day first, then the next: "a" ends with that batch; back in the next one,
+        // it is bucketed from there on.
+        let (written, rows) = stage_through_scratch(&[&["a", "a"], &["b", "a"], &["a"]]).await;
+        assert_eq!(rows, counts(&[("a", 4), ("b", 1)]));
         assert_eq!(written, files(&[("a", 2), ("b", 1)]));
 
         // Many days per batch from the start: bucketed whole, one file per day.
