@@ -316,6 +316,29 @@ pub(crate) struct WindowState {
     latest_snapshot: Option<i64>,
 }
 
+/// How many rows (or queued payments) ahead the pass asks for the accounts it will touch.
+const PREFETCH_DISTANCE: usize = 8;
+
+/// Asks the CPU to start loading `item` into its cache. The pass is bound by memory latency:
+/// each payment touches its two accounts and, as it leaves each window, its source's again,
+/// all at random among ~100k accounts' records (14 MB); the rows and the queue say which ones
+/// are next, so their loads can overlap instead of coming one after another.
+#[inline(always)]
+fn prefetch<T>(item: Option<&T>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(item) = item {
+        // SAFETY: a prefetch is a hint: it reads no value and cannot fault, whatever the
+        // address (here, a live reference's).
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                (item as *const T).cast(),
+            )
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = item;
+}
+
 fn pair(first: u32, second: u32) -> u64 {
     (u64::from(first) << 32) | u64::from(second)
 }
@@ -619,7 +642,9 @@ impl WindowState {
     }
     /// Adds the payments of the latest instant to the windows.
     fn flush_pending(&mut self) {
-        for payment in std::mem::take(&mut self.pending) {
+        // Taken and put back emptied: its allocation serves the next instant.
+        let pending = std::mem::take(&mut self.pending);
+        for &payment in &pending {
             let source = &mut self.accounts[payment.src as usize];
             for window in 0..3 {
                 source.counts[window] += 1;
@@ -638,6 +663,8 @@ impl WindowState {
             }
             self.recent.push_back(payment);
         }
+        self.pending = pending;
+        self.pending.clear();
     }
 
     /// Drops from each window the payments before `time - width`.
@@ -646,7 +673,11 @@ impl WindowState {
         for (window, width) in SOURCE_WINDOWS.iter().enumerate() {
             let from = time.saturating_sub(*width);
             while self.fronts[window] < end {
-                let payment = self.recent[(self.fronts[window] - self.base) as usize];
+                let position = (self.fronts[window] - self.base) as usize;
+                if let Some(later) = self.recent.get(position + PREFETCH_DISTANCE) {
+                    prefetch(self.accounts.get(later.src as usize));
+                }
+                let payment = self.recent[position];
                 if payment.ts >= from {
                     break;
                 }
@@ -702,6 +733,13 @@ impl WindowState {
                 continue;
             }
             let time = payment_time(inputs, row, self.last_time)?;
+            if let (Some(src), Some(dest)) = (
+                rows.account.get(row + PREFETCH_DISTANCE),
+                rows.dest.get(row + PREFETCH_DISTANCE),
+            ) {
+                prefetch(self.accounts.get(*src as usize));
+                prefetch(self.accounts.get(*dest as usize));
+            }
             if self.last_time.is_some_and(|last| time > last) {
                 self.flush_pending();
             }
@@ -761,6 +799,28 @@ mod tests {
     use std::sync::Arc;
 
     const MINUTE: i64 = 60_000_000;
+
+    /// Account ids, also ones that differ only in their last bytes or by a trailing zero byte,
+    /// each get an id of their own, and the same one again; NULL is 0.
+    #[test]
+    fn account_ids_get_dense_ids_of_their_own() {
+        let mut keys = super::AccountKeys::default();
+        let names = [
+            "a",
+            "a\0",
+            "",
+            "ACC0000001",
+            "0123456789012345678901",
+            "0123456789012345678901x",
+            "0123456789012345678901y",
+        ];
+        let ids: Vec<u32> = names.iter().map(|name| keys.id(Some(name))).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5, 6, 7]);
+        let again: Vec<u32> = names.iter().map(|name| keys.id(Some(name))).collect();
+        assert_eq!(again, ids);
+        assert_eq!(keys.id(None), 0);
+        assert_eq!(keys.id_bytes, 81);
+    }
 
     /// A source's destinations answer alike in a list and, past its limit, in a hash set, and
     /// are counted for the pool as they grow.
