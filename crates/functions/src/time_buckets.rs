@@ -547,8 +547,11 @@ impl BucketedRun {
         });
 
         let mut state = WindowState::default();
-        // The day whose output is being sent while the next one goes through the function.
-        let mut sending: Option<(RecordBatch, MemoryReservation)> = None;
+        // The day whose output is being sent while the next one goes through the function. Its
+        // reservation is let go once its output is made, as an operator's is for the batches it
+        // emits: the plan above counts what it keeps of them. Held until sent, it left an
+        // ORDER BY above, under a small pool, no room to take them.
+        let mut sending: Option<RecordBatch> = None;
         loop {
             let waiting = std::time::Instant::now();
             let Some(sorted) = sorted_rx.recv().await else {
@@ -576,13 +579,12 @@ impl BucketedRun {
                 });
                 (output, day_state)
             });
-            if let Some((output, reserved)) = sending.take() {
+            if let Some(output) = sending.take() {
                 if !self.send(output, tx).await {
                     // The consumer is gone: nothing more to do.
                     prepare.abort();
                     return Ok(());
                 }
-                drop(reserved);
             }
             let (output, day_state) = match function.await {
                 Ok(done) => done,
@@ -594,9 +596,10 @@ impl BucketedRun {
                 .map_err(|e| {
                     e.context("TimeBucketedWindowExec: the accounts' windows do not fit the pool")
                 })?;
-            sending = Some((output?, reserved));
+            drop(reserved);
+            sending = Some(output?);
         }
-        if let Some((output, _reserved)) = sending.take() {
+        if let Some(output) = sending.take() {
             if !self.send(output, tx).await {
                 prepare.abort();
                 return Ok(());
