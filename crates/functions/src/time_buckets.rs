@@ -309,8 +309,9 @@ struct BucketedRun {
     days_wall_time: Time,
     day_sort_time: Time,
     function_time: Time,
-    /// Time the function's pass waited for the next sorted day, and for its output to be
-    /// taken: which side holds it back.
+    /// Time the function's pass waited for the next sorted day, and spent sending the day
+    /// before while the next one goes through the function: the sending holds the pass back
+    /// only where it exceeds `function_time`.
     waiting_for_days: Time,
     waiting_for_output: Time,
     spilled_bytes: Count,
@@ -547,11 +548,11 @@ impl BucketedRun {
         });
 
         let mut state = WindowState::default();
-        // The day whose output is being sent while the next one goes through the function. Its
-        // reservation is let go once its output is made, as an operator's is for the batches it
-        // emits: the plan above counts what it keeps of them. Held until sent, it left an
-        // ORDER BY above, under a small pool, no room to take them.
-        let mut sending: Option<RecordBatch> = None;
+        // The day whose output is sent while the next one goes through the function, with its
+        // reservation. That is let go when the sending starts, as an operator's is for the
+        // batches it emits: the plan above counts what it keeps of them. Held until the last
+        // batch was taken, it left an ORDER BY above, under a small pool, no room to take them.
+        let mut sending: Option<(RecordBatch, MemoryReservation)> = None;
         loop {
             let waiting = std::time::Instant::now();
             let Some(sorted) = sorted_rx.recv().await else {
@@ -579,7 +580,8 @@ impl BucketedRun {
                 });
                 (output, day_state)
             });
-            if let Some(output) = sending.take() {
+            if let Some((output, reserved)) = sending.take() {
+                drop(reserved);
                 if !self.send(output, tx).await {
                     // The consumer is gone: nothing more to do.
                     prepare.abort();
@@ -596,10 +598,10 @@ impl BucketedRun {
                 .map_err(|e| {
                     e.context("TimeBucketedWindowExec: the accounts' windows do not fit the pool")
                 })?;
-            drop(reserved);
-            sending = Some(output?);
+            sending = Some((output?, reserved));
         }
-        if let Some(output) = sending.take() {
+        if let Some((output, reserved)) = sending.take() {
+            drop(reserved);
             if !self.send(output, tx).await {
                 prepare.abort();
                 return Ok(());

@@ -879,6 +879,9 @@ impl GroupedRunWriter {
 
 /// The runs of `runs` grouped by value, the values in the order of their last run: a right
 /// hash join puts a batch's matched rows (a few) before the others, which keep their order.
+/// A batch whose last run is matched rows of an earlier value (`a b a`, no current value)
+/// gets the order wrong; the next batch's rows of `b` then send the stream to buckets, at a
+/// cost in time only.
 fn group_runs(
     runs: Vec<(std::ops::Range<usize>, crate::buckets::PartitionKey)>,
 ) -> Vec<(crate::buckets::PartitionKey, Vec<std::ops::Range<usize>>)> {
