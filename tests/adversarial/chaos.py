@@ -7,6 +7,7 @@ stderr, never exit code 101) and it exits with a documented code.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -214,11 +215,22 @@ def copy_tree(source, destination):
 # Reading and comparing lakes (with the deltalake package: an independent reader)
 
 
+LOG_VERSION = re.compile(r"\d{20}\.(json|checkpoint\..*(parquet|json))")
+
+
+def is_table(folder):
+    """A Delta table's log holds a commit or a checkpoint. A run killed while it created a table
+    can leave the log with only the store's staging file (`00000000000000000000.json#1`): no
+    version, so no table (as for paylake and every Delta reader)."""
+    log = folder / "_delta_log"
+    return log.is_dir() and any(LOG_VERSION.fullmatch(f.name) for f in log.iterdir())
+
+
 def tables(lake, layer):
     folder = Path(lake) / layer
     if not folder.is_dir():
         return []
-    return sorted(p.name for p in folder.iterdir() if (p / "_delta_log").is_dir())
+    return sorted(p.name for p in folder.iterdir() if is_table(p))
 
 
 def read(lake, name):

@@ -94,6 +94,21 @@ def test_bronze_sigkill_then_rerun_equals_a_clean_run(paylake, dataset, tmp_path
     finish_and_compare(paylake, lake, dataset, ["bronze", "silver", "gold"])
 
 
+@pytest.mark.parametrize("table", ["_file_log", "payments"])
+def test_a_table_whose_creation_was_killed_is_created_by_the_rerun(
+    paylake, dataset, tmp_path, table
+):
+    """A kill while Bronze created its tables leaves a log holding only the store's staging file
+    of version 0 (stop 34's CI hit it at 10%): no table for any reader, and the re-run creates
+    it and lands everything once."""
+    lake = tmp_path / "lake"
+    log = lake / "bronze" / table / "_delta_log"
+    log.mkdir(parents=True)
+    (log / "00000000000000000000.json#1").write_text('{"commitInfo":{}}\n')
+    assert chaos.tables(lake, "bronze") == []
+    finish_and_compare(paylake, lake, dataset, ["bronze", "silver", "gold"])
+
+
 @pytest.mark.parametrize("step", ["silver", "gold"])
 @pytest.mark.parametrize("fraction", SILVER_GOLD_KILLS, ids=lambda f: f"{int(f * 100)}%")
 def test_silver_gold_sigkill_then_rerun_equals_a_clean_run(

@@ -140,19 +140,41 @@ fn builder(lake: &Lake, table: &TableName) -> Result<DeltaTableBuilder> {
         .map_err(delta_error(table, "opening"))
 }
 
-/// Whether a Delta table exists at the table's path (its log has at least one entry).
+/// Whether a Delta table exists at the table's path: its log holds a commit or a checkpoint.
+/// A writer killed while it created the table can leave a log folder holding only the store's
+/// staging file (`00000000000000000000.json#1`), which no Delta reader counts as a version.
 pub async fn exists(lake: &Lake, table: &TableName) -> Result<bool> {
     let log = layout::table_root(table).join("_delta_log");
-    let first = lake
-        .store()
-        .list(Some(&lake.path(&log)))
+    let mut entries = lake.store().list(Some(&lake.path(&log)));
+    while let Some(entry) = entries
         .try_next()
         .await
         .map_err(|source| LakeError::Store {
             path: format!("{}/{log}", lake.display()),
             source,
-        })?;
-    Ok(first.is_some())
+        })?
+    {
+        if entry.location.filename().is_some_and(is_log_version) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a file of `_delta_log` is a version of the table: a commit (`<20 digits>.json`) or
+/// a checkpoint (`<20 digits>.checkpoint[...].parquet|json`).
+fn is_log_version(name: &str) -> bool {
+    let version = match name.split_once('.') {
+        Some((version, "json")) => version,
+        Some((version, rest))
+            if rest.starts_with("checkpoint.")
+                && (rest.ends_with(".parquet") || rest.ends_with(".json")) =>
+        {
+            version
+        }
+        _ => return false,
+    };
+    version.len() == 20 && version.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Opens the latest version of a table; `None` when no table exists at its path yet.
@@ -2134,6 +2156,61 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["n", "label"]);
         assert_eq!(count(&ctx, provider).await, 0);
+    }
+
+    /// A writer killed while it created a table leaves only the store's staging file in the log
+    /// (the kill test of Bronze hit it): no table is there, the catalog lists none, and the next
+    /// run creates it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_log_holding_only_a_staging_file_is_no_table() {
+        let (dir, lake, _ctx) = test_lake();
+        let table = TableName::new(Layer::Bronze, "half_made");
+        let log = dir.path().join("bronze/half_made/_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        std::fs::write(
+            log.join("00000000000000000000.json#1"),
+            b"{\"commitInfo\":{}}",
+        )
+        .unwrap();
+        assert!(!exists(&lake, &table).await.unwrap());
+        assert!(open(&lake, &table).await.unwrap().is_none());
+        let listed = crate::catalog::table_names(&lake, Layer::Bronze)
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "{listed:?}");
+
+        let schema = Schema::new(vec![Field::new("n", DataType::Int64, true)]);
+        let created = ensure(&lake, &table, &schema, &[], TableKind::AppendOnly)
+            .await
+            .unwrap();
+        assert_eq!(created.version(), Some(0));
+        assert!(exists(&lake, &table).await.unwrap());
+        let listed = crate::catalog::table_names(&lake, Layer::Bronze)
+            .await
+            .unwrap();
+        assert_eq!(listed, vec!["half_made"]);
+    }
+
+    #[test]
+    fn log_versions_are_commits_and_checkpoints() {
+        for name in [
+            "00000000000000000000.json",
+            "00000000000000000010.checkpoint.parquet",
+            "00000000000000000010.checkpoint.0000000001.0000000002.parquet",
+            "00000000000000000010.checkpoint.80a083e8-7026-4e79-81be-64bd76c43a11.json",
+        ] {
+            assert!(is_log_version(name), "{name}");
+        }
+        for name in [
+            "00000000000000000000.json#1",
+            "_last_checkpoint",
+            "0000000000000000000.json",
+            "0000000000000000000a.json",
+            "00000000000000000000.crc",
+            "_commit_1b2c.json.tmp",
+        ] {
+            assert!(!is_log_version(name), "{name}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
