@@ -1014,6 +1014,16 @@ mod tests {
     /// A session over `batch` (as four partitions), with the day-bucketed window when
     /// `by_day`, in a pool of `limit` bytes.
     fn session(batch: &RecordBatch, by_day: bool, limit: usize) -> SessionContext {
+        session_with_batches(batch, by_day, limit, 512)
+    }
+
+    /// [`session`] with batches (and the window's pieces of a day) of `batch_size` rows.
+    fn session_with_batches(
+        batch: &RecordBatch,
+        by_day: bool,
+        limit: usize,
+        batch_size: usize,
+    ) -> SessionContext {
         // As paylake's engine: spilling operators share what the others leave.
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(limit)))
@@ -1024,7 +1034,7 @@ mod tests {
             .with_config(
                 SessionConfig::new()
                     .with_target_partitions(2)
-                    .with_batch_size(512)
+                    .with_batch_size(batch_size)
                     .with_sort_spill_reservation_bytes(64 << 10),
             )
             .with_runtime_env(runtime);
@@ -1109,6 +1119,17 @@ mod tests {
         let (by_day, plan) = run(&session(&batch, true, 8 << 20), IN_TIME_ORDER).await;
         assert_same_rows(&by_day, &expected, "spilled");
         assert!(spills_of(&plan) > 0, "the buffer spilled");
+    }
+
+    /// A day goes through the function in pieces of a batch: pieces of 7 rows split most
+    /// instants (a dozen rows each) between two calls.
+    #[tokio::test]
+    async fn pieces_of_a_day_that_split_an_instant_give_the_same_features() {
+        let batch = stream(2000);
+        let (expected, _) = run(&session(&batch, false, 256 << 20), IN_TIME_ORDER).await;
+        let ctx = session_with_batches(&batch, true, 256 << 20, 7);
+        let (in_pieces, _) = run(&ctx, IN_TIME_ORDER).await;
+        assert_same_rows(&in_pieces, &expected, "in pieces of 7 rows");
     }
 
     #[tokio::test]
