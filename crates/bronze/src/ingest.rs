@@ -705,7 +705,7 @@ impl FileWriter<'_> {
             Some(sink) => sink,
             None => {
                 let path = self.lineage.object_path(&layout::dead_letter_table());
-                // Never compacted: the dead letter keeps Bronze's codec.
+                // A Bronze table, written with Bronze's codec.
                 self.dead_sink.insert(ParquetObjectSink::create(
                     self.lake,
                     &path,

@@ -6,9 +6,10 @@
 //! [`TimeBucketedWindowExec`] reads every input partition, files each row under the UTC day of
 //! its first ordering key (buffered in the memory pool, spilled to one uncompressed Arrow IPC
 //! file, grouped by day, whenever the buffer reaches its share of the pool), then takes the
-//! days in order: one day's rows, sorted in memory by the full `ORDER BY`, go through the
-//! function, whose state carries on from the day before. Each row is written to disk once at
-//! most and never merged; a day is the most it holds at once.
+//! days in order: one day's rows, ordered in memory by the full `ORDER BY`, go through the
+//! function in pieces of a batch, its state carrying on from one piece and one day to the next.
+//! Each row is written to disk once at most and never merged; a day is the most it holds at
+//! once.
 //!
 //! [`TimeBucketedWindows`] swaps it in for a window of `point_in_time_features` alone, without
 //! `PARTITION BY`, whose first ordering key is an ascending timestamp. A cluster plans on its
@@ -461,10 +462,11 @@ impl BucketedRun {
     }
 
     /// Takes the days in order, in three stages that overlap: a day's rows are read back and
-    /// sorted while the day before goes through the function and the output of the day before
-    /// that is sent. The sort and the function run on blocking threads: each holds its thread
-    /// for a whole day, and on tokio's workers they kept the plan above (the label join, the
-    /// Parquet writers) waiting for a core, and themselves waiting on it in turn.
+    /// ordered, then taken in that order a piece (a batch) at a time with their accounts
+    /// resolved, while the piece before goes through the function and the output of the piece
+    /// before that is sent. The ordering, the taking and the function run on blocking threads:
+    /// on tokio's workers they kept the plan above (the label join, the Parquet writers)
+    /// waiting for a core, and themselves waiting on it in turn.
     async fn evaluate_days(mut self, tx: &Sender) -> Result<()> {
         let spills = std::mem::take(&mut self.spills);
         let mut readers = spills
@@ -590,7 +592,7 @@ impl BucketedRun {
         });
 
         let mut state = WindowState::default();
-        // The day whose output is sent while the next one goes through the function, with its
+        // The piece whose output is sent while the next one goes through the function, with its
         // reservation. That is let go when the sending starts, as an operator's is for the
         // batches it emits: the plan above counts what it keeps of them. Held until the last
         // batch was taken, it left an ORDER BY above, under a small pool, no room to take them.
@@ -622,13 +624,10 @@ impl BucketedRun {
                 });
                 (output, day_state)
             });
-            if let Some((output, reserved)) = sending.take() {
-                drop(reserved);
-                if !self.send(output, tx).await {
-                    // The consumer is gone: nothing more to do.
-                    prepare.abort();
-                    return Ok(());
-                }
+            if !self.send_held(sending.take(), tx).await {
+                // The consumer is gone: nothing more to do.
+                prepare.abort();
+                return Ok(());
             }
             let (output, day_state) = match function.await {
                 Ok(done) => done,
@@ -642,12 +641,9 @@ impl BucketedRun {
                 })?;
             sending = Some((output?, reserved));
         }
-        if let Some((output, reserved)) = sending.take() {
-            drop(reserved);
-            if !self.send(output, tx).await {
-                prepare.abort();
-                return Ok(());
-            }
+        if !self.send_held(sending.take(), tx).await {
+            prepare.abort();
+            return Ok(());
         }
         match prepare.await {
             Ok(result) => result,
@@ -655,7 +651,19 @@ impl BucketedRun {
         }
     }
 
-    /// Sends one day's output in batches of equal size, at most the session's; false if the
+    /// Sends a piece's output held back while the next piece went through the function, if
+    /// any, letting go of its reservation first; false if the consumer is gone.
+    async fn send_held(&self, held: Option<(RecordBatch, MemoryReservation)>, tx: &Sender) -> bool {
+        match held {
+            Some((output, reserved)) => {
+                drop(reserved);
+                self.send(output, tx).await
+            }
+            None => true,
+        }
+    }
+
+    /// Sends one piece's output in batches of equal size, at most the session's; false if the
     /// consumer is gone. Equal, because the plan above deals batches round-robin to its
     /// writers: a day of 11k rows sent as 8192 + 2919 gave one writer three quarters of the
     /// rows, and the build waited for it alone at the end.

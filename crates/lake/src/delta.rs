@@ -842,8 +842,7 @@ impl GroupedRunWriter {
         // Every value continues the current one or starts one never seen; the current one is
         // written first.
         let current = self.current.as_ref().map(|(value, _)| value);
-        let comes_back = |value: &crate::buckets::PartitionKey| self.ended.contains(value);
-        if values.iter().any(|(value, _)| comes_back(value)) {
+        if values.iter().any(|(value, _)| self.ended.contains(value)) {
             tracing::debug!(table = %self.table,
                 "a partition value comes back after its run ended: the stream is bucketed");
             return Ok(false);
