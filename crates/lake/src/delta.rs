@@ -35,6 +35,7 @@ use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use datafusion::parquet::schema::types::ColumnPath;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::DataFrame;
 use deltalake_core::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -272,13 +273,43 @@ pub fn cast_batch(
 ///   on average with zstd and 10.3 s with Snappy (Gold 7.1 to 6.1 s; CPU 12.9 to 11.1 s), for
 ///   files about twice as large (Silver 19 to 39 MB, Gold 60 to 88 MB).
 pub fn writer_properties(layer: Layer) -> WriterProperties {
-    let codec = match layer {
+    base_writer_properties()
+        .set_compression(codec(layer))
+        .build()
+}
+
+fn codec(layer: Layer) -> Compression {
+    match layer {
         Layer::Bronze | Layer::Quality => {
             Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default())
         }
         Layer::Silver | Layer::Gold => Compression::SNAPPY,
-    };
-    base_writer_properties().set_compression(codec).build()
+    }
+}
+
+/// Parquet as a table of `layer` with `schema` writes it: [`writer_properties`], and in Silver
+/// and Gold no dictionary for numbers, dates, times and flags. Those columns are amounts,
+/// instants, counts and days: most values in a file differ, and the writer hashed every one
+/// into a dictionary before falling back (or kept a dictionary for a handful of repeated
+/// values that Snappy compresses as well). Interning was the writers' largest cost in Gold's
+/// profile. Measured at 1M payments, folder lake, four runs alternated: `unified_payments`
+/// 0.94 -> 0.88 s and `payment_training` 1.79 -> 1.62 s, files 7% and 3% larger. Text keeps
+/// its dictionary (account ids, labels, statuses repeat and are long).
+pub fn table_writer_properties(layer: Layer, schema: &Schema) -> WriterProperties {
+    let mut properties = base_writer_properties().set_compression(codec(layer));
+    if matches!(layer, Layer::Silver | Layer::Gold) {
+        for field in schema.fields() {
+            let data_type = field.data_type();
+            let plain = data_type.is_numeric()
+                || data_type.is_temporal()
+                || matches!(data_type, DataType::Boolean);
+            if plain {
+                properties = properties
+                    .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+            }
+        }
+    }
+    properties.build()
 }
 
 /// Parquet for a run's scratch files, read once or twice and deleted: LZ4, fast both ways.
@@ -490,7 +521,7 @@ fn writer_config(
     Ok(WriterConfig::new(
         Arc::clone(schema),
         partition_by.to_vec(),
-        Some(writer_properties(table.layer)),
+        Some(table_writer_properties(table.layer, schema)),
         NonZeroU64::new(256 * 1024 * 1024),
         None,
         num_indexed_cols,
@@ -1824,9 +1855,14 @@ pub async fn optimize(lake: &Lake, table: &TableName) -> Result<Compaction> {
         .map_err(delta_error(table, "reading"))?
         .log_data()
         .num_files();
+    let schema = delta
+        .snapshot()
+        .map_err(delta_error(table, "reading"))?
+        .snapshot()
+        .arrow_schema();
     let (optimized, metrics) = delta
         .optimize()
-        .with_writer_properties(writer_properties(table.layer))
+        .with_writer_properties(table_writer_properties(table.layer, &schema))
         .await
         .map_err(delta_error(table, "optimizing"))?;
     let files_after =
@@ -2155,6 +2191,30 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["n", "label"]);
         assert_eq!(count(&ctx, provider).await, 0);
+    }
+
+    #[test]
+    fn silver_and_gold_keep_dictionaries_for_text_only() {
+        let schema = Schema::new(vec![
+            Field::new("payment_id", DataType::Utf8, false),
+            Field::new("amount", DataType::Decimal128(18, 2), true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("count", DataType::Int64, true),
+            Field::new("flag", DataType::Boolean, true),
+            Field::new("day", DataType::Date32, true),
+        ]);
+        let dictionary = |layer, column: &str| {
+            table_writer_properties(layer, &schema).dictionary_enabled(&ColumnPath::from(column))
+        };
+        for layer in [Layer::Silver, Layer::Gold] {
+            assert!(dictionary(layer, "payment_id"), "{layer:?}");
+            for column in ["amount", "ts", "count", "flag", "day"] {
+                assert!(!dictionary(layer, column), "{layer:?} {column}");
+            }
+        }
+        for column in ["payment_id", "amount", "ts"] {
+            assert!(dictionary(Layer::Bronze, column), "bronze {column}");
+        }
     }
 
     /// A writer killed while it created a table leaves only the store's staging file in the log
