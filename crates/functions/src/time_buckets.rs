@@ -504,7 +504,9 @@ impl BucketedRun {
         let prepare = tokio::spawn(async move {
             // The accounts' ids and pairs, resolved a piece ahead of the windows.
             let mut keys = AccountKeys::default();
-            for day in days {
+            // The rows of `day`, read back from the spill files and taken from the buffer, in
+            // order on a blocking thread.
+            let mut order = |day: i64| -> Result<tokio::task::JoinHandle<Result<OrderedDay>>> {
                 let mut batches = Vec::new();
                 for (reader, spilled_days) in &mut readers {
                     // Each file's next message is its next day's rows.
@@ -520,16 +522,29 @@ impl BucketedRun {
                 // These rows were counted in the buffer: they now count for their day.
                 buffer.shrink(buffered.bytes.min(buffer.size()));
                 batches.extend(buffered.batches);
-                let ordering = {
-                    let (window, elapsed, day_sort_time) =
-                        (Arc::clone(&window), elapsed.clone(), day_sort_time.clone());
-                    let reserved = day_memory.new_empty();
-                    tokio::task::spawn_blocking(move || {
-                        let _timer = elapsed.timer();
-                        let _sorting = day_sort_time.timer();
-                        order_day(&window, &batches, reserved)
-                    })
+                let (window, elapsed, day_sort_time) =
+                    (Arc::clone(&window), elapsed.clone(), day_sort_time.clone());
+                let reserved = day_memory.new_empty();
+                Ok(tokio::task::spawn_blocking(move || {
+                    let _timer = elapsed.timer();
+                    let _sorting = day_sort_time.timer();
+                    order_day(&window, &batches, reserved)
+                }))
+            };
+            // The next day is ordered while this one's pieces are taken: at 10M payments the
+            // stage that orders, takes and resolves was the pass's slowest, and ordering a day
+            // (gathering its rows and sorting them) needs nothing from the day before.
+            let mut next = match days.first() {
+                Some(&first) => Some(order(first)?),
+                None => None,
+            };
+            for index in 0..days.len() {
+                let Some(ordering) = next.take() else {
+                    break;
                 };
+                if let Some(&day) = days.get(index + 1) {
+                    next = Some(order(day)?);
+                }
                 let ordered = match ordering.await {
                     Ok(Ok(ordered)) => Arc::new(ordered),
                     Ok(Err(e)) => {
