@@ -461,8 +461,8 @@ impl BucketedRun {
         }
     }
 
-    /// Takes the days in order, in three stages that overlap: a day's rows are read back and
-    /// ordered, then taken in that order a piece (a batch) at a time with their accounts
+    /// Takes the days in order, in stages that overlap: a day's rows are read back and ordered
+    /// while the day before is taken in its order a piece (a batch) at a time with its accounts
     /// resolved, while the piece before goes through the function and the output of the piece
     /// before that is sent. The ordering, the taking and the function run on blocking threads:
     /// on tokio's workers they kept the plan above (the label join, the Parquet writers)
