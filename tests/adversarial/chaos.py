@@ -215,7 +215,7 @@ def copy_tree(source, destination):
 # Reading and comparing lakes (with the deltalake package: an independent reader)
 
 
-LOG_VERSION = re.compile(r"\d{20}\.(json|checkpoint\..*(parquet|json))")
+LOG_VERSION = re.compile(r"\d{20}\.(json|checkpoint\.(.*\.)?(parquet|json))")
 
 
 def is_table(folder):

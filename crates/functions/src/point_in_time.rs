@@ -1121,15 +1121,19 @@ mod tests {
         assert!(spills_of(&plan) > 0, "the buffer spilled");
     }
 
-    /// A day goes through the function in pieces of a batch: pieces of 7 rows split most
-    /// instants (a dozen rows each) between two calls.
+    /// A day goes through the function in pieces of a batch: pieces of 7 rows split many
+    /// instants (about four rows each) between two calls.
     #[tokio::test]
     async fn pieces_of_a_day_that_split_an_instant_give_the_same_features() {
         let batch = stream(2000);
         let (expected, _) = run(&session(&batch, false, 256 << 20), IN_TIME_ORDER).await;
         let ctx = session_with_batches(&batch, true, 256 << 20, 7);
-        let (in_pieces, _) = run(&ctx, IN_TIME_ORDER).await;
+        let (in_pieces, plan) = run(&ctx, IN_TIME_ORDER).await;
         assert_same_rows(&in_pieces, &expected, "in pieces of 7 rows");
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(shown.contains("TimeBucketedWindowExec"), "{shown}");
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@
 //! file, grouped by day, whenever the buffer reaches its share of the pool), then takes the
 //! days in order: one day's rows, ordered in memory by the full `ORDER BY`, go through the
 //! function in pieces of a batch, its state carrying on from one piece and one day to the next.
-//! Each row is written to disk once at most and never merged; a day is the most it holds at
-//! once.
+//! Each row is written to disk once at most and never merged; two days (the one going through
+//! and the next, being ordered) and a few pieces are the most it holds at once.
 //!
 //! [`TimeBucketedWindows`] swaps it in for a window of `point_in_time_features` alone, without
 //! `PARTITION BY`, whose first ordering key is an ascending timestamp. A cluster plans on its
@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
     cast, concat_batches, lexsort_to_indices, take_record_batch, SortColumn,
 };
@@ -310,9 +310,9 @@ struct BucketedRun {
     days_wall_time: Time,
     day_sort_time: Time,
     function_time: Time,
-    /// Time the function's pass waited for the next sorted day, and spent sending the day
-    /// before while the next one goes through the function: the sending holds the pass back
-    /// only where it exceeds `function_time`.
+    /// Time the function's pass waited for the next piece, taken in order, and spent sending
+    /// the piece before while the next one goes through the function: the sending holds the
+    /// pass back only where it exceeds `function_time`.
     waiting_for_days: Time,
     waiting_for_output: Time,
     spilled_bytes: Count,
@@ -501,7 +501,9 @@ impl BucketedRun {
         let day_sort_time = self.day_sort_time.clone();
         let keys_memory = self.state_memory.new_empty();
         let piece_rows = self.batch_size;
-        let prepare = tokio::spawn(async move {
+        // Aborted if the pass returns early (an error, or the consumer gone), so that it does
+        // not go on reading and ordering days for nothing.
+        let mut prepare = AbortOnDrop(tokio::spawn(async move {
             // The accounts' ids and pairs, resolved a piece ahead of the windows.
             let mut keys = AccountKeys::default();
             // The rows of `day`, read back from the spill files and taken from the buffer, in
@@ -582,7 +584,7 @@ impl BucketedRun {
                         Ok(done) => done,
                         Err(e) => {
                             return internal_err!(
-                                "TimeBucketedWindowExec: a day's sort failed: {e}"
+                                "TimeBucketedWindowExec: taking a piece of a day failed: {e}"
                             )
                         }
                     };
@@ -604,7 +606,7 @@ impl BucketedRun {
                 }
             }
             Ok(())
-        });
+        }));
 
         let mut state = WindowState::default();
         // The piece whose output is sent while the next one goes through the function, with its
@@ -641,7 +643,6 @@ impl BucketedRun {
             });
             if !self.send_held(sending.take(), tx).await {
                 // The consumer is gone: nothing more to do.
-                prepare.abort();
                 return Ok(());
             }
             let (output, day_state) = match function.await {
@@ -657,10 +658,9 @@ impl BucketedRun {
             sending = Some((output?, reserved));
         }
         if !self.send_held(sending.take(), tx).await {
-            prepare.abort();
             return Ok(());
         }
-        match prepare.await {
+        match (&mut prepare.0).await {
             Ok(result) => result,
             Err(e) => internal_err!("TimeBucketedWindowExec: reading the days failed: {e}"),
         }
@@ -704,6 +704,15 @@ impl BucketedRun {
 fn equal_batches(rows: usize, most: usize) -> impl Iterator<Item = usize> {
     let count = rows.div_ceil(most.max(1));
     (0..count).map(move |index| rows / count + usize::from(index < rows % count))
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A piece of one day's rows in the window's order, the function's arguments over them, and
@@ -753,6 +762,9 @@ fn order_day(
         })
         .collect::<Result<Vec<_>>>()?;
     let order = lexsort_to_indices(&sort_columns, None)?;
+    reserved
+        .try_grow(order.get_array_memory_size())
+        .map_err(|e| e.context("TimeBucketedWindowExec: one day's rows do not fit the pool"))?;
     Ok(OrderedDay {
         rows,
         order,
@@ -774,7 +786,7 @@ fn take_piece(
     // Twice: the rows and, about as large, the function's arguments and values.
     reserved
         .try_grow(2 * rows.get_array_memory_size())
-        .map_err(|e| e.context("TimeBucketedWindowExec: one day's rows do not fit the pool"))?;
+        .map_err(|e| e.context("TimeBucketedWindowExec: a piece of a day does not fit the pool"))?;
     let arguments = window
         .expressions()
         .iter()

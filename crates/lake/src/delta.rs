@@ -141,9 +141,11 @@ fn builder(lake: &Lake, table: &TableName) -> Result<DeltaTableBuilder> {
         .map_err(delta_error(table, "opening"))
 }
 
-/// Whether a Delta table exists at the table's path: its log holds a commit or a checkpoint.
-/// A writer killed while it created the table can leave a log folder holding only the store's
-/// staging file (`00000000000000000000.json#1`), which no Delta reader counts as a version.
+/// Whether a Delta table exists at the table's path: its log holds a commit or a checkpoint,
+/// not merely a file of another kind (a writer's temporary commit, `_last_checkpoint`), which
+/// no Delta reader counts as a version. (A local store's staging file,
+/// `00000000000000000000.json#1`, left by a writer killed while creating the table, is not
+/// even listed.)
 pub async fn exists(lake: &Lake, table: &TableName) -> Result<bool> {
     let log = layout::table_root(table).join("_delta_log");
     let mut entries = lake.store().list(Some(&lake.path(&log)));
@@ -262,7 +264,8 @@ pub fn cast_batch(
     RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
-/// Parquet as the lake tables of `layer` write it.
+/// Parquet for `layer`'s codec, every column with its dictionary: Bronze's shared objects and
+/// dead letters. A table's writer and compaction take [`table_writer_properties`].
 /// - Bronze, the raw archive kept forever and written once: zstd at level 1, whose files were
 ///   smaller than level 3's once dictionaries stay small (below) and cost less CPU to write.
 /// - Silver and Gold, rebuilt by every run and read by every model after them: Snappy, Spark's
@@ -325,7 +328,8 @@ pub fn scratch_writer_properties() -> WriterProperties {
 /// - Dictionaries of at most 64 KiB per column chunk: ids, references and raw text are nearly
 ///   unique, and interning them into a dictionary of up to 1 MiB (the default) before falling
 ///   back to plain encoding cost a third of Bronze's and Silver's time at 1M payments, for
-///   larger files. Columns of few values (flags, dates, lineage) still get their dictionary.
+///   larger files. Columns of few values still get their dictionary (in Silver and Gold, text
+///   columns only: see [`table_writer_properties`]).
 fn base_writer_properties() -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_max_row_group_row_count(Some(64 * 1024))
@@ -2217,20 +2221,18 @@ mod tests {
         }
     }
 
-    /// A writer killed while it created a table leaves only the store's staging file in the log
-    /// (the kill test of Bronze hit it): no table is there, the catalog lists none, and the next
-    /// run creates it.
+    /// A log holding files but no version (a writer killed while it created the table, after
+    /// writing its temporary commit or the store's staging file, which the local store does not
+    /// even list) is no table: the catalog lists none, and the next run creates it.
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_log_holding_only_a_staging_file_is_no_table() {
+    async fn a_log_without_a_version_is_no_table() {
         let (dir, lake, _ctx) = test_lake();
         let table = TableName::new(Layer::Bronze, "half_made");
         let log = dir.path().join("bronze/half_made/_delta_log");
         std::fs::create_dir_all(&log).unwrap();
-        std::fs::write(
-            log.join("00000000000000000000.json#1"),
-            b"{\"commitInfo\":{}}",
-        )
-        .unwrap();
+        for name in ["_commit_1b2c3d.json.tmp", "00000000000000000000.json#1"] {
+            std::fs::write(log.join(name), b"{\"commitInfo\":{}}").unwrap();
+        }
         assert!(!exists(&lake, &table).await.unwrap());
         assert!(open(&lake, &table).await.unwrap().is_none());
         let listed = crate::catalog::table_names(&lake, Layer::Bronze)
