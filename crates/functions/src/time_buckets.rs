@@ -540,7 +540,7 @@ impl BucketedRun {
                 Some(&first) => Some(order(first)?),
                 None => None,
             };
-            for index in 0..days.len() {
+            'days: for index in 0..days.len() {
                 let Some(ordering) = next.take() else {
                     break;
                 };
@@ -563,7 +563,6 @@ impl BucketedRun {
                 // snapshots holds every account: 100k facts at 1M payments, which took the two
                 // stages 170 and 110 ms one after the other).
                 let mut offset = 0;
-                let mut stop = false;
                 for length in equal_batches(ordered.rows.num_rows(), piece_rows) {
                     let piece = offset..offset + length;
                     offset += length;
@@ -597,12 +596,8 @@ impl BucketedRun {
                     let sorted = keys_fit.and(sorted);
                     let failed = sorted.is_err();
                     if sorted_tx.send(sorted).await.is_err() || failed {
-                        stop = true;
-                        break;
+                        break 'days;
                     }
-                }
-                if stop {
-                    break;
                 }
             }
             Ok(())
