@@ -208,8 +208,8 @@ struct AccountState {
 
 /// The first half of the pass: the rows' accounts as dense ids, and whether each payment's
 /// source paid its destination at an earlier instant. Both depend on the order of the rows
-/// only, not on the facts or the windows, so [`crate::TimeBucketedWindows`] resolves one day's
-/// rows while the day before goes through [`WindowState`] (at 10M payments these hash lookups
+/// only, not on the facts or the windows, so [`crate::TimeBucketedWindows`] resolves a day's
+/// rows a piece ahead of [`WindowState`] (at 10M payments these hash lookups
 /// were a third of the pass, which runs on one core).
 #[derive(Debug, Default)]
 pub(crate) struct AccountKeys {

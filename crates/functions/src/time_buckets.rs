@@ -524,12 +524,9 @@ impl BucketedRun {
                 // These rows were counted in the buffer: they now count for their day.
                 buffer.shrink(buffered.bytes.min(buffer.size()));
                 batches.extend(buffered.batches);
-                let (window, elapsed, day_sort_time) =
-                    (Arc::clone(&window), elapsed.clone(), day_sort_time.clone());
+                let window = Arc::clone(&window);
                 let reserved = day_memory.new_empty();
-                Ok(tokio::task::spawn_blocking(move || {
-                    let _timer = elapsed.timer();
-                    let _sorting = day_sort_time.timer();
+                Ok(sort_stage(&elapsed, &day_sort_time, move || {
                     order_day(&window, &batches, reserved)
                 }))
             };
@@ -566,16 +563,9 @@ impl BucketedRun {
                 for length in equal_batches(ordered.rows.num_rows(), piece_rows) {
                     let piece = offset..offset + length;
                     offset += length;
-                    let (window, elapsed, day_sort_time, ordered) = (
-                        Arc::clone(&window),
-                        elapsed.clone(),
-                        day_sort_time.clone(),
-                        Arc::clone(&ordered),
-                    );
+                    let (window, ordered) = (Arc::clone(&window), Arc::clone(&ordered));
                     let reserved = day_memory.new_empty();
-                    let taking = tokio::task::spawn_blocking(move || {
-                        let _timer = elapsed.timer();
-                        let _sorting = day_sort_time.timer();
+                    let taking = sort_stage(&elapsed, &day_sort_time, move || {
                         let sorted = take_piece(&window, &ordered, piece, reserved, &mut keys);
                         (sorted, keys)
                     });
@@ -699,6 +689,21 @@ impl BucketedRun {
 fn equal_batches(rows: usize, most: usize) -> impl Iterator<Item = usize> {
     let count = rows.div_ceil(most.max(1));
     (0..count).map(move |index| rows / count + usize::from(index < rows % count))
+}
+
+/// Runs `work` on a blocking thread, its time counted as the pass's compute and as its sort
+/// stage (`day_sort_time`: ordering days, taking pieces, resolving accounts).
+fn sort_stage<T: Send + 'static>(
+    elapsed: &Time,
+    day_sort_time: &Time,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let (elapsed, day_sort_time) = (elapsed.clone(), day_sort_time.clone());
+    tokio::task::spawn_blocking(move || {
+        let _timer = elapsed.timer();
+        let _sorting = day_sort_time.timer();
+        work()
+    })
 }
 
 /// A task aborted when its handle is dropped.
